@@ -1,0 +1,104 @@
+"""tf.data pipelines from a prepared directory.
+
+Training batches are a pure function of ``(seed, epoch, step)``: the epoch's
+order is a stateless shuffle seeded by ``(seed, epoch)`` and each batch's
+augmentation and masks are seeded by ``(seed, global_step)``.  Resuming at an
+epoch boundary therefore reproduces the uninterrupted run exactly.
+
+Elements are ``(zero_filled, target)``, both ``[B, H, W, 1]`` float32 (target in
+[0, 1], zero-filled magnitude not clipped), or with ``with_kspace=True`` a dict
+with ``zero_filled``, ``target``, ``mask [B, H, W]`` and ``kspace [B, H, W]``
+(complex64, centred, undersampled).
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from dagan_tf import kspace as ks
+from dagan_tf.data.augment import AugmentConfig, augment_batch
+from dagan_tf.data.prepare import PreparedSplit
+from dagan_tf.masks import MaskSpec
+
+
+def _simulate(target: tf.Tensor, mask: tf.Tensor, with_kspace: bool):
+    k, zf = ks.undersample(target[..., 0], mask)
+    zero_filled = tf.abs(zf)[..., None]
+    if not with_kspace:
+        return zero_filled, target
+    masks = tf.broadcast_to(mask, tf.shape(target)[:3])
+    return {"zero_filled": zero_filled, "target": target, "mask": masks, "kspace": k}
+
+
+def _gather_images(images: np.ndarray):
+    def gather(indices):
+        return np.asarray(images[indices], dtype=np.float32)
+
+    def fn(indices):
+        out = tf.numpy_function(gather, [indices], tf.float32)
+        return tf.ensure_shape(out, [None, images.shape[1], images.shape[2]])[..., None]
+
+    return fn
+
+
+def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
+                     first_epoch: int = 0, augment: AugmentConfig | None = AugmentConfig(),
+                     with_kspace: bool = False) -> tuple[tf.data.Dataset, int]:
+    """Endless training batches starting at ``first_epoch``; returns ``(dataset, steps_per_epoch)``.
+
+    Each epoch has ``N // batch_size`` full batches.  ``mask.per_sample`` draws a
+    fresh seeded mask per image (numpy; costly for ``poisson2d``).
+    """
+    n, h, w = split.images.shape
+    steps = n // batch_size
+    if steps == 0:
+        raise ValueError(f"batch size {batch_size} exceeds the {n} training slices")
+    fixed_mask = None if mask.per_sample else tf.constant(mask.build((h, w)))
+
+    def epoch_batches(epoch):
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
+        batches = tf.data.Dataset.from_tensor_slices(perm[: steps * batch_size]).batch(batch_size)
+        return batches.enumerate().map(lambda i, idx: (epoch * steps + i, idx))
+
+    def per_sample_masks(step):
+        def draw(step_value):
+            rng = np.random.SeedSequence([seed, int(step_value)]).generate_state(batch_size)
+            return np.stack([mask.build((h, w), int(s)) for s in rng]).astype(np.float32)
+        return tf.ensure_shape(tf.numpy_function(draw, [step], tf.float32), [batch_size, h, w])
+
+    gather = _gather_images(split.images)
+
+    def make_batch(step, indices):
+        target = gather(indices)
+        if augment is not None:
+            target = augment_batch(target, tf.stack([tf.constant(seed, tf.int64), step]), augment)
+        m = per_sample_masks(step) if fixed_mask is None else fixed_mask
+        return _simulate(target, m, with_kspace)
+
+    epochs = tf.data.Dataset.counter(first_epoch)
+    ds = epochs.flat_map(epoch_batches).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def evaluation_masks(split: PreparedSplit, mask: MaskSpec) -> np.ndarray:
+    """Fixed masks of a validation/test split: ``[1, H, W]`` (one mask) or ``[N, H, W]`` (seeded per slice)."""
+    n, h, w = split.images.shape
+    if not mask.per_sample:
+        return mask.build((h, w))[None]
+    return np.stack([mask.for_slice((h, w), i) for i in range(n)])
+
+
+def evaluation_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec,
+                       with_kspace: bool = False) -> tf.data.Dataset:
+    """Every slice of a split once, in order, without augmentation; masks from :func:`evaluation_masks`."""
+    masks = tf.constant(evaluation_masks(split, mask))
+    n = split.images.shape[0]
+    gather = _gather_images(split.images)
+
+    def make_batch(indices):
+        target = gather(indices)
+        m = masks[0] if masks.shape[0] == 1 else tf.gather(masks, indices)
+        return _simulate(target, m, with_kspace)
+
+    ds = tf.data.Dataset.range(n).batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,251 @@
+"""Turn MRI volumes into a prepared dataset of 2-D axial slices.
+
+Layout of a prepared directory (no pickle anywhere)::
+
+    manifest.json          sources, subjects per split, slice counts, settings
+    train_images.npy       float32 [N, S, S] in [0, 1]
+    train_slices.csv       index, subject, source, slice (one row per image)
+    val_images.npy / val_slices.csv / test_images.npy / test_slices.csv
+
+Normalisation is per volume: ``minmax`` (default) maps ``[min, max] -> [0, 1]``;
+for non-negative scans with a zero background it is the original DAGAN's
+``x / max``, and it also handles z-scored data (BraTS) whose background is a
+negative constant.  ``max`` is ``x / max`` exactly (negative values are an error).
+Slices whose foreground (pixels above 5 % of the volume range) covers less than
+``min_foreground`` of the slice are dropped.  The split is by subject.
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dagan_tf.data.readers import Volume, find_sources, read_volume
+from dagan_tf.errors import DaganError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+FOREGROUND_THRESHOLD = 0.05
+FIT_MODES = ("resize", "pad-crop")
+NORMALISATIONS = ("minmax", "max")
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of :func:`prepare`; all are recorded in the manifest."""
+
+    size: int = 256
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    seed: int = 0
+    min_foreground: float = 0.1
+    fit: str = "resize"
+    normalise: str = "minmax"
+    volume_index: int | None = None
+    key: str | None = None
+    subject_regex: str | None = None
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        if len(self.split) != 3 or any(s < 0 for s in self.split) or not np.isclose(sum(self.split), 1.0):
+            raise DaganError(f"--split needs three non-negative fractions summing to 1, got {self.split}")
+        if self.size < 16:
+            raise DaganError(f"--size must be at least 16, got {self.size}")
+        if not 0 <= self.min_foreground < 1:
+            raise DaganError(f"--min-foreground must be in [0, 1), got {self.min_foreground}")
+        if self.fit not in FIT_MODES:
+            raise DaganError(f"--fit must be one of {', '.join(FIT_MODES)}, got {self.fit!r}")
+        if self.normalise not in NORMALISATIONS:
+            raise DaganError(f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
+        if self.subject_regex:
+            try:
+                re.compile(self.subject_regex)
+            except re.error as exc:
+                raise DaganError(f"--subject-regex is not a valid regular expression: {exc}") from None
+
+
+def normalise_volume(data: np.ndarray, mode: str, source: str) -> np.ndarray | None:
+    """Map a volume to [0, 1] (see module doc); ``None`` for an all-constant volume.
+
+    Raises on NaN/Inf voxels and, for ``max``, on negative values.
+    """
+    if not np.all(np.isfinite(data)):
+        raise DaganError(f"{source} contains NaN or Inf voxels")
+    lo, hi = float(data.min()), float(data.max())
+    if hi <= lo or (mode == "max" and hi <= 0):
+        return None
+    if mode == "max":
+        if lo < 0:
+            raise DaganError(f"{source} has negative values; use --normalise minmax")
+        return (data / hi).astype(np.float32)
+    return ((data - lo) / (hi - lo)).astype(np.float32)
+
+
+def fit_slices(slices: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """``[X, Y, Z]`` slices -> ``[Z, size, size]``.
+
+    ``resize``: scale so the longer in-plane side is ``size`` (bilinear with
+    anti-aliasing, aspect ratio kept), then zero-pad the other side, centred.
+    ``pad-crop``: centre zero-pad / crop without scaling.
+    """
+    import tensorflow as tf
+
+    images = np.transpose(slices, (2, 0, 1))[..., None]  # [Z, X, Y, 1]
+    h, w = images.shape[1:3]
+    if mode == "resize" and (h, w) != (size, size):
+        scale = size / max(h, w)
+        new = (max(1, round(h * scale)), max(1, round(w * scale)))
+        images = tf.image.resize(images, new, method="bilinear", antialias=True).numpy()
+    out = tf.image.resize_with_crop_or_pad(images, size, size).numpy()
+    return np.clip(out[..., 0], 0.0, 1.0).astype(np.float32)
+
+
+def foreground_fraction(images: np.ndarray) -> np.ndarray:
+    """Fraction ``[Z]`` of pixels above :data:`FOREGROUND_THRESHOLD` per ``[Z, H, W]`` slice."""
+    return np.mean(images > FOREGROUND_THRESHOLD, axis=(1, 2))
+
+
+def assign_splits(subjects: list[str], fractions, seed: int) -> dict[str, list[str]]:
+    """Deterministic subject split: sorted subjects permuted by ``seed``, cut by ``fractions``.
+
+    Every split with a positive fraction gets at least one subject.
+    """
+    subjects = sorted(set(subjects))
+    wanted = [i for i, f in enumerate(fractions) if f > 0]
+    if len(subjects) < len(wanted):
+        raise DaganError(f"{len(subjects)} subject(s) cannot fill {len(wanted)} splits "
+                         f"{dict(zip(SPLITS, fractions))}; add subjects or change --split")
+    order = [subjects[i] for i in np.random.RandomState(seed).permutation(len(subjects))]
+    counts = [int(round(f * len(subjects))) for f in fractions]
+    for i in wanted:
+        counts[i] = max(counts[i], 1)
+    while sum(counts) > len(subjects):
+        counts[int(np.argmax(counts))] -= 1
+    counts[wanted[0]] += len(subjects) - sum(counts)
+    out, start = {}, 0
+    for name, n in zip(SPLITS, counts):
+        out[name] = order[start:start + n]
+        start += n
+    return out
+
+
+def _subject_of(volume: Volume, regex: str | None) -> str:
+    if not regex:
+        return volume.subject
+    match = re.search(regex, volume.source)
+    if not match:
+        raise DaganError(f"--subject-regex {regex!r} does not match {volume.source}")
+    return match.group(1) if match.groups() else match.group(0)
+
+
+def load_slices(volume: Volume, config: PrepareConfig) -> np.ndarray | None:
+    """Normalised, fitted slices ``[Z, S, S]`` of one volume with foreground ≥ ``min_foreground``."""
+    data = normalise_volume(volume.data, config.normalise, volume.source)
+    if data is None:
+        return None
+    images = fit_slices(data, config.size, config.fit)
+    return images[foreground_fraction(images) >= config.min_foreground]
+
+
+def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrite: bool = False) -> dict:
+    """Prepare ``sources`` into ``out`` (written atomically); returns the manifest."""
+    config.validate()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DaganError(f"output folder {out} exists; pass --overwrite to replace it")
+    paths = [p for p in find_sources(sources)
+             if not any(fnmatch.fnmatch(p.name, pattern) for pattern in config.exclude)]
+    if not paths:
+        raise DaganError("no sources left after --exclude")
+    per_subject: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for path in paths:
+        volume = read_volume(path, config.volume_index, config.key)
+        slices = load_slices(volume, config)
+        if slices is None:
+            log.warning("skipping %s: the volume is constant (all zero?)", path)
+            continue
+        if len(slices) == 0:
+            log.warning("skipping %s: no slice has %.0f%% foreground", path, 100 * config.min_foreground)
+            continue
+        per_subject.setdefault(_subject_of(volume, config.subject_regex), []).append((str(path), slices))
+    if not per_subject:
+        raise DaganError("no usable slices: every volume was empty or constant")
+    splits = assign_splits(list(per_subject), config.split, config.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _write_splits(tmp, splits, per_subject, config, [str(p) for p in paths])
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sources) -> dict:
+    counts = {}
+    for split, subjects in splits.items():
+        rows, arrays = [], []
+        for subject in subjects:
+            for source, slices in per_subject[subject]:
+                for k in range(len(slices)):
+                    rows.append((len(rows), subject, source, k))
+                arrays.append(slices)
+        size = config.size
+        images = np.concatenate(arrays) if arrays else np.zeros((0, size, size), np.float32)
+        np.save(folder / f"{split}_images.npy", images)
+        with open(folder / f"{split}_slices.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(("index", "subject", "source", "slice"))
+            writer.writerows(rows)
+        counts[split] = {"subjects": len(subjects), "slices": len(rows)}
+    manifest = {
+        "format": "dagan-tf prepared v1",
+        "sources": sources,
+        "subjects": splits,
+        "counts": counts,
+        "config": {**asdict(config), "foreground_threshold": FOREGROUND_THRESHOLD},
+        "normalisation": "per volume: (x - min) / (max - min)" if config.normalise == "minmax"
+        else "per volume: x / max",
+        "value_range": [0.0, 1.0],
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+@dataclass
+class PreparedSplit:
+    """One split of a prepared directory: ``images [N, S, S]`` (memory-mapped) and per-slice subjects."""
+
+    images: np.ndarray
+    subjects: np.ndarray
+    sources: np.ndarray
+    slice_numbers: np.ndarray
+
+
+def load_split(folder: str | Path, split: str) -> PreparedSplit:
+    """Open ``split`` of a prepared directory (raises a clear error for missing/empty splits)."""
+    folder = Path(folder)
+    if split not in SPLITS:
+        raise DaganError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if not (folder / "manifest.json").is_file():
+        raise DaganError(f"{folder} is not a prepared dataset (no manifest.json); run 'dagan-tf prepare'")
+    images = np.load(folder / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
+    with open(folder / f"{split}_slices.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if len(rows) != len(images):
+        raise DaganError(f"{folder}: {split}_slices.csv and {split}_images.npy disagree")
+    if len(rows) == 0:
+        raise DaganError(f"split {split!r} of {folder} is empty")
+    return PreparedSplit(images, np.array([r["subject"] for r in rows]), np.array([r["source"] for r in rows]),
+                         np.array([int(r["slice"]) for r in rows]))
