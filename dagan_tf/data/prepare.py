@@ -13,6 +13,11 @@ for non-negative scans with a zero background it is the original DAGAN's
 negative constant.  ``max`` is ``x / max`` exactly (negative values are an error).
 Slices whose foreground (pixels above 5 % of the volume range) covers less than
 ``min_foreground`` of the slice are dropped.  The split is by subject.
+
+``slabs=K`` cuts every volume into K contiguous axial slabs (with a 4-slice gap)
+that count as separate subjects.  It exists for the single-volume demo only:
+slabs of one person are not independent subjects, so numbers from such a split
+are not comparable with a subject split.
 """
 from __future__ import annotations
 
@@ -21,8 +26,6 @@ import fnmatch
 import json
 import logging
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import numpy as np
 
 from dagan_tf.data.readers import Volume, find_sources, read_volume
 from dagan_tf.errors import DaganError
+from dagan_tf.outputs import atomic_output_dir, check_new_output
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,7 @@ SPLITS = ("train", "val", "test")
 FOREGROUND_THRESHOLD = 0.05
 FIT_MODES = ("resize", "pad-crop")
 NORMALISATIONS = ("minmax", "max")
+SLAB_GAP = 4
 
 
 @dataclass
@@ -53,6 +58,7 @@ class PrepareConfig:
     key: str | None = None
     subject_regex: str | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    slabs: int = 1
 
     def validate(self) -> None:
         if len(self.split) != 3 or any(s < 0 for s in self.split) or not np.isclose(sum(self.split), 1.0):
@@ -65,6 +71,8 @@ class PrepareConfig:
             raise DaganError(f"--fit must be one of {', '.join(FIT_MODES)}, got {self.fit!r}")
         if self.normalise not in NORMALISATIONS:
             raise DaganError(f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
+        if self.slabs < 1:
+            raise DaganError(f"--slabs must be at least 1, got {self.slabs}")
         if self.subject_regex:
             try:
                 re.compile(self.subject_regex)
@@ -146,6 +154,15 @@ def _subject_of(volume: Volume, regex: str | None) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
+def _slabs(slices: np.ndarray, n: int, gap: int = SLAB_GAP) -> list[np.ndarray]:
+    """Cut ``[Z, S, S]`` into ``n`` contiguous slabs, dropping ``gap`` slices at each inner boundary."""
+    if n == 1:
+        return [slices]
+    bounds = np.linspace(0, len(slices), n + 1).astype(int)
+    return [slices[bounds[k] + (gap if k else 0): bounds[k + 1]] for k in range(n)
+            if bounds[k + 1] > bounds[k] + (gap if k else 0)]
+
+
 def load_slices(volume: Volume, config: PrepareConfig) -> np.ndarray | None:
     """Normalised, fitted slices ``[Z, S, S]`` of one volume with foreground ≥ ``min_foreground``."""
     data = normalise_volume(volume.data, config.normalise, volume.source)
@@ -158,9 +175,7 @@ def load_slices(volume: Volume, config: PrepareConfig) -> np.ndarray | None:
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrite: bool = False) -> dict:
     """Prepare ``sources`` into ``out`` (written atomically); returns the manifest."""
     config.validate()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DaganError(f"output folder {out} exists; pass --overwrite to replace it")
+    check_new_output(out, overwrite)
     paths = [p for p in find_sources(sources)
              if not any(fnmatch.fnmatch(p.name, pattern) for pattern in config.exclude)]
     if not paths:
@@ -175,21 +190,15 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrit
         if len(slices) == 0:
             log.warning("skipping %s: no slice has %.0f%% foreground", path, 100 * config.min_foreground)
             continue
-        per_subject.setdefault(_subject_of(volume, config.subject_regex), []).append((str(path), slices))
+        subject = _subject_of(volume, config.subject_regex)
+        for k, slab in enumerate(_slabs(slices, config.slabs)):
+            name = subject if config.slabs == 1 else f"{subject}-slab{k}"
+            per_subject.setdefault(name, []).append((str(path), slab))
     if not per_subject:
         raise DaganError("no usable slices: every volume was empty or constant")
     splits = assign_splits(list(per_subject), config.split, config.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        manifest = _write_splits(tmp, splits, per_subject, config, [str(p) for p in paths])
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    with atomic_output_dir(out, overwrite) as tmp:
+        return _write_splits(tmp, splits, per_subject, config, [str(p) for p in paths])
 
 
 def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sources) -> dict:
