@@ -167,5 +167,32 @@ def eval_command(model_name, run_dir, data, mask_kind, ratio, mask_seed, acs, pe
     click.echo(f"written to {out}")
 
 
+@main.command("demo")
+@click.option("--out", required=True, help="Output folder for the prepared data, runs and reports.")
+@click.option("--size", type=int, default=128, show_default=True, help="Image side for the demo.")
+@click.option("--overwrite", is_flag=True)
+@_user_errors
+def demo_command(out, size, overwrite):
+    """End-to-end demo on the built-in MRI volume (needs the 'demo' extra, no network)."""
+    from pathlib import Path
+
+    from dagan_tf.data.demo import demo_volume_path
+    from dagan_tf.data.prepare import PrepareConfig, prepare
+    from dagan_tf.evaluate import evaluate, format_table
+    from dagan_tf.masks import MaskSpec
+    from dagan_tf.outputs import check_new_output
+
+    out = check_new_output(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    click.echo(f"demo volume: {demo_volume_path()}")
+    prepare([str(demo_volume_path())], data, PrepareConfig(size=size, split=(0.6, 0.2, 0.2), slabs=5),
+            overwrite=True)
+    spec = MaskSpec("gaussian2d", 0.3)
+    result = evaluate(data, spec, out / "eval-zero-filled", overwrite=True)
+    click.echo(format_table(result))
+    click.echo(f"reports in {Path(out).resolve()}")
+
+
 if __name__ == "__main__":
     main()

@@ -217,8 +217,10 @@ def read_mat(path: Path, key: str | None = None) -> np.ndarray:
 def read_png(path: Path) -> np.ndarray:
     import tensorflow as tf
 
+    raw = path.read_bytes()
+    dtype = tf.uint16 if len(raw) > 24 and raw[24] == 16 else tf.uint8  # IHDR bit depth
     try:
-        image = tf.io.decode_png(tf.io.read_file(str(path)), channels=0, dtype=tf.uint16).numpy()
+        image = tf.io.decode_png(raw, channels=0, dtype=dtype).numpy()
     except tf.errors.OpError as exc:
         raise DaganError(f"cannot read PNG {path}: {exc.message}") from None
     image = image.astype(np.float32)

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny synthetic volumes, and the real ../shared data when present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, skipping the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+def phantom_volume(size=32, depth=12, seed=0) -> np.ndarray:
+    """An ellipsoid head-like phantom ``[size, size, depth]`` with texture, values 0..~1000."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), np.linspace(-1, 1, depth),
+                          indexing="ij")
+    head = (x / 0.8) ** 2 + (y / 0.9) ** 2 + (z / 1.3) ** 2 < 1
+    inner = (x / 0.5) ** 2 + ((y - 0.1) / 0.6) ** 2 < 1
+    vol = head * 600.0 + inner * 300.0 + head * rng.normal(0, 30, head.shape)
+    return np.clip(vol, 0, None).astype(np.float32)
+
+
+def write_nifti(path: Path, data: np.ndarray, affine=None) -> Path:
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+@pytest.fixture
+def phantom_dir(tmp_path) -> Path:
+    """A folder of 5 phantom subjects as NIfTI."""
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for i in range(5):
+        write_nifti(folder / f"sub{i}.nii.gz", phantom_volume(seed=i))
+    return folder
+
+
+@pytest.fixture
+def prepared_dir(tmp_path, phantom_dir) -> Path:
+    from dagan_tf.data.prepare import PrepareConfig, prepare
+
+    out = tmp_path / "prepared"
+    prepare([str(phantom_dir)], out, PrepareConfig(size=32, split=(0.6, 0.2, 0.2), min_foreground=0.05))
+    return out
