@@ -167,6 +167,37 @@ def eval_command(model_name, run_dir, data, mask_kind, ratio, mask_seed, acs, pe
     click.echo(f"written to {out}")
 
 
+@main.command("train")
+@click.option("--recipe", default=None, help="Recipe name (pg, ppg, ppgr) or a recipe YAML file.")
+@click.option("--data", default=None, help="Prepared data folder.")
+@click.option("--out", "run_dir", required=True, help="Run folder.")
+@click.option("--mask", "mask_kind", default=None, help="Override data.mask (kind or DAGAN .mat file).")
+@click.option("--ratio", type=float, default=None, help="Override data.ratio.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value.")
+@click.option("--epochs", type=int, default=None, help="Override train.epochs.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@_user_errors
+def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, resume, overwrite):
+    """Train a recipe on a prepared data folder (resumable, early stopping on validation NMSE)."""
+    from pathlib import Path
+
+    from dagan_tf import recipes
+    from dagan_tf.training.run import train
+
+    config = None
+    if not resume:
+        if recipe is None or data is None:
+            raise DaganError("--recipe and --data are required (or --resume an existing run)")
+        config = recipes.load_config_file(recipe) if Path(recipe).is_file() else recipes.load_recipe(recipe)
+        extra = [f"data.mask={mask_kind}"] * (mask_kind is not None) + [f"data.ratio={ratio}"] * (ratio is not None)
+        config = recipes.apply_overrides(config, extra + list(overrides))
+    elif recipe or data or overrides or mask_kind or ratio:
+        raise DaganError("--resume takes the run's own config.yaml; only --epochs may change")
+    train(run_dir, config, data, resume, epochs, overwrite)
+    click.echo(f"run saved in {run_dir}")
+
+
 @main.command("demo")
 @click.option("--out", required=True, help="Output folder for the prepared data, runs and reports.")
 @click.option("--size", type=int, default=128, show_default=True, help="Image side for the demo.")

@@ -56,7 +56,7 @@ def test_training_pipeline_is_a_function_of_seed_and_epoch(prepared_dir):
     spec = MaskSpec("gaussian1d", 0.3)
     ds, steps = training_dataset(split, 4, spec, seed=1)
     batches = list(ds.take(steps + 1))
-    resumed, _ = training_dataset(split, 4, spec, seed=1, first_epoch=1)
+    resumed, _ = training_dataset(split, 4, spec, seed=1, start_step=steps)
     np.testing.assert_array_equal(next(iter(resumed))[1].numpy(), batches[steps][1].numpy())
     zf, target = batches[0]
     assert zf.shape == target.shape == (4, 32, 32, 1)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from dagan_tf import kspace as ks
 from dagan_tf.data.augment import AugmentConfig, augment_batch
 from dagan_tf.data.prepare import PreparedSplit
+from dagan_tf.errors import DaganError
 from dagan_tf.masks import MaskSpec
 
 
@@ -42,17 +43,18 @@ def _gather_images(images: np.ndarray):
 
 
 def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
-                     first_epoch: int = 0, augment: AugmentConfig | None = AugmentConfig(),
+                     start_step: int = 0, augment: AugmentConfig | None = AugmentConfig(),
                      with_kspace: bool = False) -> tuple[tf.data.Dataset, int]:
-    """Endless training batches starting at ``first_epoch``; returns ``(dataset, steps_per_epoch)``.
+    """Endless training batches from global step ``start_step``; returns ``(dataset, batches_per_pass)``.
 
-    Each epoch has ``N // batch_size`` full batches.  ``mask.per_sample`` draws a
+    Each pass over the data has ``N // batch_size`` full batches; batch ``s`` of the
+    stream is the same whatever ``start_step`` the stream began at.  ``mask.per_sample`` draws a
     fresh seeded mask per image (numpy; costly for ``poisson2d``).
     """
     n, h, w = split.images.shape
     steps = n // batch_size
     if steps == 0:
-        raise ValueError(f"batch size {batch_size} exceeds the {n} training slices")
+        raise DaganError(f"batch size {batch_size} exceeds the {n} training slices")
     fixed_mask = None if mask.per_sample else tf.constant(mask.build((h, w)))
 
     def epoch_batches(epoch):
@@ -75,8 +77,8 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         m = per_sample_masks(step) if fixed_mask is None else fixed_mask
         return _simulate(target, m, with_kspace)
 
-    epochs = tf.data.Dataset.counter(first_epoch)
-    ds = epochs.flat_map(epoch_batches).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    passes = tf.data.Dataset.counter(start_step // steps).flat_map(epoch_batches).skip(start_step % steps)
+    ds = passes.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), steps
 
 

@@ -1,0 +1,1 @@
+"""Recipe YAML files, installed as the package data ``dagan_tf.configs``."""

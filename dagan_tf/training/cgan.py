@@ -1,0 +1,146 @@
+"""DAGAN's conditional-GAN training scheme as a ``keras.Model``.
+
+Each ``train_step`` follows the original ``train.py`` on one batch
+``(zero_filled, target)`` (both ``[B, H, W, 1]``, target in [0, 1]):
+
+1. discriminator update: ``BCE(D(target), 1) + BCE(D(G(zf)), 0)``;
+2. generator update on the same batch:
+   ``w_adv·BCE(D(G(zf)), 1) + w_pixel·pixel + w_freq·frequency + w_vgg·vgg``.
+
+Losses (original code conventions):
+
+* pixel ``ratio``: ``mean_b ||G − x||₂ / ||x||₂`` on [-1, 1] images (the original's
+  "NMSE"); ``mse``: ``mean (G − x)²`` on [-1, 1] images (the paper's MSE).
+* frequency: ``mean (|FFT2(G)| − |FFT2(x)|)²`` on [0, 1] images, unnormalised.
+* vgg: ``mean (φ(x) − φ(G))²`` with φ from :class:`dagan_tf.models.vgg.VGGFeatures`.
+
+``test_step`` reports NMSE, PSNR and SSIM (:mod:`dagan_tf.metrics`, per-batch
+data range) of ``G(zero_filled)`` in inference mode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from dagan_tf import metrics as quality
+
+PIXEL_LOSSES = ("ratio", "mse")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the generator loss terms (original code: 15, 0.1, 0.0025, 1)."""
+
+    pixel: float = 15.0
+    frequency: float = 0.1
+    vgg: float = 0.0025
+    adversarial: float = 1.0
+
+
+def pixel_loss(target: tf.Tensor, output: tf.Tensor, kind: str = "ratio") -> tf.Tensor:
+    """Scalar pixel loss on [-1, 1]-scaled ``[B, H, W, 1]`` images (see module doc)."""
+    diff = 2.0 * (output - target)
+    if kind == "mse":
+        return tf.reduce_mean(tf.square(diff))
+    norm_diff = tf.sqrt(tf.reduce_sum(tf.square(diff), axis=[1, 2, 3]) + 1e-12)
+    norm_ref = tf.sqrt(tf.reduce_sum(tf.square(2.0 * target - 1.0), axis=[1, 2, 3]) + 1e-12)
+    return tf.reduce_mean(norm_diff / norm_ref)
+
+
+def frequency_loss(target: tf.Tensor, output: tf.Tensor) -> tf.Tensor:
+    """Mean squared difference of unnormalised FFT magnitudes of ``[B, H, W, 1]`` images in [0, 1]."""
+    def magnitude(x):
+        x = tf.cast(x[..., 0], tf.float32)
+        return tf.abs(tf.signal.fft2d(tf.complex(x, tf.zeros_like(x))))
+
+    return tf.reduce_mean(tf.square(magnitude(output) - magnitude(target)))
+
+
+def bce_logits(logits: tf.Tensor, label: float) -> tf.Tensor:
+    logits = tf.cast(logits, tf.float32)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.fill(tf.shape(logits), label), logits))
+
+
+class ConditionalGAN(keras.Model):
+    """Trains ``generator`` against ``discriminator``; ``call`` runs the generator only."""
+
+    def __init__(self, generator: keras.Model, discriminator: keras.Model, features=None,
+                 weights: LossWeights = LossWeights(), pixel_kind: str = "ratio", vgg_target_prepro=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if pixel_kind not in PIXEL_LOSSES:
+            raise ValueError(f"pixel loss {pixel_kind!r} not in {PIXEL_LOSSES}")
+        if weights.vgg and features is None:
+            raise ValueError("a VGG loss weight needs a feature extractor")
+        self.generator = generator
+        self.discriminator = discriminator
+        self.features = features
+        self.loss_weights_ = weights
+        self.pixel_kind = pixel_kind
+        self.vgg_target_prepro = vgg_target_prepro
+        names = ("d_loss", "g_loss", "g_adversarial", "g_pixel", "g_frequency", "g_vgg", "nmse", "psnr", "ssim")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.g_optimizer = g_optimizer
+        self.d_optimizer = d_optimizer
+
+    def build_optimizers(self) -> None:
+        """Create the optimizer slots now (needed before restoring a checkpoint)."""
+        self.g_optimizer.build(self.generator.trainable_variables)
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, inputs, training=False):
+        return self.generator(inputs, training=training)
+
+    def generator_losses(self, zero_filled, target) -> dict[str, tf.Tensor]:
+        """Forward G (training mode) and D on its output; the weighted terms and their sum ``g_loss``."""
+        w = self.loss_weights_
+        fake = tf.cast(self.generator(zero_filled, training=True), tf.float32)
+        terms = {
+            "g_adversarial": bce_logits(self.discriminator(fake, training=True), 1.0),
+            "g_pixel": pixel_loss(target, fake, self.pixel_kind),
+            "g_frequency": frequency_loss(target, fake) if w.frequency else tf.constant(0.0),
+            "g_vgg": tf.constant(0.0),
+        }
+        if w.vgg:
+            reference = target if self.vgg_target_prepro is None else self.vgg_target_prepro(target)
+            terms["g_vgg"] = tf.reduce_mean(tf.square(self.features(reference) - self.features(fake)))
+        terms["g_loss"] = (w.adversarial * terms["g_adversarial"] + w.pixel * terms["g_pixel"]
+                           + w.frequency * terms["g_frequency"] + w.vgg * terms["g_vgg"])
+        return terms
+
+    def train_step(self, data):
+        zero_filled, target = data
+        target = tf.cast(target, tf.float32)
+        # 1. Discriminator: real and fake in separate passes (separate batch-norm statistics).
+        fake = self.generator(zero_filled, training=True)
+        with tf.GradientTape() as tape:
+            d_loss = (bce_logits(self.discriminator(target, training=True), 1.0)
+                      + bce_logits(self.discriminator(fake, training=True), 0.0))
+        d_vars = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
+        # 2. Generator, on the same batch, against the updated discriminator.
+        with tf.GradientTape() as tape:
+            terms = self.generator_losses(zero_filled, target)
+        g_vars = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(tape.gradient(terms["g_loss"], g_vars), g_vars))
+        self.trackers["d_loss"].update_state(d_loss)
+        for name, value in terms.items():
+            self.trackers[name].update_state(value)
+        return {name: self.trackers[name].result() for name in ("d_loss",) + tuple(terms)}
+
+    def test_step(self, data):
+        zero_filled, target = data
+        output = self.generator(zero_filled, training=False)
+        for name, values in (("nmse", quality.nmse(target, output)), ("psnr", quality.psnr(target, output)),
+                             ("ssim", quality.ssim(target, output))):
+            self.trackers[name].update_state(values)
+        return {name: self.trackers[name].result() for name in ("nmse", "psnr", "ssim")}
