@@ -198,6 +198,45 @@ def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, re
     click.echo(f"run saved in {run_dir}")
 
 
+@main.command("export")
+@click.argument("run_dir")
+@click.option("--out", required=True, help="SavedModel folder for TF Serving.")
+@click.option("--overwrite", is_flag=True)
+@_user_errors
+def export_command(run_dir, out, overwrite):
+    """Export a run's generator as a SavedModel (signatures serving_default and from_kspace)."""
+    from dagan_tf.export import export_generator
+    from dagan_tf.inference import load_run_generator
+
+    generator, _ = load_run_generator(run_dir)
+    export_generator(generator, out, overwrite)
+    click.echo(f"exported to {out}")
+
+
+@main.command("predict")
+@click.option("--model", "model_path", required=True, help="Export folder or run folder.")
+@click.option("--input", "source", required=True, help="Volume (NIfTI, …) or undersampled k-space HDF5.")
+@click.option("--out", required=True, help="Output NIfTI file (.nii.gz).")
+@click.option("--mask", "mask_kind", default=None, help="Mask kind or DAGAN .mat file (image input).")
+@click.option("--ratio", type=float, default=None)
+@click.option("--mask-seed", type=int, default=0, show_default=True)
+@click.option("--acs", type=int, default=None)
+@click.option("--dc", is_flag=True, help="Apply data consistency to the network output.")
+@click.option("--overwrite", is_flag=True)
+@_user_errors
+def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, dc, overwrite):
+    """Reconstruct a volume slice by slice from simulated (or given) undersampled k-space."""
+    from pathlib import Path
+
+    from dagan_tf.predict import predict_volume
+
+    if not Path(source).exists():
+        raise DaganError(f"path not found: {source}")
+    spec = None if mask_kind is None else _mask_spec(mask_kind, ratio, mask_seed, acs, False)
+    predict_volume(model_path, source, out, spec, dc, overwrite)
+    click.echo(f"written {out}")
+
+
 @main.command("demo")
 @click.option("--out", required=True, help="Output folder for the prepared data, runs and reports.")
 @click.option("--size", type=int, default=128, show_default=True, help="Image side for the demo.")

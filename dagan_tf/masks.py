@@ -71,8 +71,8 @@ def _lines_1d(shape, ratio, acs, rng, weights_fn) -> np.ndarray:
 
 
 def _default_acs(w: int, ratio: float) -> int:
-    # ~4 % of the lines (10 of 256), never more than half of the sampled lines.
-    return max(1, min(int(round(0.04 * w)), int(round(ratio * w)) // 2))
+    # Like the DAGAN Gaussian1D masks: about half of the lines, at most 1/8 of k-space, form the centre band.
+    return max(1, min(int(round(0.125 * w)), int(round(ratio * w)) // 2))
 
 
 def gaussian1d(shape, ratio, seed=0, acs=None) -> np.ndarray:
@@ -132,7 +132,7 @@ def gaussian2d(shape, ratio, seed=0, acs=None) -> np.ndarray:
     """Random points with a 2-D Gaussian density (σ = 0.4 of the half-width) and an ``acs``² centre block."""
     _check_ratio(ratio)
     n_points = max(1, int(round(ratio * shape[0] * shape[1])))
-    acs = max(1, int(round(0.1 * np.sqrt(n_points)))) if acs is None else acs
+    acs = max(1, int(round(0.2 * np.sqrt(n_points)))) if acs is None else acs  # DAGAN-like dense centre
     centre = _centre_block(shape, acs).ravel()
     if centre.sum() > n_points:
         centre = np.zeros_like(centre)

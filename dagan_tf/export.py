@@ -1,0 +1,70 @@
+"""Export a trained generator as a TF Serving SavedModel.
+
+Signatures (``H = W`` = the model's image size):
+
+* ``serving_default``: ``zero_filled`` float32 ``[N, H, W, 1]`` (magnitude in [0, 1])
+  -> ``reconstruction`` float32 ``[N, H, W, 1]``.
+* ``from_kspace``: ``kspace_real``, ``kspace_imag`` float32 ``[N, H, W]`` (centred
+  undersampled k-space, zero off the mask, of an image scaled to [0, 1]) and ``mask``
+  float32 ``[N, H, W]`` -> ``reconstruction`` ``[N, H, W, 1]`` after hard data
+  consistency, and ``zero_filled`` ``[N, H, W, 1]``.  Real and imaginary parts are
+  separate inputs because TF Serving's REST API has no complex type.
+
+The module is a plain ``tf.Module`` saved with ``tf.saved_model.save``, so each
+variable is stored once (Keras' ``model.export`` stores them twice).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from dagan_tf import kspace as ks
+from dagan_tf.inference import apply_dc
+from dagan_tf.outputs import atomic_output_dir
+
+
+class ReconstructionModule(tf.Module):
+    """Serving wrapper of a generator ``[N, S, S, 1] -> [N, S, S, 1]``."""
+
+    def __init__(self, generator: keras.Model):
+        super().__init__(name="dagan_reconstruction")
+        self.generator = generator
+        size = generator.input_shape[1]
+        image = tf.TensorSpec([None, size, size, 1], tf.float32, name="zero_filled")
+        plane = [None, size, size]
+        self.serving_default = tf.function(self._serve, input_signature=[image])
+        self.from_kspace = tf.function(self._serve_kspace, input_signature=[
+            tf.TensorSpec(plane, tf.float32, name="kspace_real"),
+            tf.TensorSpec(plane, tf.float32, name="kspace_imag"),
+            tf.TensorSpec(plane, tf.float32, name="mask")])
+
+    def _reconstruct(self, zero_filled):
+        return tf.cast(self.generator(zero_filled, training=False), tf.float32)
+
+    def _serve(self, zero_filled):
+        return {"reconstruction": self._reconstruct(zero_filled)}
+
+    def _serve_kspace(self, kspace_real, kspace_imag, mask):
+        k0 = tf.complex(kspace_real, kspace_imag) * tf.cast(tf.complex(mask, tf.zeros_like(mask)), tf.complex64)
+        zero_filled = tf.abs(ks.ifft2c(k0))[..., None]
+        return {"reconstruction": apply_dc(self._reconstruct(zero_filled), k0, mask), "zero_filled": zero_filled}
+
+
+def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the SavedModel (atomically) and return its folder."""
+    module = ReconstructionModule(generator)
+    with atomic_output_dir(out, overwrite) as tmp:
+        tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serving_default,
+                                                          "from_kspace": module.from_kspace})
+    return Path(out)
+
+
+def load_export(path: str | Path):
+    """Load an exported SavedModel; returns its ``serving_default`` signature function."""
+    from dagan_tf.errors import DaganError
+
+    if not (Path(path) / "saved_model.pb").is_file():
+        raise DaganError(f"{path} is not an exported SavedModel (no saved_model.pb)")
+    return tf.saved_model.load(str(path))

@@ -1,0 +1,140 @@
+"""Reconstruct a whole volume slice by slice and write it as NIfTI.
+
+Image input (NIfTI or any reader format): the volume is normalised to [0, 1]
+(min-max, as ``prepare``), each axial slice is fitted to the model size (as
+``prepare --fit resize``), undersampled with the mask, reconstructed, fitted back
+and mapped to the input's intensity range.  The output keeps the input's shape,
+orientation and affine.
+
+k-space input (HDF5 with ``kspace`` ``[S, H, W]`` centred and already
+undersampled, and ``mask`` ``[H, W]`` or ``[S, H, W]``): ``H, W`` must equal the
+model size; the zero-filled images are scaled by their volume maximum, and the
+output (identity affine) is in the zero-filled intensity scale.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+import tensorflow as tf
+
+from dagan_tf import kspace as ks
+from dagan_tf.data.prepare import fit_slices, normalise_volume
+from dagan_tf.data.readers import read_volume
+from dagan_tf.errors import DaganError
+from dagan_tf.inference import apply_dc
+from dagan_tf.masks import MaskSpec
+from dagan_tf.outputs import check_new_output
+
+BATCH = 16
+
+
+def load_model(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int]:
+    """``(generator_fn, image_size)`` from an export folder or a run folder."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        loaded = tf.saved_model.load(str(path))
+        fn = loaded.signatures["serving_default"]
+        size = int(fn.structured_input_signature[1]["zero_filled"].shape[1])
+        return (lambda x: fn(zero_filled=x)["reconstruction"]), size
+    if (path / "config.yaml").is_file():
+        from dagan_tf.inference import load_run_generator
+
+        generator, config = load_run_generator(path)
+        return (lambda x: generator(x, training=False)), int(config["model"]["image_size"])
+    raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
+
+
+def _unfit(images: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
+    """Inverse of :func:`fit_slices` for ``[Z, size, size]`` -> ``[Z, h, w]``."""
+    h, w = shape
+    scale = size / max(h, w)
+    inner = (max(1, round(h * scale)), max(1, round(w * scale)))
+    x = tf.image.resize_with_crop_or_pad(images[..., None], *inner)
+    return tf.image.resize(x, (h, w), method="bilinear", antialias=True).numpy()[..., 0]
+
+
+def _reconstruct(generator, zero_filled: np.ndarray, kspace0, mask, dc: bool) -> np.ndarray:
+    out = []
+    for i in range(0, len(zero_filled), BATCH):
+        zf = tf.constant(zero_filled[i:i + BATCH, ..., None], tf.float32)
+        recon = tf.cast(generator(zf), tf.float32)
+        if dc:
+            m = mask if mask.ndim == 2 else mask[i:i + BATCH]
+            recon = apply_dc(recon, kspace0[i:i + BATCH], m)
+        out.append(recon.numpy()[..., 0])
+    return np.concatenate(out)
+
+
+def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask: MaskSpec | None = None,
+                   dc: bool = False, overwrite: bool = False) -> Path:
+    """Reconstruct ``source`` with ``model`` into the NIfTI file ``out``."""
+    out = check_new_output(out, overwrite)
+    generator, size = load_model(model)
+    source = Path(source)
+    if source.suffix.lower() in (".h5", ".hdf5"):
+        volume, affine = _predict_kspace(generator, size, source, dc), np.eye(4)
+        header = None
+    else:
+        if mask is None:
+            raise DaganError("image input needs --mask and --ratio to simulate undersampling")
+        mask.validate()
+        volume, affine, header = _predict_image(generator, size, source, mask, dc)
+    tmp = out.with_name(f".{out.name}.tmp.nii.gz")
+    nib.save(nib.Nifti1Image(volume.astype(np.float32), affine, header), str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def _predict_image(generator, size, source: Path, mask: MaskSpec, dc: bool):
+    if source.name.lower().endswith((".nii", ".nii.gz")):
+        img = nib.load(str(source))
+        try:
+            raw = np.asarray(img.dataobj, np.float32)
+        except (OSError, EOFError, ValueError) as exc:
+            raise DaganError(f"cannot read NIfTI {source}: {exc}") from None
+        if raw.ndim != 3:
+            raise DaganError(f"{source} has shape {raw.shape}; predict takes a 3-D volume")
+        to_ras = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                                 nib.orientations.axcodes2ornt("RAS"))
+        data, affine, header = nib.orientations.apply_orientation(raw, to_ras), img.affine, img.header
+    else:
+        vol = read_volume(source)
+        data, affine, header, to_ras = vol.data, vol.affine, None, None
+    normalised = normalise_volume(data, "minmax", str(source))
+    if normalised is None:
+        raise DaganError(f"{source} is constant; nothing to reconstruct")
+    slices = fit_slices(normalised, size, "resize")  # [Z, S, S]
+    m = mask.build((size, size))
+    kspace0, zf = ks.undersample(slices, m)
+    recon = _reconstruct(generator, np.abs(zf.numpy()), kspace0, m, dc)
+    recon = np.transpose(_unfit(recon, data.shape[:2], size), (1, 2, 0))
+    lo, hi = float(data.min()), float(data.max())
+    result = recon * (hi - lo) + lo
+    if to_ras is not None:
+        back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                               nib.orientations.io_orientation(affine))
+        result = nib.orientations.apply_orientation(result, back)
+    return result, affine, header
+
+
+def _predict_kspace(generator, size, source: Path, dc: bool) -> np.ndarray:
+    import h5py
+
+    try:
+        with h5py.File(source, "r") as f:
+            if "kspace" not in f or "mask" not in f:
+                raise DaganError(f"{source} needs datasets 'kspace' [S, H, W] and 'mask' for k-space input")
+            kspace0, mask = f["kspace"][()].astype(np.complex64), f["mask"][()].astype(np.float32)
+    except OSError as exc:
+        raise DaganError(f"cannot read HDF5 {source}: {exc}") from None
+    if kspace0.ndim != 3 or kspace0.shape[1:] != (size, size):
+        raise DaganError(f"{source} k-space has shape {kspace0.shape}; this model needs [S, {size}, {size}]")
+    if mask.shape not in ((size, size), kspace0.shape):
+        raise DaganError(f"{source} mask shape {mask.shape} does not match k-space {kspace0.shape}")
+    zf = np.abs(ks.ifft2c(kspace0 * mask).numpy())
+    scale = float(zf.max()) or 1.0
+    recon = _reconstruct(generator, zf / scale, tf.constant(kspace0 * mask / scale), mask, dc)
+    return np.transpose(recon * scale, (1, 2, 0))
