@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -100,6 +101,22 @@ class RunState(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.best_weights_path.exists() and not self.stopped_reason:
             self.model.generator.load_weights(str(self.best_weights_path))
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training after ``minutes`` of wall-clock time (checked after every batch)."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = 60.0 * minutes
+        self.start = None
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.monotonic() - self.start > self.seconds:
+            self.model.stop_training = True
 
 
 class ImageGrid(keras.callbacks.Callback):

@@ -25,7 +25,7 @@ from dagan_tf.errors import DaganError
 from dagan_tf.masks import MaskSpec
 from dagan_tf.models.dagan import build_discriminator, build_generator
 from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
-from dagan_tf.training.callbacks import HalvingSchedule, ImageGrid, RunState
+from dagan_tf.training.callbacks import HalvingSchedule, ImageGrid, RunState, TimeBudget
 from dagan_tf.training.cgan import PIXEL_LOSSES, ConditionalGAN, LossWeights
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
         ImageGrid(run_dir / "logs", zf.numpy(), target.numpy()),
-    ]
+    ] + ([TimeBudget(float(t["max_minutes"]))] if t.get("max_minutes") else [])
     history = model.fit(train_ds, epochs=int(t["epochs"]), initial_epoch=first_epoch, steps_per_epoch=steps,
                         validation_data=val_ds, callbacks=callbacks, verbose=verbose)
     if state.stopped_reason:
