@@ -71,7 +71,7 @@ def build_vgg_features(arch: str = "vgg16", layer: str = "block4_pool", weights:
 
 def legacy_bilinear_resize(images: tf.Tensor, size: int) -> tf.Tensor:
     """TF1 ``resize_bilinear`` (align_corners=False, half_pixel_centers=False), as the original DAGAN."""
-    return tf.compat.v1.image.resize_bilinear(images, [size, size], align_corners=False, half_pixel_centers=False)
+    return tf.raw_ops.ResizeBilinear(images=images, size=[size, size], align_corners=False, half_pixel_centers=False)
 
 
 def dagan_target_prepro(images: tf.Tensor) -> tf.Tensor:

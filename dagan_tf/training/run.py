@@ -132,7 +132,7 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         ImageGrid(run_dir / "logs", zf.numpy(), target.numpy()),
     ] + ([TimeBudget(float(t["max_minutes"]))] if t.get("max_minutes") else [])
     history = model.fit(train_ds, epochs=int(t["epochs"]), initial_epoch=first_epoch, steps_per_epoch=steps,
-                        validation_data=val_ds, callbacks=callbacks, verbose=verbose)
+                        validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
     if state.stopped_reason:
         raise DaganError(f"training stopped: {state.stopped_reason}")
     return history.history
