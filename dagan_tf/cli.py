@@ -42,9 +42,9 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 def mask_options(fn):
     """``--mask KIND|FILE.mat --ratio R --mask-seed S --acs K --per-slice-masks``."""
     options = [
-        click.option("--mask", "mask_kind", default="gaussian2d", show_default=True,
+        click.option("--mask", "mask_kind", default=None,
                      help="Mask kind (gaussian1d, gaussian2d, poisson2d, vds1d, equispaced, random1d) "
-                          "or a DAGAN .mat mask file."),
+                          "or a DAGAN .mat mask file; with --run, defaults to the run's own mask."),
         click.option("--ratio", type=float, default=None, help="Sampled fraction in (0, 1]."),
         click.option("--mask-seed", type=int, default=0, show_default=True),
         click.option("--acs", type=int, default=None, help="Fully sampled centre lines / block side."),
@@ -156,11 +156,13 @@ def eval_command(model_name, run_dir, data, mask_kind, ratio, mask_seed, acs, pe
         from dagan_tf.inference import load_run_reconstructor
 
         model, run_mask = load_run_reconstructor(run_dir, dc)
-        if mask_kind == "gaussian2d" and ratio is None:  # no mask given: use the run's own
+        if mask_kind is None:
             mask_kind, ratio, mask_seed, acs, per_slice_masks = run_mask
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
     elif dc:
         raise DaganError("--dc needs a trained model (--run)")
+    elif mask_kind is None:
+        raise DaganError("--mask is required for --model zero-filled")
     spec = _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
     result = evaluate(data, spec, out, split, model, batch_size, dagan_compat_metrics, overwrite, title)
     click.echo(format_table(result))

@@ -1,6 +1,7 @@
 """Images per second of the full training pipeline (read, augment incl. elastic, k-space simulation).
 
 Usage: python scripts/bench_pipeline.py [--data PREPARED_DIR] [--size 256] [--batch 25] [--seconds 20]
+       python scripts/bench_pipeline.py --elastic-only   # ms per image of the elastic distortion, one core
 Without --data, 200 synthetic slices are written to a temporary prepared folder.
 """
 from __future__ import annotations
@@ -23,6 +24,29 @@ def synthetic_prepared(folder: Path, size: int, n: int = 200) -> Path:
     return folder
 
 
+def elastic_ms_per_image(size: int, batch: int = 8, repeats: int = 10) -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from dagan_tf.data.augment import elastic_displacements, elastic_transform
+
+    images = tf.random.uniform((batch, size, size, 1))
+    scale = size / 256
+
+    @tf.function
+    def warp(seed):
+        disp = elastic_displacements(seed, batch, size, size, 765.0 * scale, 25.5 * scale)
+        return elastic_transform(images, disp)
+
+    warp(tf.constant([0, 0], tf.int64))
+    start = time.perf_counter()
+    for i in range(repeats):
+        warp(tf.constant([0, i], tf.int64)).numpy()
+    ms = (time.perf_counter() - start) / repeats / batch * 1000
+    print(f"elastic distortion: {ms:.1f} ms per {size}² image on one core (α=765, σ=25.5 scaled to the size)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data")
@@ -32,7 +56,11 @@ def main() -> None:
     parser.add_argument("--mask", default="gaussian2d")
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--per-sample-masks", action="store_true")
+    parser.add_argument("--elastic-only", action="store_true")
     args = parser.parse_args()
+    if args.elastic_only:
+        elastic_ms_per_image(args.size)
+        return
 
     from dagan_tf.data.pipeline import training_dataset
     from dagan_tf.data.prepare import load_split

@@ -8,6 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from dagan_tf import recipes
+from dagan_tf.data.prepare import PrepareConfig, prepare
+from dagan_tf.training.run import train
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data"
@@ -49,8 +53,42 @@ def phantom_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def prepared_dir(tmp_path, phantom_dir) -> Path:
-    from dagan_tf.data.prepare import PrepareConfig, prepare
-
     out = tmp_path / "prepared"
     prepare([str(phantom_dir)], out, PrepareConfig(size=32, split=(0.6, 0.2, 0.2), min_foreground=0.05))
     return out
+
+
+SIZE = 32
+
+
+def tiny_config(recipe="ppgr", *extra):
+    """A 32² PPGR-family recipe small enough for unit tests (random VGG, deterministic)."""
+    overrides = [f"model.image_size={SIZE}", "model.width=0.0625", "vgg.weights=random", "vgg.input_size=32",
+                 "data.mask=gaussian1d", "data.ratio=0.3", "data.augment=false", "train.batch_size=4",
+                 "train.val_batch_size=8", "train.steps_per_epoch=3", "train.epochs=2", "train.patience=0",
+                 "train.lr=0.0005", "train.deterministic=true"]
+    return recipes.apply_overrides(recipes.load_recipe(recipe), overrides + list(extra))
+
+
+@pytest.fixture(scope="session")
+def real_slices(tmp_path_factory):
+    """A prepared folder of real IXI slices at 32² (synthetic phantoms when ../shared is absent)."""
+    out = tmp_path_factory.mktemp("real") / "prepared"
+    ixi = SHARED_DATA / "mri" / "ixi-t1"
+    if ixi.exists():
+        sources = [str(p) for p in sorted(ixi.glob("*.nii.gz"))[:3]]
+    else:
+        folder = tmp_path_factory.mktemp("phantoms")
+        sources = [str(write_nifti(folder / f"s{i}.nii.gz", phantom_volume(SIZE, 24, seed=i))) for i in range(3)]
+    prepare(sources, out, PrepareConfig(size=SIZE, split=(0.34, 0.33, 0.33), min_foreground=0.2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, real_slices):
+    """A tiny PPGR trained for 2 epochs on :func:`real_slices`."""
+    run = tmp_path_factory.mktemp("runs") / "ppgr"
+    train(run, tiny_config(), real_slices, verbose=0)
+    return run
+
+

@@ -1,4 +1,3 @@
-import json
 import subprocess
 
 import h5py
@@ -8,11 +7,10 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from conftest import phantom_volume, write_nifti
+from conftest import SIZE, phantom_volume, write_nifti
 from dagan_tf import kspace as ks
 from dagan_tf.cli import main
 from dagan_tf.inference import load_run_generator
-from test_training import SIZE, real_slices, trained_run  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 import h5py
-import nibabel as nib
 import numpy as np
 import pytest
 import scipy.io

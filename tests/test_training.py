@@ -5,50 +5,17 @@ import subprocess
 import sys
 import time
 
-import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SHARED_DATA, phantom_volume, write_nifti
+from conftest import tiny_config
 from dagan_tf import metrics, recipes
 from dagan_tf.data.pipeline import training_dataset
-from dagan_tf.data.prepare import PrepareConfig, load_split, prepare
+from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
 from dagan_tf.masks import MaskSpec
 from dagan_tf.training.run import build_trainer, train
-
-SIZE = 32
-
-
-def tiny_config(recipe="ppgr", *extra):
-    overrides = [f"model.image_size={SIZE}", "model.width=0.0625", "vgg.weights=random", "vgg.input_size=32",
-                 "data.mask=gaussian1d", "data.ratio=0.3", "data.augment=false", "train.batch_size=4",
-                 "train.val_batch_size=8", "train.steps_per_epoch=3", "train.epochs=2", "train.patience=0",
-                 "train.lr=0.0005", "train.deterministic=true"]
-    return recipes.apply_overrides(recipes.load_recipe(recipe), overrides + list(extra))
-
-
-@pytest.fixture(scope="session")
-def real_slices(tmp_path_factory):
-    """A prepared folder of real IXI slices at 32² (synthetic phantoms when ../shared is absent)."""
-    out = tmp_path_factory.mktemp("real") / "prepared"
-    ixi = SHARED_DATA / "mri" / "ixi-t1"
-    if ixi.exists():
-        sources = [str(p) for p in sorted(ixi.glob("*.nii.gz"))[:3]]
-    else:
-        folder = tmp_path_factory.mktemp("phantoms")
-        sources = [str(write_nifti(folder / f"s{i}.nii.gz", phantom_volume(SIZE, 24, seed=i))) for i in range(3)]
-    prepare(sources, out, PrepareConfig(size=SIZE, split=(0.34, 0.33, 0.33), min_foreground=0.2))
-    return out
-
-
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, real_slices):
-    run = tmp_path_factory.mktemp("runs") / "ppgr"
-    train(run, tiny_config(), real_slices, verbose=0)
-    return run
-
 
 def _fixed_batch(prepared, n=8):
     ds, _ = training_dataset(load_split(prepared, "train"), n, MaskSpec("gaussian1d", 0.3), augment=None)

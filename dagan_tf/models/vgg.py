@@ -52,17 +52,17 @@ def build_vgg_features(arch: str = "vgg16", layer: str = "block4_pool", weights:
     ``same_pooling`` rebuilds the max-pools with 'same' padding (DAGAN: 244² -> 16² at block4_pool).
     """
     backbone = _load_backbone(arch, weights)
-    names = [l.name for l in backbone.layers]
+    names = [each.name for each in backbone.layers]
     if layer not in names:
         raise DaganError(f"{arch} has no layer {layer!r}; valid: {', '.join(names[1:])}")
     inputs = keras.Input((None, None, 3))
     x = inputs
-    for l in backbone.layers[1:]:
-        if isinstance(l, layers.MaxPooling2D) and same_pooling:
-            x = layers.MaxPooling2D(2, 2, padding="same", name=l.name)(x)
+    for layer_ in backbone.layers[1:]:
+        if isinstance(layer_, layers.MaxPooling2D) and same_pooling:
+            x = layers.MaxPooling2D(2, 2, padding="same", name=layer_.name)(x)
         else:
-            x = l(x)
-        if l.name == layer:
+            x = layer_(x)
+        if layer_.name == layer:
             break
     model = keras.Model(inputs, x, name=f"{arch}_{layer}")
     model.trainable = False
