@@ -10,9 +10,16 @@ import yaml
 from dagan_tf.errors import DaganError
 
 
+def recipe_dir():
+    """``configs/recipes``: installed as ``dagan_tf.configs``, or beside the package in a source checkout."""
+    try:
+        return resources.files("dagan_tf.configs") / "recipes"
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "configs" / "recipes"
+
+
 def recipe_names() -> list[str]:
-    folder = resources.files("dagan_tf.configs") / "recipes"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in recipe_dir().iterdir() if p.name.endswith(".yaml"))
 
 
 def load_recipe(name: str) -> dict:
@@ -20,7 +27,7 @@ def load_recipe(name: str) -> dict:
     names = recipe_names()
     if name not in names:
         raise DaganError(f"unknown recipe {name!r}; valid recipes: {', '.join(names)}")
-    text = (resources.files("dagan_tf.configs") / "recipes" / f"{name}.yaml").read_text()
+    text = (recipe_dir() / f"{name}.yaml").read_text()
     return yaml.safe_load(text)
 
 
