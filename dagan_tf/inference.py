@@ -19,13 +19,14 @@ from dagan_tf.errors import DaganError
 
 def load_run_generator(run_dir: str | Path):
     """``(generator, config)`` of a run, with its best weights (else the latest checkpoint)."""
-    from dagan_tf.training.run import generator_from_config
+    from dagan_tf.training.run import generator_from_config, precision_policy
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DaganError(f"{run_dir} is not a training run (no config.yaml)")
     config = recipes.load_config_file(run_dir / "config.yaml")
-    generator = generator_from_config(config)
+    with precision_policy("float32"):  # inference in float32 whatever the training precision
+        generator = generator_from_config(config)
     best = run_dir / "best.weights.h5"
     if best.is_file():
         generator.load_weights(str(best))

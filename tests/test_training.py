@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -34,13 +35,19 @@ def test_generator_loss_decreases(real_slices):
 
 
 def test_short_training_beats_zero_filled_on_training_slices(real_slices):
+    keras.utils.set_random_seed(0)
     model = build_trainer(tiny_config("ppgr", "train.lr=0.001"))
     zf, target = _fixed_batch(real_slices)
     step = tf.function(model.train_step)
     for _ in range(60):
         step((zf, target))
+    # a decayed learning rate lets the batch-norm moving statistics (used at inference) catch up
+    for opt in (model.g_optimizer, model.d_optimizer):
+        opt.learning_rate.assign(1e-5)
+    for _ in range(20):
+        step((zf, target))
     recon = model.generator(zf, training=False)
-    assert float(np.mean(metrics.psnr(target, recon))) > float(np.mean(metrics.psnr(target, zf))) + 0.5
+    assert float(np.mean(metrics.psnr(target, recon))) > float(np.mean(metrics.psnr(target, zf))) + 2.0
 
 
 def _checkpoint_tensors(run, number):

@@ -10,6 +10,7 @@ Run folder::
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from pathlib import Path
@@ -65,10 +66,20 @@ def build_trainer(config: dict) -> ConditionalGAN:
     return model
 
 
-def _setup_runtime(t: dict) -> None:
-    if t["precision"] not in PRECISIONS:
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Build models under the Keras dtype policy ``name``; the previous global policy is restored after."""
+    if name not in PRECISIONS:
         raise DaganError(f"train.precision must be one of {', '.join(PRECISIONS)}")
-    keras.mixed_precision.set_global_policy(t["precision"])
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _setup_runtime(t: dict) -> None:
     keras.utils.set_random_seed(int(t["seed"]))
     if t["deterministic"]:
         tf.config.experimental.enable_op_determinism()
@@ -96,10 +107,8 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
             raise DaganError(f"{run_dir} is not a run folder (no config.yaml) to resume")
         config = recipes.load_config_file(run_dir / "config.yaml")
     else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            if not overwrite:
-                raise DaganError(f"run folder {run_dir} exists; pass --resume to continue it or --overwrite")
-            shutil.rmtree(run_dir)
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise DaganError(f"run folder {run_dir} exists; pass --resume to continue it or --overwrite")
         config["data"]["folder"] = str(Path(data).resolve())
     if epochs is not None:
         config["train"]["epochs"] = int(epochs)
@@ -109,6 +118,14 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
     spec.validate()
     train_split, val_split = _check_data(config, data)
     _setup_runtime(t)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    with precision_policy(t["precision"]):
+        return _fit(run_dir, config, resume, train_split, val_split, spec, verbose)
+
+
+def _fit(run_dir: Path, config: dict, resume: bool, train_split, val_split, spec, verbose) -> dict:
+    t = config["train"]
     model = build_trainer(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(recipes.dump(config))
