@@ -46,11 +46,11 @@ def apply_dc(image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor) -> tf.Tensor
 def batch_reconstructor(generator: Callable, dc: bool) -> Callable[[dict], tf.Tensor]:
     """A function of an evaluation batch dict (``zero_filled``, ``kspace``, ``mask``) -> reconstruction."""
 
-    @tf.function(reduce_retracing=True)
-    def run(zero_filled, kspace0, mask):
+    def reconstruct(zero_filled, kspace0, mask):
         out = tf.cast(generator(zero_filled, training=False), tf.float32)
         return apply_dc(out, kspace0, mask) if dc else out
 
+    run = tf.function(reconstruct, reduce_retracing=True, autograph=False)  # dc is a Python constant
     return lambda batch: run(batch["zero_filled"], batch["kspace"], batch["mask"])
 
 
