@@ -16,6 +16,7 @@ variable is stored once (Keras' ``model.export`` stores them twice).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -61,10 +62,8 @@ def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = 
     return Path(out)
 
 
-def load_export(path: str | Path):
-    """Load an exported SavedModel; returns its ``serving_default`` signature function."""
-    from dagan_tf.errors import DaganError
-
-    if not (Path(path) / "saved_model.pb").is_file():
-        raise DaganError(f"{path} is not an exported SavedModel (no saved_model.pb)")
-    return tf.saved_model.load(str(path))
+def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int]:
+    """``(reconstruct, image_size)`` from an exported SavedModel's ``serving_default`` signature."""
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    size = int(signature.structured_input_signature[1]["zero_filled"].shape[1])
+    return (lambda x: signature(zero_filled=x)["reconstruction"]), size

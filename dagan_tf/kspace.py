@@ -14,8 +14,8 @@ Convention (defined here, used everywhere):
   DAGAN's ``abs(ifft2(ifftshift(fftshift(fft2(x)) * mask)))`` exactly (the
   orthonormal scaling cancels in the round trip).
 
-Shapes: complex tensors are ``[..., H, W]``; real images may also be given as
-``[..., H, W, 1]`` (Keras NHWC) to the ``*_nhwc`` helpers.
+Shapes: tensors are ``[..., H, W]`` (real or complex); Keras images ``[N, H, W, 1]``
+are passed as ``image[..., 0]``.
 """
 from __future__ import annotations
 
@@ -71,15 +71,6 @@ def undersample(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor
     """
     k = fft2c(image) * _as_complex(mask)
     return k, ifft2c(k)
-
-
-def zero_filled_nhwc(image: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Magnitude zero-filled image for ``[N, H, W, 1]`` real input; mask ``[H, W]`` or ``[N, H, W]``.
-
-    Returns ``[N, H, W, 1]`` float32 (not clipped: values may exceed the input range).
-    """
-    _, zf = undersample(image[..., 0], mask)
-    return tf.abs(zf)[..., None]
 
 
 def data_consistency(kspace: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor,

@@ -35,10 +35,9 @@ def load_model(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int]
     """``(generator_fn, image_size)`` from an export folder or a run folder."""
     path = Path(path)
     if (path / "saved_model.pb").is_file():
-        loaded = tf.saved_model.load(str(path))
-        fn = loaded.signatures["serving_default"]
-        size = int(fn.structured_input_signature[1]["zero_filled"].shape[1])
-        return (lambda x: fn(zero_filled=x)["reconstruction"]), size
+        from dagan_tf.export import load_export
+
+        return load_export(path)
     if (path / "config.yaml").is_file():
         from dagan_tf.inference import load_run_generator
 
