@@ -57,7 +57,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     example_idx = set(np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist())
     examples: dict[int, list[np.ndarray]] = {}
     start = 0
-    for batch in evaluation_dataset(prepared, batch_size, mask, with_kspace=True):
+    for batch in evaluation_dataset(prepared, batch_size, masks, with_kspace=True):
         b = int(batch["target"].shape[0])
         outputs = {name: fn(batch) for name, fn in recons.items()}
         for name, image in outputs.items():

@@ -90,10 +90,13 @@ def evaluation_masks(split: PreparedSplit, mask: MaskSpec) -> np.ndarray:
     return np.stack([mask.for_slice((h, w), i) for i in range(n)])
 
 
-def evaluation_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec,
+def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
                        with_kspace: bool = False) -> tf.data.Dataset:
-    """Every slice of a split once, in order, without augmentation; masks from :func:`evaluation_masks`."""
-    masks = tf.constant(evaluation_masks(split, mask))
+    """Every slice of a split once, in order, without augmentation.
+
+    ``masks`` is ``[1, H, W]`` or ``[N, H, W]`` from :func:`evaluation_masks` (built once by the caller).
+    """
+    masks = tf.constant(masks, tf.float32)
     n = split.images.shape[0]
     gather = _gather_images(split.images)
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from dagan_tf import recipes
 from dagan_tf.data.augment import AugmentConfig
-from dagan_tf.data.pipeline import evaluation_dataset, training_dataset
+from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks, training_dataset
 from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
 from dagan_tf.masks import MaskSpec
@@ -139,7 +139,7 @@ def _fit(run_dir: Path, config: dict, resume: bool, train_split, val_split, spec
     steps = int(t["steps_per_epoch"] or len(train_split.images) // int(t["batch_size"]))
     train_ds, _ = training_dataset(train_split, int(t["batch_size"]), spec, int(t["seed"]), first_epoch * steps,
                                    augment)
-    val_ds = evaluation_dataset(val_split, int(t["val_batch_size"]), spec)
+    val_ds = evaluation_dataset(val_split, int(t["val_batch_size"]), evaluation_masks(val_split, spec))
     zf, target = next(iter(val_ds))
     callbacks = [
         HalvingSchedule(float(t["lr"]), int(t["lr_halve_every"])),
