@@ -21,6 +21,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from dagan_tf.models.layers import FusedBatchNorm, GemmConv2D, GemmConv2DTranspose, LeakyReLU
+
 ENCODER_FILTERS = (64, 128, 256, 512, 512, 512, 512, 512)
 DECODER_FILTERS = (64, 64, 128, 256, 1024, 1024, 1024, 512)  # output level 0 (full size) … 7
 DISCRIMINATOR_FILTERS = (64, 128, 256, 512, 1024, 2048)
@@ -34,9 +36,9 @@ class Ramp(layers.Layer):
         return ops.clip(x, -1.0, 1.0)
 
 
-def _bn(name: str) -> layers.BatchNormalization:
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name,
-                                     gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02))
+def _bn(name: str) -> FusedBatchNorm:
+    return FusedBatchNorm(momentum=0.9, epsilon=1e-5, name=name,
+                          gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02))
 
 
 def _width(filters: int, width: float) -> int:
@@ -64,15 +66,15 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
     x_in = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs)
     skips, x = [], x_in
     for level in range(1, depth + 1):
-        x = layers.Conv2D(_width(ENCODER_FILTERS[level - 1], width), name=f"conv{level}", **conv_kw)(x)
+        x = GemmConv2D(_width(ENCODER_FILTERS[level - 1], width), name=f"conv{level}", **conv_kw)(x)
         if 1 < level < depth:
             x = _bn(f"conv{level}_bn")(x)
-        x = layers.LeakyReLU(0.2, name=f"conv{level}_lrelu")(x)
+        x = LeakyReLU(0.2, name=f"conv{level}_lrelu")(x)
         skips.append(x)
     for level in range(depth - 1, -1, -1):
         if level < depth - 1:
             x = layers.Concatenate(name=f"concat{level + 1}")([x, skips[level]])
-        x = layers.Conv2DTranspose(_width(DECODER_FILTERS[level], width), name=f"deconv{level}", **conv_kw)(x)
+        x = GemmConv2DTranspose(_width(DECODER_FILTERS[level], width), name=f"deconv{level}", **conv_kw)(x)
         x = _bn(f"deconv{level}_bn")(x)
         x = layers.ReLU(name=f"deconv{level}_relu")(x)
     x = layers.Conv2D(1, 1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="out")(x)
@@ -90,21 +92,21 @@ def build_discriminator(image_size: int = 256, width: float = 1.0, name: str = "
     n_strided = min(len(DISCRIMINATOR_FILTERS), unet_depth(image_size))
 
     def conv(t, filters, kernel, strides, label, bias=False):
-        return layers.Conv2D(_width(filters, width), kernel, strides=strides, padding="same", use_bias=bias,
-                             kernel_initializer=w_init, name=label)(t)
+        return GemmConv2D(_width(filters, width), kernel, strides=strides, padding="same", use_bias=bias,
+                          kernel_initializer=w_init, name=label)(t)
 
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs)
-    x = layers.LeakyReLU(0.2, name="h0_lrelu")(conv(x, DISCRIMINATOR_FILTERS[0], 4, 2, "h0", bias=True))
+    x = LeakyReLU(0.2, name="h0_lrelu")(conv(x, DISCRIMINATOR_FILTERS[0], 4, 2, "h0", bias=True))
     for i in range(1, n_strided):
         x = conv(x, DISCRIMINATOR_FILTERS[i], 4, 2, f"h{i}")
-        x = layers.LeakyReLU(0.2, name=f"h{i}_lrelu")(_bn(f"h{i}_bn")(x))
-    x = layers.LeakyReLU(0.2, name="h6_lrelu")(_bn("h6_bn")(conv(x, 1024, 1, 1, "h6")))
+        x = LeakyReLU(0.2, name=f"h{i}_lrelu")(_bn(f"h{i}_bn")(x))
+    x = LeakyReLU(0.2, name="h6_lrelu")(_bn("h6_bn")(conv(x, 1024, 1, 1, "h6")))
     h7 = _bn("h7_bn")(conv(x, 512, 1, 1, "h7"))
-    r = layers.LeakyReLU(0.2, name="res1_lrelu")(_bn("res1_bn")(conv(h7, 128, 1, 1, "res1")))
-    r = layers.LeakyReLU(0.2, name="res2_lrelu")(_bn("res2_bn")(conv(r, 128, 3, 1, "res2")))
+    r = LeakyReLU(0.2, name="res1_lrelu")(_bn("res1_bn")(conv(h7, 128, 1, 1, "res1")))
+    r = LeakyReLU(0.2, name="res2_lrelu")(_bn("res2_bn")(conv(r, 128, 3, 1, "res2")))
     r = _bn("res3_bn")(conv(r, 512, 3, 1, "res3"))
-    x = layers.LeakyReLU(0.2, name="h8_lrelu")(layers.Add(name="h8")([h7, r]))
+    x = LeakyReLU(0.2, name="h8_lrelu")(layers.Add(name="h8")([h7, r]))
     x = layers.Flatten(name="flatten")(x)
     logits = layers.Dense(1, kernel_initializer=w_init, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=name)

@@ -28,6 +28,7 @@ from dagan_tf.models.dagan import build_discriminator, build_generator
 from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
 from dagan_tf.training.callbacks import HalvingSchedule, ImageGrid, RunState, TimeBudget
 from dagan_tf.training.cgan import PIXEL_LOSSES, ConditionalGAN, LossWeights
+from dagan_tf.training.optimizers import TF1_ADAM_EPSILON, FusedAdam
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -60,8 +61,8 @@ def build_trainer(config: dict) -> ConditionalGAN:
                            build_discriminator(int(m["image_size"]), float(m["width"])),
                            features, weights, loss["pixel_kind"],
                            dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
-    model.compile(g_optimizer=keras.optimizers.Adam(float(t["lr"]), beta_1=float(t["beta1"])),
-                  d_optimizer=keras.optimizers.Adam(float(t["lr"]), beta_1=float(t["beta1"])))
+    model.compile(g_optimizer=FusedAdam(float(t["lr"]), beta_1=float(t["beta1"]), epsilon=TF1_ADAM_EPSILON),
+                  d_optimizer=FusedAdam(float(t["lr"]), beta_1=float(t["beta1"]), epsilon=TF1_ADAM_EPSILON))
     model.build_optimizers()
     return model
 

@@ -1,0 +1,166 @@
+"""Keras layers shared by the models: Keras' own layers, computed faster.
+
+Each is a subclass with the parent's variables, maths and checkpoints:
+
+* ``FusedBatchNorm``: ``BatchNormalization`` by TensorFlow's fused kernel
+  (``FusedBatchNormV3``), one pass for statistics and normalisation and a fused
+  gradient; 3–4× faster on CPU than Keras' unfused ops.
+* ``GemmConv2D`` / ``GemmConv2DTranspose``: 'same'-padded (transposed)
+  convolutions that run as one matrix product (im2col / col2im) when the kernel
+  is large and the feature map small, where oneDNN's convolution kernels reach
+  only 20–40 % of their usual speed on this CPU (measured, float32 and bf16,
+  fwd + both gradients: DAGAN's 1024→2048 conv on 8×8 maps 355 → 236 ms, its
+  1536→1024 transposed conv on 4×4 maps 255 → 143 ms; ``scripts/bench_speed.py``).
+  Elsewhere they are the Keras layers.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="dagan_tf")
+class FusedBatchNorm(layers.BatchNormalization):
+    """Batch norm over the channels of ``[N, H, W, C]`` inputs (any float dtype; statistics in float32).
+
+    Training mode normalises with the biased batch variance and moves
+    ``moving_* = momentum·moving_* + (1 − momentum)·batch_*`` with the biased
+    variance, exactly as ``keras.layers.BatchNormalization``.
+    """
+
+    def build(self, input_shape):
+        if len(input_shape) != 4 or self.axis not in (-1, 3) or self.renorm or not (self.center and self.scale):
+            raise ValueError("FusedBatchNorm takes [N, H, W, C] inputs normalised over C, with centre and scale")
+        super().build(input_shape)
+
+    def call(self, inputs, training=None, mask=None):
+        if mask is not None:
+            raise ValueError("FusedBatchNorm does not support masks")
+        common = dict(x=inputs, scale=self.gamma.value, offset=self.beta.value, epsilon=self.epsilon,
+                      data_format="NHWC")
+        if not (training and self.trainable):
+            outputs = tf.raw_ops.FusedBatchNormV3(mean=self.moving_mean.value, variance=self.moving_variance.value,
+                                                  is_training=False, **common)[0]
+            return tf.cast(outputs, self.compute_dtype)
+        outputs, mean, unbiased_variance = tf.raw_ops.FusedBatchNormV3(
+            mean=tf.zeros([0]), variance=tf.zeros([0]), exponential_avg_factor=1.0, is_training=True, **common)[:3]
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
+        variance = unbiased_variance * (count - 1.0) / count
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return tf.cast(outputs, self.compute_dtype)
+
+
+# A (transposed) convolution runs as a GEMM when its kernel has at least this many
+# elements and its small side (output map of a conv, input map of a transposed
+# conv) has at most this many positions per image; measured on oneDNN / TF 2.21.
+GEMM_MIN_KERNEL_SIZE = 2**24
+GEMM_MAX_POSITIONS = 64
+
+
+def _use_gemm(kernel_shape, positions: int) -> bool:
+    return math.prod(kernel_shape) >= GEMM_MIN_KERNEL_SIZE and positions <= GEMM_MAX_POSITIONS
+
+
+def _check_gemm_config(layer) -> None:
+    if layer.padding != "same" or layer.data_format != "channels_last" or any(d != 1 for d in layer.dilation_rate):
+        raise ValueError(f"{type(layer).__name__} supports 'same' padding, channels_last and no dilation only")
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv2d_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int]) -> tf.Tensor:
+    """'same' convolution of ``[N, H, W, Cin]`` with a ``[kh, kw, Cin, Cout]`` kernel by im2col + matmul."""
+    (kh, kw, cin, cout), (sh, sw) = kernel.shape, strides
+    height, width = x.shape[1:3]
+    out_h, out_w = -(-height // sh), -(-width // sw)
+    padded = tf.pad(x, [[0, 0], _same_padding(height, kh, sh), _same_padding(width, kw, sw), [0, 0]])
+    columns = tf.concat([padded[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+                         for i in range(kh) for j in range(kw)], axis=-1)        # [N, out_h, out_w, kh·kw·Cin]
+    y = tf.matmul(tf.reshape(columns, [-1, kh * kw * cin]), tf.reshape(kernel, [kh * kw * cin, cout]))
+    return tf.reshape(y, [-1, out_h, out_w, cout])
+
+
+def conv2d_transpose_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int]) -> tf.Tensor:
+    """'same' transposed convolution of ``[N, H, W, Cin]`` with a ``[kh, kw, Cout, Cin]`` kernel
+    (kernel sides multiples of the strides) by matmul + col2im -> ``[N, sh·H, sw·W, Cout]``."""
+    (kh, kw, cout, cin), (sh, sw) = kernel.shape, strides
+    height, width = x.shape[1:3]
+    th, tw = kh // sh, kw // sw                     # kernel taps per output phase
+    columns = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [-1, cin]), transpose_b=True)
+    columns = tf.reshape(columns, [-1, height, width, th, sh, tw, sw, cout])   # tap (a·s + r) -> (a, r)
+    # Output row s·(i + a) + r receives input row i through tap a·s + r: sum the shifted taps per phase.
+    phases = tf.add_n([tf.pad(columns[:, :, :, a, :, b], [[0, 0], [a, th - 1 - a], [b, tw - 1 - b], [0, 0], [0, 0],
+                                                          [0, 0]])
+                       for a in range(th) for b in range(tw)])                  # [N, H+th-1, W+tw-1, sh, sw, Cout]
+    full = tf.reshape(tf.transpose(phases, [0, 1, 3, 2, 4, 5]), [-1, sh * (height + th - 1), sw * (width + tw - 1), cout])
+    top, left = (kh - sh) // 2, (kw - sw) // 2
+    return full[:, top:top + sh * height, left:left + sw * width, :]
+
+
+@keras.saving.register_keras_serializable(package="dagan_tf")
+class GemmConv2D(layers.Conv2D):
+    """``keras.layers.Conv2D`` ('same', channels_last, no dilation) with the GEMM path for large kernels on small maps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_gemm_config(self)
+
+    def convolution_op(self, inputs, kernel):
+        out_positions = math.prod(-(-side // stride) for side, stride in zip(inputs.shape[1:3], self.strides))
+        if _use_gemm(kernel.shape, out_positions):
+            return conv2d_gemm(inputs, kernel, self.strides)
+        return super().convolution_op(inputs, kernel)
+
+
+@keras.saving.register_keras_serializable(package="dagan_tf")
+class GemmConv2DTranspose(layers.Conv2DTranspose):
+    """``keras.layers.Conv2DTranspose`` ('same', channels_last, no dilation or output padding, kernel sides
+    multiples of the strides) with the GEMM path for large kernels on small maps."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_gemm_config(self)
+        if self.output_padding is not None or any(k % s for k, s in zip(self.kernel_size, self.strides)):
+            raise ValueError("GemmConv2DTranspose needs kernel sides that are multiples of the strides "
+                             "and no output padding")
+
+    def call(self, inputs):
+        if not _use_gemm(self.kernel.shape, math.prod(inputs.shape[1:3])):
+            return super().call(inputs)
+        outputs = conv2d_transpose_gemm(inputs, tf.cast(self.kernel, inputs.dtype), self.strides)
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+@keras.saving.register_keras_serializable(package="dagan_tf")
+class LeakyReLU(layers.LeakyReLU):
+    """``keras.layers.LeakyReLU`` (slope > 0) whose gradient is computed from its output.
+
+    Same values and gradients (the output has the input's sign).  Keras' version
+    makes the gradient read the pre-activation, which TF 2.21's graph optimiser
+    deletes when it fuses conv + bias + leaky ReLU, so it abandons all its
+    fusions with "remapper failed: … LeakyReluGrad … missing node …BiasAdd".
+    """
+
+    def __init__(self, negative_slope=0.3, **kwargs):
+        if negative_slope <= 0:
+            raise ValueError("LeakyReLU needs a positive negative_slope")
+        super().__init__(negative_slope=negative_slope, **kwargs)
+
+    def call(self, inputs):
+        slope = self.negative_slope
+
+        @tf.custom_gradient
+        def leaky_relu(x):
+            y = tf.nn.leaky_relu(x, slope)
+            return y, lambda dy: tf.raw_ops.LeakyReluGrad(gradients=dy, features=y, alpha=slope)
+
+        return leaky_relu(inputs)

@@ -1,0 +1,179 @@
+"""The fast layers and optimizer equal the Keras ones they replace."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dagan_tf.models import layers as fast
+from dagan_tf.training.optimizers import FusedAdam
+
+
+def _values_and_gradients(layer, x, training=None):
+    """Layer output and the gradients of a fixed random projection w.r.t. the input and the trainable weights."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x) if training is None else layer(x, training=training)
+        projection = tf.reduce_sum(tf.cast(y, tf.float32) * tf.random.stateless_normal(y.shape, [1, 2]))
+    return [y] + tape.gradient(projection, [x] + layer.trainable_weights)
+
+
+def _assert_same(ours, theirs, atol):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=atol, rtol=1e-5)
+
+
+def test_fused_batch_norm_equals_keras_training_and_inference():
+    x = tf.random.stateless_normal((4, 6, 5, 3), [0, 1]) * 3.0 + 2.0
+    kwargs = {"momentum": 0.9, "epsilon": 1e-5,
+              "gamma_initializer": keras.initializers.RandomNormal(1.0, 0.02, seed=3)}
+    ours, theirs = fast.FusedBatchNorm(**kwargs), keras.layers.BatchNormalization(**kwargs)
+    ours.build(x.shape), theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    _assert_same(_values_and_gradients(ours, x, True), _values_and_gradients(theirs, x, True), 1e-5)
+    # moving statistics moved once, with the biased batch variance
+    mean, variance = x.numpy().mean((0, 1, 2)), x.numpy().var((0, 1, 2))
+    np.testing.assert_allclose(ours.moving_mean.numpy(), 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 + 0.1 * variance, rtol=1e-5)
+    _assert_same(ours.get_weights(), theirs.get_weights(), 1e-6)
+    _assert_same(_values_and_gradients(ours, x, False), _values_and_gradients(theirs, x, False), 1e-5)
+
+
+def test_fused_batch_norm_mixed_bfloat16_keeps_float32_statistics():
+    layer = fast.FusedBatchNorm(dtype="mixed_bfloat16")
+    x = tf.cast(tf.random.stateless_normal((2, 4, 4, 3), [0, 2]) + 5.0, tf.bfloat16)
+    y = layer(x, training=True)
+    assert y.dtype == tf.bfloat16 and layer.moving_mean.dtype == "float32"
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.01 * tf.cast(x, tf.float32).numpy().mean((0, 1, 2)),
+                               rtol=1e-4)
+
+
+def test_fused_batch_norm_rejects_other_layouts():
+    with pytest.raises(ValueError, match="N, H, W, C"):
+        fast.FusedBatchNorm()(tf.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("side,kernel,stride", [(8, 4, 2), (7, 4, 2), (6, 3, 2), (5, 3, 1)])
+def test_gemm_conv_equals_keras_conv(monkeypatch, side, kernel, stride):
+    monkeypatch.setattr(fast, "GEMM_MIN_KERNEL_SIZE", 0)  # force the GEMM path on small shapes
+    x = tf.random.stateless_normal((2, side, side + 1, 3), [1, side])
+    ours = fast.GemmConv2D(5, kernel, strides=stride, padding="same")
+    theirs = keras.layers.Conv2D(5, kernel, strides=stride, padding="same")
+    ours.build(x.shape), theirs.build(x.shape)
+    ours.set_weights([w + 0.1 for w in theirs.get_weights()])
+    theirs.set_weights(ours.get_weights())
+    _assert_same(_values_and_gradients(ours, x), _values_and_gradients(theirs, x), 1e-5)
+
+
+@pytest.mark.parametrize("side,kernel,stride", [(4, 4, 2), (3, 4, 2), (3, 6, 3), (4, 2, 2), (2, 4, 1)])
+def test_gemm_conv_transpose_equals_keras(monkeypatch, side, kernel, stride):
+    monkeypatch.setattr(fast, "GEMM_MIN_KERNEL_SIZE", 0)
+    x = tf.random.stateless_normal((2, side, side + 1, 3), [2, side])
+    ours = fast.GemmConv2DTranspose(5, kernel, strides=stride, padding="same")
+    theirs = keras.layers.Conv2DTranspose(5, kernel, strides=stride, padding="same")
+    ours.build(x.shape), theirs.build(x.shape)
+    ours.set_weights([w + 0.1 for w in theirs.get_weights()])
+    theirs.set_weights(ours.get_weights())
+    _assert_same(_values_and_gradients(ours, x), _values_and_gradients(theirs, x), 1e-5)
+
+
+def test_gemm_path_is_taken_only_for_large_kernels_on_small_maps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fast, "conv2d_gemm", lambda *args: calls.append(args[0].shape) or tf.zeros((1, 1, 1, 1)))
+    big = fast.GemmConv2D(1024, 4, strides=2, padding="same")
+    big.build((None, 8, 8, 1024))     # 4·4·1024·1024 = 2**24 kernel elements, 4×4 output
+    big(tf.zeros((1, 8, 8, 1024)))
+    big(tf.zeros((1, 32, 32, 1024)))  # 16×16 output: oneDNN convolution
+    fast.GemmConv2D(8, 4, strides=2, padding="same")(tf.zeros((1, 8, 8, 8)))  # small kernel
+    assert calls == [(1, 8, 8, 1024)]
+
+
+def test_gemm_layers_reject_unsupported_configurations():
+    with pytest.raises(ValueError, match="'same' padding"):
+        fast.GemmConv2D(4, 3, padding="valid")
+    with pytest.raises(ValueError, match="multiples of the strides"):
+        fast.GemmConv2DTranspose(4, 3, strides=2, padding="same")
+
+
+def test_leaky_relu_equals_keras():
+    x = tf.random.stateless_normal((3, 7), [3, 4])
+    _assert_same(_values_and_gradients(fast.LeakyReLU(0.2), x), _values_and_gradients(keras.layers.LeakyReLU(0.2), x),
+                 1e-7)
+    with pytest.raises(ValueError, match="positive"):
+        fast.LeakyReLU(0.0)
+
+
+def test_conv_bias_leaky_relu_training_graph_keeps_graph_optimiser_working():
+    """TF 2.21 logs 'remapper failed' (and drops its fusions) for Keras' LeakyReLU here; ours does not."""
+    script = textwrap.dedent("""
+        import keras, tensorflow as tf
+        from dagan_tf.models.layers import LeakyReLU
+        inputs = keras.Input((8, 8, 4))
+        x = LeakyReLU(0.2)(keras.layers.Conv2D(8, 4, strides=2, padding="same")(inputs))
+        model = keras.Model(inputs, keras.layers.Concatenate()([x, x]))
+        @tf.function
+        def step(v):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(model(v) ** 2)
+            return tape.gradient(loss, model.trainable_variables)
+        step(tf.ones((2, 8, 8, 4)))
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.stdout.strip() == "ok", result.stderr
+    assert "remapper failed" not in result.stderr
+
+
+def _adam_reference(theta, grads, lr, beta1, beta2, epsilon):
+    m = v = np.zeros_like(theta)
+    for t, g in enumerate(grads, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        theta = theta - lr * np.sqrt(1 - beta2**t) / (1 - beta1**t) * m / (np.sqrt(v) + epsilon)
+    return theta
+
+
+def test_fused_adam_equals_keras_adam_and_the_formula():
+    rng = np.random.default_rng(0)
+    theta0 = rng.normal(size=(5, 3)).astype(np.float32)
+    grads = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(4)]
+    results = []
+    for optimizer in (FusedAdam(1e-2, beta_1=0.5, epsilon=1e-8), keras.optimizers.Adam(1e-2, beta_1=0.5, epsilon=1e-8)):
+        variable = keras.Variable(theta0)
+        for g in grads:
+            optimizer.apply_gradients([(tf.constant(g), variable)])
+        results.append(variable.numpy())
+    np.testing.assert_allclose(results[0], results[1], atol=1e-6)
+    np.testing.assert_allclose(results[0], _adam_reference(theta0, grads, 1e-2, 0.5, 0.999, 1e-8), atol=1e-5)
+    with pytest.raises(ValueError, match="amsgrad"):
+        FusedAdam(amsgrad=True)
+
+
+def test_fused_adam_under_mirrored_strategy_equals_single_device():
+    """Two replicas on two logical CPUs: the same update as one device on the whole batch."""
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf, keras
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from dagan_tf.training.optimizers import FusedAdam
+        x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+        def train(strategy):
+            with strategy.scope():
+                model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, kernel_initializer="ones")])
+                model.compile(FusedAdam(0.1), loss="mse")
+            model.fit(x, np.ones((8, 2), "float32"), batch_size=8, epochs=3, shuffle=False, verbose=0)
+            return model.get_weights()[0]
+        mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        assert mirrored.num_replicas_in_sync == 2
+        print(float(np.abs(train(mirrored) - train(tf.distribute.get_strategy())).max()))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
