@@ -61,7 +61,6 @@ def test_fused_batch_norm_rejects_other_layouts():
 
 @pytest.mark.parametrize("side,kernel,stride", [(8, 4, 2), (7, 4, 2), (6, 3, 2), (5, 3, 1)])
 def test_gemm_conv_equals_keras_conv(monkeypatch, side, kernel, stride):
-    monkeypatch.setattr(fast, "GEMM_MIN_KERNEL_SIZE", 0)  # force the GEMM path on small shapes
     x = tf.random.stateless_normal((2, side, side + 1, 3), [1, side])
     ours = fast.GemmConv2D(5, kernel, strides=stride, padding="same")
     theirs = keras.layers.Conv2D(5, kernel, strides=stride, padding="same")
@@ -73,7 +72,6 @@ def test_gemm_conv_equals_keras_conv(monkeypatch, side, kernel, stride):
 
 @pytest.mark.parametrize("side,kernel,stride", [(4, 4, 2), (3, 4, 2), (3, 6, 3), (4, 2, 2), (2, 4, 1)])
 def test_gemm_conv_transpose_equals_keras(monkeypatch, side, kernel, stride):
-    monkeypatch.setattr(fast, "GEMM_MIN_KERNEL_SIZE", 0)
     x = tf.random.stateless_normal((2, side, side + 1, 3), [2, side])
     ours = fast.GemmConv2DTranspose(5, kernel, strides=stride, padding="same")
     theirs = keras.layers.Conv2DTranspose(5, kernel, strides=stride, padding="same")
@@ -83,15 +81,17 @@ def test_gemm_conv_transpose_equals_keras(monkeypatch, side, kernel, stride):
     _assert_same(_values_and_gradients(ours, x), _values_and_gradients(theirs, x), 1e-5)
 
 
-def test_gemm_path_is_taken_only_for_large_kernels_on_small_maps(monkeypatch):
+def test_gemm_path_is_taken_only_on_small_maps(monkeypatch):
     calls = []
-    monkeypatch.setattr(fast, "conv2d_gemm", lambda *args: calls.append(args[0].shape) or tf.zeros((1, 1, 1, 1)))
-    big = fast.GemmConv2D(1024, 4, strides=2, padding="same")
-    big.build((None, 8, 8, 1024))     # 4·4·1024·1024 = 2**24 kernel elements, 4×4 output
-    big(tf.zeros((1, 8, 8, 1024)))
-    big(tf.zeros((1, 32, 32, 1024)))  # 16×16 output: oneDNN convolution
-    fast.GemmConv2D(8, 4, strides=2, padding="same")(tf.zeros((1, 8, 8, 8)))  # small kernel
-    assert calls == [(1, 8, 8, 1024)]
+    monkeypatch.setattr(fast, "conv2d_gemm", lambda x, *args: calls.append(x.shape) or tf.zeros((1, 1, 1, 1)))
+    monkeypatch.setattr(fast, "conv2d_transpose_gemm", lambda x, *args: calls.append(x.shape) or tf.zeros((1, 1, 1, 1)))
+    conv = fast.GemmConv2D(2, 4, strides=2, padding="same")
+    conv(tf.zeros((1, 16, 16, 1)))   # 8×8 output: GEMM
+    conv(tf.zeros((1, 18, 16, 1)))   # 9×8 output: oneDNN convolution
+    transposed = fast.GemmConv2DTranspose(2, 4, strides=2, padding="same")
+    transposed(tf.zeros((1, 8, 8, 1)))   # 8×8 input: GEMM
+    transposed(tf.zeros((1, 8, 9, 1)))   # oneDNN
+    assert calls == [(1, 16, 16, 1), (1, 8, 8, 1)]
 
 
 def test_gemm_layers_reject_unsupported_configurations():

@@ -6,12 +6,11 @@ Each is a subclass with the parent's variables, maths and checkpoints:
   (``FusedBatchNormV3``), one pass for statistics and normalisation and a fused
   gradient; 3–4× faster on CPU than Keras' unfused ops.
 * ``GemmConv2D`` / ``GemmConv2DTranspose``: 'same'-padded (transposed)
-  convolutions that run as one matrix product (im2col / col2im) when the kernel
-  is large and the feature map small, where oneDNN's convolution kernels reach
-  only 20–40 % of their usual speed on this CPU (measured, float32 and bf16,
-  fwd + both gradients: DAGAN's 1024→2048 conv on 8×8 maps 355 → 236 ms, its
-  1536→1024 transposed conv on 4×4 maps 255 → 143 ms; ``scripts/bench_speed.py``).
-  Elsewhere they are the Keras layers.
+  convolutions that run as one matrix product (im2col / col2im) on small
+  feature maps, where oneDNN's convolution kernels are slow on this CPU
+  (batch 8, forward + both gradients, float32 / bf16: DAGAN's 1024→2048 conv
+  on 8×8 maps 353 → 204 / 319 → 83 ms, its 1536→1024 transposed conv on 4×4
+  maps 269 → 115 / 229 → 65 ms).  On larger maps they are the Keras layers.
 """
 from __future__ import annotations
 
@@ -54,15 +53,11 @@ class FusedBatchNorm(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-# A (transposed) convolution runs as a GEMM when its kernel has at least this many
-# elements and its small side (output map of a conv, input map of a transposed
-# conv) has at most this many positions per image; measured on oneDNN / TF 2.21.
-GEMM_MIN_KERNEL_SIZE = 2**24
+# A (transposed) convolution runs as a GEMM when its small side (the output map of
+# a conv, the input map of a transposed conv) has at most this many positions per
+# image: there the GEMM beat oneDNN's convolution for every DAGAN layer, float32
+# and bf16 (TF 2.21, this CPU); on larger maps oneDNN is as fast or faster.
 GEMM_MAX_POSITIONS = 64
-
-
-def _use_gemm(kernel_shape, positions: int) -> bool:
-    return math.prod(kernel_shape) >= GEMM_MIN_KERNEL_SIZE and positions <= GEMM_MAX_POSITIONS
 
 
 def _check_gemm_config(layer) -> None:
@@ -80,9 +75,16 @@ def conv2d_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int]) -> tf
     (kh, kw, cin, cout), (sh, sw) = kernel.shape, strides
     height, width = x.shape[1:3]
     out_h, out_w = -(-height // sh), -(-width // sw)
-    padded = tf.pad(x, [[0, 0], _same_padding(height, kh, sh), _same_padding(width, kw, sw), [0, 0]])
-    columns = tf.concat([padded[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-                         for i in range(kh) for j in range(kw)], axis=-1)        # [N, out_h, out_w, kh·kw·Cin]
+    th, tw = -(-kh // sh), -(-kw // sw)                      # kernel taps per stride phase
+    (top, bottom), (left, right) = _same_padding(height, kh, sh), _same_padding(width, kw, sw)
+    # Pad to whole stride cells, split rows/cols into (cell, phase): tap a·s + r reads cell i + a, phase r.
+    bottom += sh * (out_h + th - 1) - (top + height + bottom)
+    right += sw * (out_w + tw - 1) - (left + width + right)
+    cells = tf.reshape(tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]]),
+                       [-1, out_h + th - 1, sh, out_w + tw - 1, sw, cin])
+    phases = [tf.unstack(row, axis=3) for row in tf.unstack(cells, axis=2)]  # [r][q]: [N, cells_h, cells_w, Cin]
+    columns = tf.concat([tf.slice(phases[i % sh][j % sw], [0, i // sh, j // sw, 0], [-1, out_h, out_w, -1])
+                         for i in range(kh) for j in range(kw)], axis=-1)      # [N, out_h, out_w, kh·kw·Cin]
     y = tf.matmul(tf.reshape(columns, [-1, kh * kw * cin]), tf.reshape(kernel, [kh * kw * cin, cout]))
     return tf.reshape(y, [-1, out_h, out_w, cout])
 
@@ -95,9 +97,9 @@ def conv2d_transpose_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, i
     th, tw = kh // sh, kw // sw                     # kernel taps per output phase
     columns = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [-1, cin]), transpose_b=True)
     columns = tf.reshape(columns, [-1, height, width, th, sh, tw, sw, cout])   # tap (a·s + r) -> (a, r)
+    taps = [tf.unstack(row, axis=4) for row in tf.unstack(columns, axis=3)]  # [a][b]: [N, H, W, sh, sw, Cout]
     # Output row s·(i + a) + r receives input row i through tap a·s + r: sum the shifted taps per phase.
-    phases = tf.add_n([tf.pad(columns[:, :, :, a, :, b], [[0, 0], [a, th - 1 - a], [b, tw - 1 - b], [0, 0], [0, 0],
-                                                          [0, 0]])
+    phases = tf.add_n([tf.pad(taps[a][b], [[0, 0], [a, th - 1 - a], [b, tw - 1 - b], [0, 0], [0, 0], [0, 0]])
                        for a in range(th) for b in range(tw)])                  # [N, H+th-1, W+tw-1, sh, sw, Cout]
     full = tf.reshape(tf.transpose(phases, [0, 1, 3, 2, 4, 5]), [-1, sh * (height + th - 1), sw * (width + tw - 1), cout])
     top, left = (kh - sh) // 2, (kw - sw) // 2
@@ -106,7 +108,7 @@ def conv2d_transpose_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, i
 
 @keras.saving.register_keras_serializable(package="dagan_tf")
 class GemmConv2D(layers.Conv2D):
-    """``keras.layers.Conv2D`` ('same', channels_last, no dilation) with the GEMM path for large kernels on small maps."""
+    """``keras.layers.Conv2D`` ('same', channels_last, no dilation) with the GEMM path on small maps."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -114,7 +116,7 @@ class GemmConv2D(layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         out_positions = math.prod(-(-side // stride) for side, stride in zip(inputs.shape[1:3], self.strides))
-        if _use_gemm(kernel.shape, out_positions):
+        if out_positions <= GEMM_MAX_POSITIONS:
             return conv2d_gemm(inputs, kernel, self.strides)
         return super().convolution_op(inputs, kernel)
 
@@ -122,7 +124,7 @@ class GemmConv2D(layers.Conv2D):
 @keras.saving.register_keras_serializable(package="dagan_tf")
 class GemmConv2DTranspose(layers.Conv2DTranspose):
     """``keras.layers.Conv2DTranspose`` ('same', channels_last, no dilation or output padding, kernel sides
-    multiples of the strides) with the GEMM path for large kernels on small maps."""
+    multiples of the strides) with the GEMM path on small maps."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -132,7 +134,7 @@ class GemmConv2DTranspose(layers.Conv2DTranspose):
                              "and no output padding")
 
     def call(self, inputs):
-        if not _use_gemm(self.kernel.shape, math.prod(inputs.shape[1:3])):
+        if math.prod(inputs.shape[1:3]) > GEMM_MAX_POSITIONS:
             return super().call(inputs)
         outputs = conv2d_transpose_gemm(inputs, tf.cast(self.kernel, inputs.dtype), self.strides)
         if self.use_bias:
