@@ -94,6 +94,17 @@ def test_gemm_path_is_taken_only_on_small_maps(monkeypatch):
     assert calls == [(1, 16, 16, 1), (1, 8, 8, 1)]
 
 
+def test_gemm_layers_on_maps_of_unknown_size_use_keras_path():
+    x = tf.random.stateless_normal((2, 4, 4, 3), [4, 5])
+    for ours, theirs in ((fast.GemmConv2D(5, 4, strides=2, padding="same"), keras.layers.Conv2D(5, 4, strides=2, padding="same")),
+                         (fast.GemmConv2DTranspose(5, 4, strides=2, padding="same"),
+                          keras.layers.Conv2DTranspose(5, 4, strides=2, padding="same"))):
+        ours.build(x.shape), theirs.build(x.shape)
+        theirs.set_weights(ours.get_weights())
+        dynamic = tf.function(ours, input_signature=[tf.TensorSpec([None, None, None, 3])])
+        np.testing.assert_allclose(dynamic(x).numpy(), theirs(x).numpy(), atol=1e-5)
+
+
 def test_gemm_layers_reject_unsupported_configurations():
     with pytest.raises(ValueError, match="'same' padding"):
         fast.GemmConv2D(4, 3, padding="valid")

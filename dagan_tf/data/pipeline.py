@@ -74,6 +74,7 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         target = gather(indices)
         if augment is not None:
             target = augment_batch(target, tf.stack([tf.constant(seed, tf.int64), step]), augment)
+            target = tf.ensure_shape(target, [batch_size, h, w, 1])
         m = per_sample_masks(step) if fixed_mask is None else fixed_mask
         return _simulate(target, m, with_kspace)
 

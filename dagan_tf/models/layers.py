@@ -14,8 +14,6 @@ Each is a subclass with the parent's variables, maths and checkpoints:
 """
 from __future__ import annotations
 
-import math
-
 import keras
 import tensorflow as tf
 from keras import layers
@@ -57,7 +55,15 @@ class FusedBatchNorm(layers.BatchNormalization):
 # a conv, the input map of a transposed conv) has at most this many positions per
 # image: there the GEMM beat oneDNN's convolution for every DAGAN layer, float32
 # and bf16 (TF 2.21, this CPU); on larger maps oneDNN is as fast or faster.
+# Maps of unknown (dynamic) size use oneDNN.
 GEMM_MAX_POSITIONS = 64
+
+
+def _small_map(height, width, strides=(1, 1)) -> bool:
+    """Whether a map of static size ``height × width``, divided by ``strides``, has at most GEMM_MAX_POSITIONS."""
+    if height is None or width is None:
+        return False
+    return -(-height // strides[0]) * -(-width // strides[1]) <= GEMM_MAX_POSITIONS
 
 
 def _check_gemm_config(layer) -> None:
@@ -115,8 +121,7 @@ class GemmConv2D(layers.Conv2D):
         _check_gemm_config(self)
 
     def convolution_op(self, inputs, kernel):
-        out_positions = math.prod(-(-side // stride) for side, stride in zip(inputs.shape[1:3], self.strides))
-        if out_positions <= GEMM_MAX_POSITIONS:
+        if _small_map(*inputs.shape[1:3], self.strides):
             return conv2d_gemm(inputs, kernel, self.strides)
         return super().convolution_op(inputs, kernel)
 
@@ -134,7 +139,7 @@ class GemmConv2DTranspose(layers.Conv2DTranspose):
                              "and no output padding")
 
     def call(self, inputs):
-        if math.prod(inputs.shape[1:3]) > GEMM_MAX_POSITIONS:
+        if not _small_map(*inputs.shape[1:3]):
             return super().call(inputs)
         outputs = conv2d_transpose_gemm(inputs, tf.cast(self.kernel, inputs.dtype), self.strides)
         if self.use_bias:
