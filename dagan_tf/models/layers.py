@@ -11,6 +11,8 @@ Each is a subclass with the parent's variables, maths and checkpoints:
   (batch 8, forward + both gradients, float32 / bf16: DAGAN's 1024→2048 conv
   on 8×8 maps 353 → 204 / 319 → 83 ms, its 1536→1024 transposed conv on 4×4
   maps 269 → 115 / 229 → 65 ms).  On larger maps they are the Keras layers.
+* ``LeakyReLU``: gradient from the output, which keeps TF's graph optimiser
+  working on conv + bias + leaky ReLU training graphs.
 """
 from __future__ import annotations
 
@@ -67,8 +69,9 @@ def _small_map(height, width, strides=(1, 1)) -> bool:
 
 
 def _check_gemm_config(layer) -> None:
-    if layer.padding != "same" or layer.data_format != "channels_last" or any(d != 1 for d in layer.dilation_rate):
-        raise ValueError(f"{type(layer).__name__} supports 'same' padding, channels_last and no dilation only")
+    if (layer.padding != "same" or layer.data_format != "channels_last" or any(d != 1 for d in layer.dilation_rate)
+            or getattr(layer, "groups", 1) != 1):
+        raise ValueError(f"{type(layer).__name__} supports 'same' padding, channels_last, no dilation and no groups only")
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
