@@ -2,4 +2,6 @@
 
 
 class DaganError(Exception):
-    """Bad input or configuration; the CLI prints it as a one-line ``Error: …``."""
+    """Bad input or configuration; the CLI prints it as a one-line ``Error: …`` and exits ``exit_code``."""
+
+    exit_code = 1

@@ -3,12 +3,14 @@
 A *reconstructor* maps a batch dict from
 :func:`dagan_tf.data.pipeline.evaluation_dataset` (``with_kspace=True``) to a
 ``[B, H, W, 1]`` image.  ``zero_filled`` is always evaluated; a model adds a
-``model`` entry.  Outputs (written atomically into ``out``)::
+``model`` entry (named ``model+dc`` when data consistency is applied).
+Outputs (written atomically into ``out``)::
 
     metrics.json   {"zero_filled": {"psnr": {"mean", "std", "per_volume"}, ...}, "model": ...,
                     "n_slices", "n_subjects", "data_range", "mask", "split"}
-    per_slice.csv  index, subject, slice, data_range, <name>_<metric> ...
-    examples.png   rows of ground truth | zero-filled | |error|×10 [| model | |error|×10]
+    per_slice.csv  index, subject, slice (the source's axial index), data_range, <name>_<metric> ...
+    examples.png   titled rows: ground truth | zero-filled | error [| model | error], error maps on
+                   one fixed scale with a colour bar, per-image PSNR/SSIM (:mod:`dagan_tf.figures`)
     report.md      the table and settings
 """
 from __future__ import annotations
@@ -25,12 +27,13 @@ from dagan_tf import metrics
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
 from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
+from dagan_tf.figures import ERROR_MAX, FigureRow, comparison_figure, write_png
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import atomic_output_dir, check_new_output
+from dagan_tf.progress import Stage
 
 Reconstructor = Callable[[dict], tf.Tensor]
 N_EXAMPLES = 4
-ERROR_GAIN = 10.0
 
 
 def zero_filled(batch: dict) -> tf.Tensor:
@@ -39,8 +42,11 @@ def zero_filled(batch: dict) -> tf.Tensor:
 
 def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "test",
              model: Reconstructor | None = None, batch_size: int = 16, dagan_compat: bool = False,
-             overwrite: bool = False, title: str = "zero-filled evaluation") -> dict:
-    """Score zero-filled (and ``model``) on every slice of ``split``; returns the metrics dict."""
+             overwrite: bool = False, title: str = "zero-filled evaluation", model_name: str = "model") -> dict:
+    """Score zero-filled (and ``model``, reported as ``model_name``) on every slice of ``split``.
+
+    Returns the metrics dict (also written to ``out/metrics.json``).
+    """
     check_new_output(out, overwrite)
     prepared = load_split(data, split)
     mask.validate()
@@ -50,25 +56,27 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
         raise DaganError(f"mask shape {masks.shape[1:]} differs from the image shape {shape}")
     recons: dict[str, Reconstructor] = {"zero_filled": zero_filled}
     if model is not None:
-        recons["model"] = model
+        recons[model_name] = model
     ranges = metrics.volume_data_ranges(np.asarray(prepared.images), prepared.subjects)
     per_slice = {name: {m: [] for m in metrics.METRIC_NAMES} for name in recons}
     n = len(prepared.subjects)
     example_idx = set(np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist())
-    examples: dict[int, list[np.ndarray]] = {}
+    examples: dict[int, dict[str, np.ndarray]] = {}
     start = 0
-    for batch in evaluation_dataset(prepared, batch_size, masks, with_kspace=True):
-        b = int(batch["target"].shape[0])
-        outputs = {name: fn(batch) for name, fn in recons.items()}
-        for name, image in outputs.items():
-            values = metrics.compute_all(batch["target"], image, ranges[start:start + b], dagan_compat)
-            for m in metrics.METRIC_NAMES:
-                per_slice[name][m].append(values[m])
-        for i in range(b):
-            if start + i in example_idx:
-                examples[start + i] = [batch["target"][i, ..., 0].numpy()] + \
-                    [outputs[name][i, ..., 0].numpy() for name in recons]
-        start += b
+    with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
+        for batch in evaluation_dataset(prepared, batch_size, masks, with_kspace=True):
+            b = int(batch["target"].shape[0])
+            outputs = {name: fn(batch) for name, fn in recons.items()}
+            for name, image in outputs.items():
+                values = metrics.compute_all(batch["target"], image, ranges[start:start + b], dagan_compat)
+                for m in metrics.METRIC_NAMES:
+                    per_slice[name][m].append(values[m])
+            for i in range(b):
+                if start + i in example_idx:
+                    examples[start + i] = {"target": batch["target"][i, ..., 0].numpy(),
+                                           **{name: outputs[name][i, ..., 0].numpy() for name in recons}}
+            start += b
+            stage.update(b)
     per_slice = {name: {m: np.concatenate(v) for m, v in d.items()} for name, d in per_slice.items()}
     result = {name: metrics.summary_json(values, prepared.subjects) for name, values in per_slice.items()}
     fractions = [sampled_fraction(m) for m in masks]
@@ -79,7 +87,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
         else "per-volume maximum of the ground truth",
         "metric_definitions": "dagan-compat" if dagan_compat else "standard",
         "split": split,
-        "mask": {"kind": mask.kind, "ratio": mask.ratio, "seed": mask.seed, "per_sample": mask.per_sample,
+        "mask": {"kind": mask.kind, "ratio": float(np.mean(fractions)) if mask.is_file else mask.ratio,
+                 "seed": None if mask.is_file else mask.seed, "per_sample": mask.per_sample,
                  "sampled_fraction": float(np.mean(fractions))},
     })
     with atomic_output_dir(out, overwrite) as tmp:
@@ -89,7 +98,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
 
 def format_table(result: dict) -> str:
     """Plain-text table: one row per reconstruction, mean ± std per metric."""
-    names = [k for k in ("zero_filled", "model") if k in result]
+    names = [k for k, v in result.items() if isinstance(v, dict) and "psnr" in v]
     lines = [f"{'':12s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s}"]
     for name in names:
         r = result[name]
@@ -101,23 +110,19 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _example_grid(examples: dict[int, list[np.ndarray]]) -> np.ndarray:
+def _example_figure(examples: dict[int, dict[str, np.ndarray]], per_slice, prepared, title: str) -> np.ndarray:
     rows = []
-    for _, images in sorted(examples.items()):
-        target, recons = images[0], images[1:]
-        tiles = [target]
-        for r in recons:
-            tiles += [r, np.abs(r - target) * ERROR_GAIN]
-        rows.append(np.concatenate([np.clip(t, 0, 1) for t in tiles], axis=1))
-    return (np.concatenate(rows, axis=0) * 255 + 0.5).astype(np.uint8)
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write a ``[H, W]`` uint8 image as PNG."""
-    tf.io.write_file(str(path), tf.io.encode_png(image[..., None]))
+    for index, images in sorted(examples.items()):
+        recons = {name: image for name, image in images.items() if name != "target"}
+        scores = {name: (float(per_slice[name]["psnr"][index]), float(per_slice[name]["ssim"][index]))
+                  for name in recons}
+        label = f"{prepared.subjects[index]}\nslice {prepared.slice_numbers[index]}"
+        rows.append(FigureRow(label, images["target"], recons, scores))
+    return comparison_figure(rows, title)
 
 
 def _write_outputs(folder: Path, result, per_slice, prepared, ranges, examples, names, title):
+    """metrics.json, per_slice.csv, examples.png and report.md into ``folder``."""
     (folder / "metrics.json").write_text(json.dumps(result, indent=2))
     with open(folder / "per_slice.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -126,8 +131,8 @@ def _write_outputs(folder: Path, result, per_slice, prepared, ranges, examples, 
         for i in range(len(ranges)):
             writer.writerow([i, prepared.subjects[i], prepared.slice_numbers[i], f"{ranges[i]:.6g}"] +
                             [f"{per_slice[n][m][i]:.6g}" for n in names for m in metrics.METRIC_NAMES])
-    write_png(folder / "examples.png", _example_grid(examples))
-    columns = " | ".join(["ground truth"] + [f"{n} | {n} error ×{ERROR_GAIN:g}" for n in names])
+    write_png(folder / "examples.png", _example_figure(examples, per_slice, prepared, title))
+    columns = " | ".join(["ground truth"] + [f"{n} | {n} |error| (fixed scale 0–{ERROR_MAX:g})" for n in names])
     (folder / "report.md").write_text(
         f"# {title}\n\n```\n{format_table(result)}\n```\n\n"
         f"Metric definitions: {result['metric_definitions']}; data range: {result['data_range']}.\n"

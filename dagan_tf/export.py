@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf import kspace as ks
+from dagan_tf.errors import DaganError
 from dagan_tf.inference import apply_dc
 from dagan_tf.outputs import atomic_output_dir
 
@@ -62,8 +63,26 @@ def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = 
     return Path(out)
 
 
+def check_export_signatures(signatures, path) -> None:
+    """Raise unless ``signatures`` are this package's (``serving_default`` and ``from_kspace``, named tensors)."""
+    expected = {"serving_default": {"zero_filled"}, "from_kspace": {"kspace_real", "kspace_imag", "mask"}}
+    for name, inputs in expected.items():
+        if name not in signatures or set(signatures[name].structured_input_signature[1]) != inputs:
+            raise DaganError(f"{path} is not a dagan-tf export (no signature {name} with inputs "
+                             f"{', '.join(sorted(inputs))}); load only exports you trust")
+
+
 def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int]:
-    """``(reconstruct, image_size)`` from an exported SavedModel's ``serving_default`` signature."""
-    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    """``(reconstruct, image_size)`` from an exported SavedModel's ``serving_default`` signature.
+
+    The signatures are checked before anything runs.  A SavedModel executes its
+    own graph: load only exports you trust.
+    """
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:  # corrupt protobufs, missing variables, ... raise many types
+        raise DaganError(f"cannot load the SavedModel {path}: {str(exc).splitlines()[0][:200]} (corrupt?)") from None
+    check_export_signatures(loaded.signatures, path)
+    signature = loaded.signatures["serving_default"]
     size = int(signature.structured_input_signature[1]["zero_filled"].shape[1])
     return (lambda x: signature(zero_filled=x)["reconstruction"]), size

@@ -18,24 +18,34 @@ from dagan_tf.errors import DaganError
 
 
 def load_run_generator(run_dir: str | Path):
-    """``(generator, config)`` of a run, with its best weights (else the latest checkpoint)."""
-    from dagan_tf.training.run import generator_from_config, precision_policy
+    """``(generator, config)`` of a run, with its best weights (else the newest intact checkpoint).
+
+    Raises :class:`DaganError` for weights that are truncated or do not fit the run's config.
+    """
+    from dagan_tf.training.callbacks import checkpoints_newest_first
+    from dagan_tf.training.run import build_generator, precision_policy
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DaganError(f"{run_dir} is not a training run (no config.yaml)")
     config = recipes.load_config_file(run_dir / "config.yaml")
     with precision_policy("float32"):  # inference in float32 whatever the training precision
-        generator = generator_from_config(config)
+        generator = build_generator(config)
     best = run_dir / "best.weights.h5"
     if best.is_file():
-        generator.load_weights(str(best))
-    else:
-        latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
-        if latest is None:
-            raise DaganError(f"{run_dir} has no trained weights yet")
-        tf.train.Checkpoint(generator=generator).restore(latest).expect_partial()
-    return generator, config
+        try:
+            generator.load_weights(str(best))
+        except Exception as exc:  # h5py OSError (truncated), ValueError (shapes), KeyError (layers)
+            raise DaganError(f"cannot load {best}: {str(exc).splitlines()[0][:200]} "
+                             "(truncated, or not trained with this config.yaml?)") from None
+        return generator, config
+    for path in checkpoints_newest_first(run_dir / "checkpoints"):
+        try:
+            tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
+            return generator, config
+        except Exception:  # a damaged checkpoint: try the next older one
+            continue
+    raise DaganError(f"{run_dir} has no trained weights yet (no best.weights.h5, no intact checkpoint)")
 
 
 def apply_dc(image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
@@ -54,9 +64,6 @@ def batch_reconstructor(generator: Callable, dc: bool) -> Callable[[dict], tf.Te
     return lambda batch: run(batch["zero_filled"], batch["kspace"], batch["mask"])
 
 
-def load_run_reconstructor(run_dir: str | Path, dc: bool = False):
-    """``(reconstructor, mask_args)``: the run's batch reconstructor and its recipe's mask settings."""
-    generator, config = load_run_generator(run_dir)
-    d = config["data"]
-    mask_args = (str(d["mask"]), d["ratio"], int(d["mask_seed"]), d["acs"], bool(d["per_sample_masks"]))
-    return batch_reconstructor(generator, dc), mask_args
+def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[dict], tf.Tensor]:
+    """The run's batch reconstructor (see :func:`batch_reconstructor`)."""
+    return batch_reconstructor(load_run_generator(run_dir)[0], dc)

@@ -5,7 +5,11 @@ of :mod:`dagan_tf.kspace` (DC at ``[H//2, W//2]``).  1-D (Cartesian) kinds
 sample whole **columns** (phase encoding along axis 1), like DAGAN's Gaussian1D.
 The number of samples is exact: ``round(ratio * W)`` columns for 1-D kinds and
 ``round(ratio * H * W)`` points for 2-D kinds, so the measured fraction is the
-requested one to within a line / a pixel.
+requested one to within half a line / a pixel.  A request that cannot give
+that (a ratio too small for one line, a centre larger than the samples) is an
+error, never a silently different mask.  A mask file carries its own ratio: a
+ratio given with it must match the measured fraction to within
+:data:`FILE_RATIO_TOLERANCE`.
 
 Kinds: ``gaussian1d``, ``gaussian2d``, ``poisson2d``, ``vds1d``, ``equispaced``,
 ``random1d``; the original DAGAN ``.mat`` files load with :func:`load_dagan_mask`.
@@ -21,6 +25,7 @@ from dagan_tf.errors import DaganError
 
 MASK_KINDS = ("gaussian1d", "gaussian2d", "poisson2d", "vds1d", "equispaced", "random1d")
 DAGAN_MASK_KEYS = ("maskRS1", "maskRS2", "population_matrix")
+FILE_RATIO_TOLERANCE = 0.005
 
 
 def sampled_fraction(mask: np.ndarray) -> float:
@@ -58,11 +63,27 @@ def _columns_to_mask(shape: tuple[int, int], columns: np.ndarray) -> np.ndarray:
     return mask
 
 
+def _count(ratio: float, n: int, what: str) -> int:
+    """``round(ratio · n)`` samples; an error when that is zero."""
+    count = int(round(ratio * n))
+    if count < 1:
+        raise DaganError(f"ratio {ratio} gives no {what} of {n}; the ratio must be above {0.5 / n:.4g}")
+    return count
+
+
+def _check_acs(acs: int, needed: int, available: int, what: str) -> None:
+    """``acs`` centre lines/block side needing ``needed`` of the ``available`` samples."""
+    if acs < 0:
+        raise DaganError(f"--acs must be >= 0, got {acs}")
+    if needed > available:
+        raise DaganError(f"--acs {acs} needs {needed} {what}, more than the {available} this ratio samples")
+
+
 def _lines_1d(shape, ratio, acs, rng, weights_fn) -> np.ndarray:
     """Whole-column mask: ``acs`` centre columns, the rest drawn with ``weights_fn(distance)``."""
     w = shape[1]
-    n_lines = max(1, int(round(ratio * w)))
-    acs = min(acs, n_lines)
+    n_lines = _count(ratio, w, "column")
+    _check_acs(acs, acs, n_lines, "columns")
     centre = _centre_band(w, acs)
     outside = np.setdiff1d(np.arange(w), centre)
     dist = np.abs(outside - w // 2) / (w / 2)
@@ -83,9 +104,13 @@ def gaussian1d(shape, ratio, seed=0, acs=None) -> np.ndarray:
                      lambda d: np.exp(-0.5 * (d * 3.0) ** 2))
 
 
-def vds1d(shape, ratio, seed=0, acs=12) -> np.ndarray:
-    """1-D variable density falling linearly from the centre (cWGAN-AGB: R=4 with 12 centre lines)."""
+def vds1d(shape, ratio, seed=0, acs=None) -> np.ndarray:
+    """1-D variable density falling linearly from the centre (cWGAN-AGB: R=4 with 12 centre lines).
+
+    ``acs=None`` takes 12 centre lines (fewer when the ratio samples fewer).
+    """
     _check_ratio(ratio)
+    acs = min(12, _count(ratio, shape[1], "column")) if acs is None else acs
     return _lines_1d(shape, ratio, acs, np.random.default_rng(seed),
                      lambda d: np.maximum(1.0 - d, 1e-3))
 
@@ -93,7 +118,7 @@ def vds1d(shape, ratio, seed=0, acs=12) -> np.ndarray:
 def random1d(shape, ratio, seed=0, acs=None, center_fraction=0.08) -> np.ndarray:
     """fastMRI-style random columns: a centre fraction plus uniformly random columns."""
     _check_ratio(ratio)
-    acs = int(round(center_fraction * shape[1])) if acs is None else acs
+    acs = min(int(round(center_fraction * shape[1])), _count(ratio, shape[1], "column")) if acs is None else acs
     return _lines_1d(shape, ratio, acs, np.random.default_rng(seed), np.ones_like)
 
 
@@ -101,8 +126,9 @@ def equispaced(shape, ratio, seed=0, acs=None, center_fraction=0.08) -> np.ndarr
     """fastMRI-style equispaced columns (random offset) plus a fully sampled centre fraction."""
     _check_ratio(ratio)
     w = shape[1]
-    n_lines = max(1, int(round(ratio * w)))
-    acs = min(int(round(center_fraction * w)) if acs is None else acs, n_lines)
+    n_lines = _count(ratio, w, "column")
+    acs = min(int(round(center_fraction * w)), n_lines) if acs is None else acs
+    _check_acs(acs, acs, n_lines, "columns")
     centre = _centre_band(w, acs)
     outside = np.setdiff1d(np.arange(w), centre)
     n_out = n_lines - acs
@@ -131,11 +157,10 @@ def _centre_block(shape, acs) -> np.ndarray:
 def gaussian2d(shape, ratio, seed=0, acs=None) -> np.ndarray:
     """Random points with a 2-D Gaussian density (σ = 0.4 of the half-width) and an ``acs``² centre block."""
     _check_ratio(ratio)
-    n_points = max(1, int(round(ratio * shape[0] * shape[1])))
+    n_points = _count(ratio, shape[0] * shape[1], "point")
     acs = max(1, int(round(0.2 * np.sqrt(n_points)))) if acs is None else acs  # DAGAN-like dense centre
+    _check_acs(acs, acs * acs, n_points, "points")
     centre = _centre_block(shape, acs).ravel()
-    if centre.sum() > n_points:
-        centre = np.zeros_like(centre)
     density = np.exp(-0.5 * (_radius_grid(shape) / 0.4) ** 2).ravel() + 1e-3
     density[centre] = 0.0
     picked = _weighted_pick(np.random.default_rng(seed), density, n_points - int(centre.sum()))
@@ -155,12 +180,11 @@ def poisson2d(shape, ratio, seed=0, acs=None) -> np.ndarray:
     """
     _check_ratio(ratio)
     h, w = shape
-    n_points = max(1, int(round(ratio * h * w)))
+    n_points = _count(ratio, h * w, "point")
     acs = max(1, int(round(0.15 * np.sqrt(n_points)))) if acs is None else acs
+    _check_acs(acs, acs * acs, n_points, "points")
     rng = np.random.default_rng(seed)
     centre = _centre_block(shape, acs)
-    if centre.sum() > n_points:
-        centre[:] = False
     radius_scale = 1.0 + 3.0 * _radius_grid(shape)
     # Random sequential packing reaches ~0.7/r² points per unit area at saturation.
     r0 = np.sqrt(0.7 * np.sum(1.0 / radius_scale ** 2) / (1.3 * n_points))
@@ -222,8 +246,30 @@ def make_mask(kind: str, shape: tuple[int, int], ratio: float, seed: int = 0,
     """
     if kind not in _GENERATORS:
         raise DaganError(f"unknown mask kind {kind!r}; valid kinds: {', '.join(MASK_KINDS)}")
+    if seed < 0:
+        raise DaganError(f"mask seed must be >= 0, got {seed}")
+    shape = tuple(int(s) for s in shape)
+    if acs is not None and acs > min(shape):
+        raise DaganError(f"--acs {acs} is larger than the {shape[0]}×{shape[1]} mask")
     kwargs = {} if acs is None else {"acs": int(acs)}
-    return _GENERATORS[kind](tuple(int(s) for s in shape), float(ratio), seed=seed, **kwargs)
+    return _GENERATORS[kind](shape, float(ratio), seed=seed, **kwargs)
+
+
+def write_mask(mask: np.ndarray, out: str | os.PathLike, png: str | os.PathLike | None = None,
+               overwrite: bool = False) -> None:
+    """Save ``mask`` as ``.npy`` (and optionally an 8-bit PNG), each file atomically."""
+    from dagan_tf.outputs import atomic_output_file, check_new_output
+
+    for path in (out, png):
+        if path is not None:
+            check_new_output(path, overwrite)
+    with atomic_output_file(out, overwrite) as tmp:
+        np.save(tmp, mask.astype(np.float32))
+    if png is not None:
+        from dagan_tf.figures import write_png
+
+        with atomic_output_file(png, overwrite) as tmp:
+            write_png(tmp, (mask * 255).astype(np.uint8))
 
 
 def load_dagan_mask(path: str | os.PathLike) -> np.ndarray:
@@ -242,7 +288,10 @@ def load_dagan_mask(path: str | os.PathLike) -> np.ndarray:
         raise DaganError(f"cannot read mask file {path}: {exc}") from None
     for key in DAGAN_MASK_KEYS:
         if key in contents:
-            return (np.asarray(contents[key]) != 0).astype(np.float32)
+            mask = np.asarray(contents[key])
+            if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.number):
+                raise DaganError(f"{path}: {key} is not a 2-D numeric mask (shape {mask.shape})")
+            return (mask != 0).astype(np.float32)
     raise DaganError(f"{path} holds none of the DAGAN mask keys {', '.join(DAGAN_MASK_KEYS)}")
 
 
@@ -286,6 +335,10 @@ class MaskSpec:
             mask = load_dagan_mask(self.kind)
             if mask.shape != tuple(shape):
                 raise DaganError(f"mask {self.kind} has shape {mask.shape}, images are {tuple(shape)}")
+            measured = sampled_fraction(mask)
+            if self.ratio is not None and abs(measured - self.ratio) > FILE_RATIO_TOLERANCE:
+                raise DaganError(f"mask file {self.kind} samples {measured:.4f}, not the ratio {self.ratio}; "
+                                 "leave the ratio out with a mask file (it has its own)")
             return mask
         return make_mask(self.kind, shape, self.ratio, self.seed if seed is None else seed, self.acs)
 

@@ -22,11 +22,12 @@ import tensorflow as tf
 
 from dagan_tf import kspace as ks
 from dagan_tf.data.prepare import fit_slices, normalise_volume
-from dagan_tf.data.readers import read_volume
+from dagan_tf.data.readers import check_nifti_header, checked_kspace, read_volume
 from dagan_tf.errors import DaganError
 from dagan_tf.inference import apply_dc
 from dagan_tf.masks import MaskSpec
-from dagan_tf.outputs import check_new_output
+from dagan_tf.outputs import atomic_output_file, check_new_output
+from dagan_tf.progress import Stage
 
 BATCH = 16
 
@@ -57,42 +58,47 @@ def _unfit(images: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
 
 def _reconstruct(generator, zero_filled: np.ndarray, kspace0, mask, dc: bool) -> np.ndarray:
     out = []
-    for i in range(0, len(zero_filled), BATCH):
-        zf = tf.constant(zero_filled[i:i + BATCH, ..., None], tf.float32)
-        recon = tf.cast(generator(zf), tf.float32)
-        if dc:
-            m = mask if mask.ndim == 2 else mask[i:i + BATCH]
-            recon = apply_dc(recon, kspace0[i:i + BATCH], m)
-        out.append(recon.numpy()[..., 0])
+    with Stage("predict", len(zero_filled), "slices") as stage:
+        for i in range(0, len(zero_filled), BATCH):
+            zf = tf.constant(zero_filled[i:i + BATCH, ..., None], tf.float32)
+            recon = tf.cast(generator(zf), tf.float32)
+            if dc:
+                m = mask if mask.ndim == 2 else mask[i:i + BATCH]
+                recon = apply_dc(recon, kspace0[i:i + BATCH], m)
+            out.append(recon.numpy()[..., 0])
+            stage.update(len(zf))
     return np.concatenate(out)
 
 
 def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask: MaskSpec | None = None,
-                   dc: bool = False, overwrite: bool = False) -> Path:
-    """Reconstruct ``source`` with ``model`` into the NIfTI file ``out``."""
+                   dc: bool = False, overwrite: bool = False, echo: Callable[[str], None] = lambda _: None) -> Path:
+    """Reconstruct ``source`` with ``model`` into the NIfTI file ``out`` (written atomically).
+
+    ``echo`` is told when slices are resampled to the model's size and back.
+    """
     out = check_new_output(out, overwrite)
-    generator, size = load_model(model)
     source = Path(source)
-    if source.suffix.lower() in (".h5", ".hdf5"):
-        volume, affine = _predict_kspace(generator, size, source, dc), np.eye(4)
-        header = None
-    else:
+    is_kspace = source.suffix.lower() in (".h5", ".hdf5")
+    if not is_kspace:
         if mask is None:
             raise DaganError("image input needs --mask and --ratio to simulate undersampling")
         mask.validate()
-        volume, affine, header = _predict_image(generator, size, source, mask, dc)
-    tmp = out.with_name(f".{out.name}.tmp.nii.gz")
-    nib.save(nib.Nifti1Image(volume.astype(np.float32), affine, header), str(tmp))
-    tmp.replace(out)
+    generator, size = load_model(model)
+    if is_kspace:
+        volume, affine, header = _predict_kspace(generator, size, source, dc), np.eye(4), None
+    else:
+        volume, affine, header = _predict_image(generator, size, source, mask, dc, echo)
+    with atomic_output_file(out, overwrite) as tmp:
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine, header), str(tmp))
     return out
 
 
-def _predict_image(generator, size, source: Path, mask: MaskSpec, dc: bool):
+def _predict_image(generator, size, source: Path, mask: MaskSpec, dc: bool, echo):
     if source.name.lower().endswith((".nii", ".nii.gz")):
-        img = nib.load(str(source))
         try:
+            img = check_nifti_header(nib.load(str(source)), source)
             raw = np.asarray(img.dataobj, np.float32)
-        except (OSError, EOFError, ValueError) as exc:
+        except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
             raise DaganError(f"cannot read NIfTI {source}: {exc}") from None
         if raw.ndim != 3:
             raise DaganError(f"{source} has shape {raw.shape}; predict takes a 3-D volume")
@@ -105,6 +111,8 @@ def _predict_image(generator, size, source: Path, mask: MaskSpec, dc: bool):
     normalised = normalise_volume(data, "minmax", str(source))
     if normalised is None:
         raise DaganError(f"{source} is constant; nothing to reconstruct")
+    if data.shape[:2] != (size, size):
+        echo(f"resampling {data.shape[0]}×{data.shape[1]} slices to the model's {size}×{size} and back")
     slices = fit_slices(normalised, size, "resize")  # [Z, S, S]
     m = mask.build((size, size))
     kspace0, zf = ks.undersample(slices, m)
@@ -124,12 +132,16 @@ def _predict_kspace(generator, size, source: Path, dc: bool) -> np.ndarray:
 
     try:
         with h5py.File(source, "r") as f:
-            if "kspace" not in f or "mask" not in f:
+            if not all(isinstance(f.get(k), h5py.Dataset) for k in ("kspace", "mask")):
                 raise DaganError(f"{source} needs datasets 'kspace' [S, H, W] and 'mask' for k-space input")
-            kspace0, mask = f["kspace"][()].astype(np.complex64), f["mask"][()].astype(np.float32)
+            kspace0, mask = f["kspace"][()], f["mask"][()]
     except OSError as exc:
         raise DaganError(f"cannot read HDF5 {source}: {exc}") from None
-    if kspace0.ndim != 3 or kspace0.shape[1:] != (size, size):
+    kspace0 = checked_kspace(kspace0, source)
+    if not np.issubdtype(mask.dtype, np.number) or not np.all(np.isin(mask, (0, 1))):
+        raise DaganError(f"{source}: mask must hold only 0 and 1")
+    mask = mask.astype(np.float32)
+    if kspace0.shape[1:] != (size, size):
         raise DaganError(f"{source} k-space has shape {kspace0.shape}; this model needs [S, {size}, {size}]")
     if mask.shape not in ((size, size), kspace0.shape):
         raise DaganError(f"{source} mask shape {mask.shape} does not match k-space {kspace0.shape}")

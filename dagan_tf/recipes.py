@@ -1,13 +1,122 @@
-"""Recipes: one YAML file per paper setup (``configs/recipes/*.yaml``), overridable with ``key=value``."""
+"""Recipes: one YAML file per paper setup (``configs/recipes/*.yaml``), overridable with ``key=value``.
+
+Every recipe names its trainer (``trainer: conditional_gan``); :data:`TRAINERS`
+is the one registry that maps a trainer to its recipe schema (the sections
+it reads, shared ``data`` and ``train`` sections included) and to the module
+that builds it.  A recipe is validated once, against that schema, before any
+work (:func:`validate_config`).  Pure Python (no TensorFlow), so recipe errors
+come back fast.  Only ``yaml.safe_load`` is used.
+"""
 from __future__ import annotations
 
 import copy
+import importlib
+import os
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from dagan_tf import schema
 from dagan_tf.errors import DaganError
+from dagan_tf.masks import MASK_KINDS
+from dagan_tf.schema import Field
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+
+
+def _mask_kind_or_file(value: str) -> str | None:
+    if value in MASK_KINDS:
+        return None
+    if value.endswith(".mat"):
+        return None if os.path.isfile(value) else f"mask file not found: {value}"
+    return f"unknown mask kind {value!r}; valid kinds: {', '.join(MASK_KINDS)} or a DAGAN .mat file"
+
+
+TOP_LEVEL = {
+    "recipe": Field("str", "recipe name"),
+    "description": Field("str", "one-line description", nullable=True),
+}
+
+DATA = {
+    "mask": Field("str", "mask kind (gaussian1d, gaussian2d, poisson2d, vds1d, equispaced, random1d) "
+                         "or a DAGAN .mat mask file", check=_mask_kind_or_file),
+    "ratio": Field("float", "sampled fraction; null with a .mat mask file (it has its own)", 0, 1,
+                   low_open=True, nullable=True),
+    "mask_seed": Field("int", "seed of the mask", 0),
+    "acs": Field("int", "fully sampled centre lines (1-D kinds) or block side (2-D); null = the kind's default",
+                 0, nullable=True),
+    "per_sample_masks": Field("bool", "a fresh mask per training image (the original uses one fixed mask)"),
+    "augment": Field("bool", "flips, rotation, shift, zoom, brightness and elastic deformation"),
+    "elastic_per_image": Field("bool", "one elastic field per image; false = the original's one per batch"),
+    "folder": Field("str", "prepared data folder (set by train)", nullable=True),
+}
+
+TRAIN = {
+    "epochs": Field("int", "maximum epochs; early stopping usually ends training first", 1),
+    "steps_per_epoch": Field("int", "batches per epoch; null = all training slices once", 1, nullable=True),
+    "batch_size": Field("int", "training batch size", 1),
+    "lr": Field("float", "Adam learning rate", 0, 1, low_open=True),
+    "beta1": Field("float", "Adam beta1", 0, 1, high_open=True),
+    "lr_halve_every": Field("int", "halve the learning rate every N epochs (0: never)", 0),
+    "patience": Field("int", "early stopping on validation NMSE after N epochs without gain (0: off)", 0),
+    "seed": Field("int", "seed of weights, data order, augmentation and masks", 0),
+    "deterministic": Field("bool", "deterministic kernels (bit-identical resume, slower)"),
+    "precision": Field("choice", "auto = mixed_bfloat16 where the hardware runs bf16 natively, else float32",
+                       choices=PRECISIONS),
+    "val_batch_size": Field("int", "validation batch size", 1),
+    "max_minutes": Field("float", "wall-clock cap; training stops after the batch that exceeds it",
+                         0, low_open=True, nullable=True),
+}
+
+DAGAN_SECTIONS = {
+    "model": {
+        "image_size": Field("int", "image side (prepared data size)", 16, 4096, multiple_of=4),
+        "width": Field("float", "filter multiplier; 0.25 gives a CPU-sized network", 0, 4, low_open=True),
+        "max_depth": Field("int", "U-Net levels (the depth also follows the image size)", 2, 8),
+        "refine": Field("bool", "output = ramp(G(x) + x) (PPGR)"),
+    },
+    "loss": {
+        "pixel": Field("float", "weight of the pixel loss (g_alpha)", 0),
+        "pixel_kind": Field("choice", "ratio = original code ||G-x||/||x||; mse = the paper's MSE",
+                            choices=("ratio", "mse")),
+        "frequency": Field("float", "weight of the frequency loss (g_beta; code only, the paper has none)", 0),
+        "vgg": Field("float", "weight of the VGG perceptual loss (g_gamma)", 0),
+        "adversarial": Field("float", "weight of the adversarial loss (g_adv)", 0),
+    },
+    "vgg": {
+        "arch": Field("choice", "feature network", choices=("vgg16", "vgg19")),
+        "layer": Field("str", "feature layer; the original's 'conv4' is block4_pool"),
+        "weights": Field("str", "imagenet (download) | path to a .weights.h5 file | random (tests only)"),
+        "input_size": Field("int", "side the images are resized to before VGG", 32, 1024),
+        "same_pooling": Field("bool", "'same' max pools as the original"),
+        "target_prepro": Field("choice", "same = both branches alike; dagan = original min-max + 8-bit target",
+                               choices=("same", "dagan")),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A registered training scheme: its recipe sections and the module with ``build_trainer(config)``
+    (the compiled ``keras.Model`` trainer) and ``build_generator(config)`` (the inference network)."""
+
+    sections: dict
+    module: str
+
+    @property
+    def schema(self) -> dict:
+        return {**TOP_LEVEL, "trainer": Field("choice", "training scheme", choices=tuple(TRAINERS)),
+                **self.sections, "data": DATA, "train": TRAIN}
+
+    def load(self):
+        return importlib.import_module(self.module)
+
+
+TRAINERS: dict[str, Trainer] = {
+    "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan"),
+}
 
 
 def recipe_dir():
@@ -22,52 +131,85 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in recipe_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_recipe(name: str) -> dict:
-    """The recipe ``name`` (e.g. ``ppgr``) as a nested dict."""
-    names = recipe_names()
-    if name not in names:
-        raise DaganError(f"unknown recipe {name!r}; valid recipes: {', '.join(names)}")
-    text = (recipe_dir() / f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
-
-
-def load_config_file(path: str | Path) -> dict:
+def _parse(text: str, source: str):
     try:
-        config = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DaganError(f"cannot read config {path}: {exc}") from None
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DaganError(f"{source}{where}: not valid YAML ({problem})") from None
+
+
+def trainer_of(config: dict, source: str = "recipe") -> Trainer:
+    name = config.get("trainer") if isinstance(config, dict) else None
+    if name not in TRAINERS:
+        raise DaganError(f"{source}: key trainer must be one of {', '.join(TRAINERS)}, got {name!r}")
+    return TRAINERS[name]
+
+
+def validate_config(config, source: str = "recipe") -> dict:
+    """The validated (type-converted) recipe; raises a one-line error naming the first bad key."""
     if not isinstance(config, dict):
-        raise DaganError(f"{path} is not a recipe mapping")
+        raise DaganError(f"{source} must be a mapping of sections, got {type(config).__name__}")
+    config = schema.validate(config, trainer_of(config, source).schema, source)
+    d = config["data"]
+    if d["mask"].endswith(".mat"):
+        if d["per_sample_masks"]:
+            raise DaganError(f"{source}: data.per_sample_masks needs a mask kind, not the file {d['mask']}")
+    elif d["ratio"] is None:
+        raise DaganError(f"{source}: data.ratio is required for mask kind {d['mask']}")
+    if config.get("loss", {}).get("vgg") and config.get("vgg", {}).get("weights") not in ("imagenet", "random") \
+            and not os.path.isfile(str(config["vgg"]["weights"])):
+        raise DaganError(f"{source}: vgg.weights must be 'imagenet', 'random' or an existing file, "
+                         f"got {config['vgg']['weights']!r}")
     return config
 
 
-def _leaf_keys(config: dict, prefix: str = "") -> list[str]:
-    keys = []
-    for k, v in config.items():
-        keys += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-    return keys
+def load_recipe(name: str) -> dict:
+    """The recipe ``name`` (e.g. ``ppgr``) as a validated nested dict."""
+    names = recipe_names()
+    if name not in names:
+        raise DaganError(f"unknown recipe {name!r}; valid recipes: {', '.join(names)} (or a .yaml file)")
+    source = f"recipe {name}"
+    return validate_config(_parse((recipe_dir() / f"{name}.yaml").read_text(), source), source)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A recipe (or a run's ``config.yaml``) from a file, validated."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DaganError(f"cannot read config {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return validate_config(_parse(text, str(path)), str(path))
+
+
+def load(recipe: str) -> dict:
+    """A recipe by name, or from a ``.yaml`` file when ``recipe`` is an existing file."""
+    return load_config_file(recipe) if Path(recipe).is_file() else load_recipe(recipe)
 
 
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """Return a copy of ``config`` with ``section.key=value`` overrides (values parsed as YAML scalars)."""
+    """A validated copy of ``config`` with ``section.key=value`` overrides (values parsed as YAML scalars)."""
     config = copy.deepcopy(config)
-    valid = _leaf_keys(config)
+    valid = schema.leaf_keys(trainer_of(config).schema)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise DaganError(f"--set expects key=value, got {item!r}")
-        if key not in valid:
-            raise DaganError(f"unknown --set key {key!r}; valid keys: {', '.join(valid)}")
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        try:
-            node[leaf] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise DaganError(f"--set {key}: cannot parse value {text!r}") from None
-    return config
+        if key not in valid or "." not in key:
+            raise DaganError(f"unknown --set key {key!r}; valid keys: "
+                             f"{', '.join(k for k in valid if '.' in k)} (see 'dagan-tf recipes show NAME')")
+        section, leaf = key.split(".")
+        config[section][leaf] = _parse(text, f"--set {key}")
+    return validate_config(config, "--set")
+
+
+def describe(name: str) -> str:
+    """The one-line description of recipe ``name``."""
+    return load_recipe(name).get("description") or ""
 
 
 def dump(config: dict) -> str:
-    return yaml.safe_dump(config, sort_keys=False)
+    """``config`` as YAML with each key's help as a comment (readable back by :func:`load_config_file`)."""
+    return schema.render(config, trainer_of(config).schema)

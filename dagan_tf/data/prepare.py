@@ -4,7 +4,7 @@ Layout of a prepared directory (no pickle anywhere)::
 
     manifest.json          sources, subjects per split, slice counts, settings
     train_images.npy       float32 [N, S, S] in [0, 1]
-    train_slices.csv       index, subject, source, slice (one row per image)
+    train_slices.csv       index, subject, source, slice (the source's axial slice index), one row per image
     val_images.npy / val_slices.csv / test_images.npy / test_slices.csv
 
 Normalisation is per volume: ``minmax`` (default) maps ``[min, max] -> [0, 1]``;
@@ -34,6 +34,7 @@ import numpy as np
 from dagan_tf.data.readers import Volume, find_sources, read_volume
 from dagan_tf.errors import DaganError
 from dagan_tf.outputs import atomic_output_dir, check_new_output
+from dagan_tf.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ FOREGROUND_THRESHOLD = 0.05
 FIT_MODES = ("resize", "pad-crop")
 NORMALISATIONS = ("minmax", "max")
 SLAB_GAP = 4
+PREPARED_FORMAT = "dagan-tf prepared v1"
 
 
 @dataclass
@@ -154,22 +156,25 @@ def _subject_of(volume: Volume, regex: str | None) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
-def _slabs(slices: np.ndarray, n: int, gap: int = SLAB_GAP) -> list[np.ndarray]:
-    """Cut ``[Z, S, S]`` into ``n`` contiguous slabs, dropping ``gap`` slices at each inner boundary."""
+def _slabs(slices: np.ndarray, n: int, gap: int = SLAB_GAP) -> list[slice]:
+    """Cut ``[Z, S, S]`` into ``n`` contiguous slabs (index ranges), dropping ``gap`` slices at each
+    inner boundary."""
     if n == 1:
-        return [slices]
+        return [slice(0, len(slices))]
     bounds = np.linspace(0, len(slices), n + 1).astype(int)
-    return [slices[bounds[k] + (gap if k else 0): bounds[k + 1]] for k in range(n)
+    return [slice(bounds[k] + (gap if k else 0), bounds[k + 1]) for k in range(n)
             if bounds[k + 1] > bounds[k] + (gap if k else 0)]
 
 
-def load_slices(volume: Volume, config: PrepareConfig) -> np.ndarray | None:
-    """Normalised, fitted slices ``[Z, S, S]`` of one volume with foreground ≥ ``min_foreground``."""
+def load_slices(volume: Volume, config: PrepareConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(slices [Z, S, S], axial indices [Z])`` of one volume: normalised, fitted, with foreground
+    ≥ ``min_foreground``; ``None`` for a constant volume."""
     data = normalise_volume(volume.data, config.normalise, volume.source)
     if data is None:
         return None
     images = fit_slices(data, config.size, config.fit)
-    return images[foreground_fraction(images) >= config.min_foreground]
+    kept = np.flatnonzero(foreground_fraction(images) >= config.min_foreground)
+    return images[kept], kept
 
 
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrite: bool = False) -> dict:
@@ -180,20 +185,21 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrit
              if not any(fnmatch.fnmatch(p.name, pattern) for pattern in config.exclude)]
     if not paths:
         raise DaganError("no sources left after --exclude")
-    per_subject: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for path in paths:
+    per_subject: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for path in progress(paths, "prepare", len(paths), "volumes"):
         volume = read_volume(path, config.volume_index, config.key)
-        slices = load_slices(volume, config)
-        if slices is None:
+        loaded = load_slices(volume, config)
+        if loaded is None:
             log.warning("skipping %s: the volume is constant (all zero?)", path)
             continue
+        slices, axial = loaded
         if len(slices) == 0:
             log.warning("skipping %s: no slice has %.0f%% foreground", path, 100 * config.min_foreground)
             continue
         subject = _subject_of(volume, config.subject_regex)
         for k, slab in enumerate(_slabs(slices, config.slabs)):
             name = subject if config.slabs == 1 else f"{subject}-slab{k}"
-            per_subject.setdefault(name, []).append((str(path), slab))
+            per_subject.setdefault(name, []).append((str(path), slices[slab], axial[slab]))
     if not per_subject:
         raise DaganError("no usable slices: every volume was empty or constant")
     splits = assign_splits(list(per_subject), config.split, config.seed)
@@ -206,9 +212,9 @@ def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sour
     for split, subjects in splits.items():
         rows, arrays = [], []
         for subject in subjects:
-            for source, slices in per_subject[subject]:
-                for k in range(len(slices)):
-                    rows.append((len(rows), subject, source, k))
+            for source, slices, axial in per_subject[subject]:
+                for k in axial:
+                    rows.append((len(rows), subject, source, int(k)))
                 arrays.append(slices)
         size = config.size
         images = np.concatenate(arrays) if arrays else np.zeros((0, size, size), np.float32)
@@ -219,7 +225,7 @@ def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sour
             writer.writerows(rows)
         counts[split] = {"subjects": len(subjects), "slices": len(rows)}
     manifest = {
-        "format": "dagan-tf prepared v1",
+        "format": PREPARED_FORMAT,
         "sources": sources,
         "subjects": splits,
         "counts": counts,
@@ -242,19 +248,44 @@ class PreparedSplit:
     slice_numbers: np.ndarray
 
 
+def check_prepared(folder: str | Path) -> dict:
+    """The manifest of a prepared folder; a one-line error when ``folder`` is not one."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise DaganError(f"{folder} is not a prepared dataset (no manifest.json); run 'dagan-tf prepare'")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DaganError(f"cannot read {manifest_path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != PREPARED_FORMAT:
+        raise DaganError(f"{manifest_path} is not a '{PREPARED_FORMAT}' manifest")
+    return manifest
+
+
 def load_split(folder: str | Path, split: str) -> PreparedSplit:
-    """Open ``split`` of a prepared directory (raises a clear error for missing/empty splits)."""
+    """Open ``split`` of a prepared directory (one-line errors for missing, empty, truncated or foreign files)."""
     folder = Path(folder)
     if split not in SPLITS:
         raise DaganError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if not (folder / "manifest.json").is_file():
-        raise DaganError(f"{folder} is not a prepared dataset (no manifest.json); run 'dagan-tf prepare'")
-    images = np.load(folder / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
-    with open(folder / f"{split}_slices.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    check_prepared(folder)
+    path = folder / f"{split}_images.npy"
+    try:
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DaganError(f"cannot read {path}: {str(exc).splitlines()[0]} (truncated or not a .npy file?)") from None
+    if images.dtype != np.float32 or images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise DaganError(f"{path} holds {images.dtype} {images.shape}; a prepared split is float32 [N, S, S]")
+    try:
+        with open(folder / f"{split}_slices.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        subjects = np.array([r["subject"] for r in rows])
+        sources = np.array([r["source"] for r in rows])
+        slice_numbers = np.array([int(r["slice"]) for r in rows])
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise DaganError(f"cannot read {folder / f'{split}_slices.csv'}: {exc}") from None
     if len(rows) != len(images):
         raise DaganError(f"{folder}: {split}_slices.csv and {split}_images.npy disagree")
     if len(rows) == 0:
         raise DaganError(f"split {split!r} of {folder} is empty")
-    return PreparedSplit(images, np.array([r["subject"] for r in rows]), np.array([r["source"] for r in rows]),
-                         np.array([int(r["slice"]) for r in rows]))
+    return PreparedSplit(images, subjects, sources, slice_numbers)

@@ -22,6 +22,7 @@ import numpy as np
 from dagan_tf.errors import DaganError
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".h5", ".hdf5", ".npy", ".npz", ".mat", ".png")
+MAX_VOXELS = 2 ** 31  # 8 GiB of float32: a larger header is corrupt or not a single volume
 HDF5_IMAGE_KEYS = ("reconstruction_rss", "reconstruction_esc")
 NPZ_KEYS = ("vol", "image", "img", "data", "arr_0")
 
@@ -52,6 +53,10 @@ def _suffix(path: Path) -> str:
 
 def _to_3d(array: np.ndarray, path, volume_index: int | None) -> np.ndarray:
     array = np.asarray(array)
+    if array.dtype.names is not None:
+        array = complex_from_fields(array, path)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DaganError(f"{path} holds {array.dtype} data, not an image")
     if np.iscomplexobj(array):
         array = np.abs(array)
     array = np.squeeze(array) if array.ndim > 4 else array
@@ -69,11 +74,23 @@ def _to_3d(array: np.ndarray, path, volume_index: int | None) -> np.ndarray:
     return array
 
 
+def check_nifti_header(img, path):
+    """``img`` when its header describes a 2-D to 4-D image of at most :data:`MAX_VOXELS` voxels."""
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 2 or min(shape) < 1:
+        raise DaganError(f"{path} has shape {shape}; expected a 2-D, 3-D or 4-D image")
+    if np.prod(shape, dtype=np.float64) > MAX_VOXELS:
+        raise DaganError(f"{path}: header claims shape {shape} ({np.prod(shape, dtype=np.float64):.3g} voxels); "
+                         "corrupt header or not a single volume")
+    return img
+
+
 def read_nifti(path: Path, volume_index: int | None = None) -> Volume:
     import nibabel as nib
 
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
+        img = check_nifti_header(nib.load(str(path)), path)
+        img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj)
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError,
             nib.filebasedimages.ImageFileError) as exc:
@@ -154,15 +171,48 @@ def read_hdf5(path: Path, key: str | None = None) -> Volume:
             keys = [key] if key else [k for k in HDF5_IMAGE_KEYS if k in f] or (["kspace"] if "kspace" in f else [])
             if not keys or keys[0] not in f:
                 raise DaganError(f"{path} has none of the datasets {', '.join(HDF5_IMAGE_KEYS + ('kspace',))}")
+            if not isinstance(f[keys[0]], h5py.Dataset):
+                raise DaganError(f"{path}: {keys[0]} is a group, not a dataset")
             array = f[keys[0]][()]
     except OSError as exc:
         raise DaganError(f"cannot read HDF5 {path}: {exc}") from None
     if keys[0] == "kspace":
-        array = kspace_to_image(array)
+        array = checked_kspace(array, path, ndims=(2, 3, 4))
+        array = kspace_to_image(array if array.ndim > 2 else array[None])
+    elif array.dtype.names is not None or not np.issubdtype(np.asarray(array).dtype, np.number):
+        raise DaganError(f"{path}: {keys[0]} holds {array.dtype} data, not an image")
     array = np.abs(array)
     if array.ndim == 2:
         array = array[None]
     return Volume(np.transpose(array, (1, 2, 0)).astype(np.float32), np.eye(4), subject_id(path), str(path))
+
+
+def complex_from_fields(array: np.ndarray, source) -> np.ndarray:
+    """A structured array with ``real``/``imag`` (or ``r``/``i``) fields as complex64."""
+    names = set(array.dtype.names or ())
+    for re_name, im_name in (("real", "imag"), ("r", "i")):
+        if {re_name, im_name} <= names:
+            return (array[re_name].astype(np.float32) + 1j * array[im_name].astype(np.float32)).astype(np.complex64)
+    raise DaganError(f"{source}: structured data with fields {sorted(names)}; expected real/imag or r/i")
+
+
+def checked_kspace(array, source, ndims: tuple[int, ...] = (3,)) -> np.ndarray:
+    """``array`` as complex64 k-space: numeric (or real/imag fields), finite, with one of ``ndims`` axes.
+
+    NaN/Inf samples are rejected as they are in image input.
+    """
+    array = np.asarray(array)
+    if array.dtype.names is not None:
+        array = complex_from_fields(array, source)
+    if not np.issubdtype(array.dtype, np.number):
+        raise DaganError(f"{source}: k-space holds {array.dtype} data, not numbers")
+    if array.ndim not in ndims:
+        raise DaganError(f"{source}: k-space has shape {array.shape}; expected "
+                         f"{' or '.join(f'{n}-D' for n in ndims)}")
+    array = array.astype(np.complex64)
+    if not np.all(np.isfinite(array)):
+        raise DaganError(f"{source} contains NaN or Inf k-space samples")
+    return array
 
 
 def kspace_to_image(kspace: np.ndarray) -> np.ndarray:
@@ -183,7 +233,7 @@ def _first_array(mapping, path, key):
         if k in mapping:
             return mapping[k]
     candidates = [k for k in mapping if not k.startswith("__")]
-    numeric = [k for k in candidates if np.asarray(mapping[k]).ndim >= 2]
+    numeric = [k for k in candidates if np.ndim(mapping[k]) >= 2]
     if len(numeric) != 1:
         raise DaganError(f"{path}: cannot tell which array is the image among {candidates}; pass --key")
     return mapping[numeric[0]]
@@ -205,9 +255,12 @@ def read_mat(path: Path, key: str | None = None) -> np.ndarray:
     import scipy.io
 
     if h5py.is_hdf5(path):  # MATLAB v7.3; h5py sees the transposed array
-        with h5py.File(path, "r") as f:
-            name = key or _first_array({k: f[k] for k in f if isinstance(f[k], h5py.Dataset)}, path, None).name
-            return np.asarray(f[name][()]).T
+        try:
+            with h5py.File(path, "r") as f:
+                datasets = {k: f[k] for k in f if isinstance(f[k], h5py.Dataset)}
+                return np.asarray(_first_array(datasets, path, key)[()]).T
+        except OSError as exc:
+            raise DaganError(f"cannot read MATLAB v7.3 file {path}: {exc}") from None
     try:
         return np.asarray(_first_array(scipy.io.loadmat(path), path, key))
     except (ValueError, OSError, TypeError) as exc:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -10,7 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dagan_tf.errors import DaganError
+from dagan_tf import metrics
+from dagan_tf.figures import FigureRow, comparison_figure
 
 
 class HalvingSchedule(keras.callbacks.Callback):
@@ -24,7 +28,7 @@ class HalvingSchedule(keras.callbacks.Callback):
         return self.base_lr * 0.5 ** (epoch // self.every) if self.every else self.base_lr
 
     def on_epoch_begin(self, epoch, logs=None):
-        for opt in (self.model.g_optimizer, self.model.d_optimizer):
+        for opt in self.model.optimizers:
             opt.learning_rate.assign(self.rate(epoch))
 
     def on_epoch_end(self, epoch, logs=None):
@@ -32,15 +36,26 @@ class HalvingSchedule(keras.callbacks.Callback):
             logs["learning_rate"] = self.rate(epoch)
 
 
-class RunState(keras.callbacks.Callback):
-    """Checkpoints, early stopping on ``monitor`` and NaN/Inf detection.
+def checkpoints_newest_first(folder: Path) -> list[str]:
+    """Prefixes ``folder/ckpt-N`` of the checkpoints whose index file exists, newest first.
 
-    The checkpoint holds G, D, both optimizers, the next epoch and the early-stopping
-    state (best value, epochs without improvement); it is written at each epoch end
-    by ``tf.train.CheckpointManager`` (data files first, the index file replaced
-    last), so a kill leaves the previous checkpoint usable.  The best generator is
-    saved to ``best.weights.h5`` (written to a temporary name, then renamed) and
-    restored at the end of training.
+    Found from the files themselves, so a dangling or corrupt ``checkpoint`` state file does not matter.
+    """
+    numbers = [p.name[5:-6] for p in Path(folder).glob("ckpt-*.index")]
+    return [str(Path(folder) / f"ckpt-{n}") for n in sorted((int(n) for n in numbers if n.isdigit()), reverse=True)]
+
+
+class RunState(keras.callbacks.Callback):
+    """Checkpoints, early stopping on ``monitor``, NaN/Inf detection and stop requests.
+
+    The checkpoint holds the trainer's ``checkpoint_objects()`` (networks and
+    optimizers), the next epoch and the early-stopping state (best value, epochs
+    without improvement); it is written at each epoch end by
+    ``tf.train.CheckpointManager`` (data files first, the index file last), so a
+    kill leaves the previous checkpoint usable.  The best generator is saved to
+    ``best.weights.h5`` (written to a temporary name, then renamed) and restored
+    at the end of training.  ``interrupted`` (set by :class:`Signals`) stops
+    training after the current batch.
     """
 
     def __init__(self, run_dir: str | Path, patience: int = 10, monitor: str = "val_nmse", keep: int = 2):
@@ -51,38 +66,55 @@ class RunState(keras.callbacks.Callback):
         self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best")
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
         self.stopped_reason: str | None = None
+        self.interrupted: str | None = None
         self.manager: tf.train.CheckpointManager | None = None
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
     def attach(self, model) -> "RunState":
-        """Create the checkpoint for ``model`` (a ConditionalGAN with built optimizers)."""
+        """Create the checkpoint for ``model`` (a trainer with ``checkpoint_objects()``, optimizers built)."""
         self.set_model(model)
-        ckpt = tf.train.Checkpoint(generator=model.generator, discriminator=model.discriminator,
-                                   g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer,
-                                   next_epoch=self.next_epoch, best=self.best, wait=self.wait)
-        self.manager = tf.train.CheckpointManager(ckpt, str(self.run_dir / "checkpoints"), max_to_keep=self.keep)
+        ckpt = tf.train.Checkpoint(**model.checkpoint_objects(), next_epoch=self.next_epoch, best=self.best,
+                                   wait=self.wait)
+        self.manager = tf.train.CheckpointManager(ckpt, str(self.checkpoint_dir), max_to_keep=self.keep)
         return self
 
-    def restore(self) -> int:
-        """Restore the latest checkpoint; returns the epoch to start from (0 without checkpoint)."""
-        if self.manager.latest_checkpoint is None:
-            raise DaganError(f"no checkpoint to resume in {self.run_dir / 'checkpoints'}")
-        self.manager.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        return int(self.next_epoch.numpy())
+    def restore(self) -> tuple[int | None, list[str]]:
+        """Restore the newest intact checkpoint: ``(epoch to start from or None, skipped damaged ones)``.
+
+        Leftover ``ckpt-N_temp`` folders of a write cut short by a kill are removed
+        first; damaged checkpoints (truncated data, corrupt index) are skipped.
+        """
+        for temp in self.checkpoint_dir.glob("ckpt-*_temp*"):
+            shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink()
+        skipped = []
+        for path in checkpoints_newest_first(self.checkpoint_dir):
+            try:
+                self.manager.checkpoint.restore(path).assert_existing_objects_matched()
+            except Exception as exc:  # truncated files raise IndexError, OpError, ValueError, ...
+                skipped.append(f"{path} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
+                continue
+            return int(self.next_epoch.numpy()), skipped
+        return None, skipped
 
     @property
     def best_weights_path(self) -> Path:
         return self.run_dir / "best.weights.h5"
 
     def on_train_batch_end(self, batch, logs=None):
+        if self.interrupted:
+            self.model.stop_training = True
+            return
         bad = [k for k, v in (logs or {}).items() if not math.isfinite(float(v))]
         if bad:
             self.stopped_reason = (f"{', '.join(bad)} became NaN/Inf at step {batch} of epoch "
-                                   f"{int(self.next_epoch.numpy())}; the last good checkpoint is kept "
-                                   f"in {self.run_dir / 'checkpoints'}")
+                                   f"{int(self.next_epoch.numpy())}")
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.stopped_reason:
+        if self.stopped_reason or self.interrupted:
             return
         value = float((logs or {}).get(self.monitor, math.nan))
         if math.isfinite(value) and value < float(self.best.numpy()):
@@ -99,28 +131,60 @@ class RunState(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if self.best_weights_path.exists() and not self.stopped_reason:
+        if self.best_weights_path.exists() and not self.stopped_reason and not self.interrupted:
             self.model.generator.load_weights(str(self.best_weights_path))
 
 
+class Signals:
+    """While active, SIGINT/SIGTERM set ``state.interrupted`` (training stops after the batch);
+    a second signal acts as usual.  Only installed in the main thread."""
+
+    def __init__(self, state: RunState):
+        self.state = state
+        self.previous = {}
+
+    def _handle(self, signum, frame):
+        self.state.interrupted = f"interrupted by {signal.Signals(signum).name}"
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
 class TimeBudget(keras.callbacks.Callback):
-    """Stop training after ``minutes`` of wall-clock time (checked after every batch)."""
+    """Stop training after ``minutes`` of wall-clock time (checked after every batch).
+
+    ``cut_short`` tells whether the budget ended training; ``steps`` counts the batches run.
+    """
 
     def __init__(self, minutes: float):
         super().__init__()
         self.seconds = 60.0 * minutes
         self.start = None
+        self.cut_short = False
+        self.steps = 0
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
         if time.monotonic() - self.start > self.seconds:
+            self.cut_short = True
             self.model.stop_training = True
 
 
 class ImageGrid(keras.callbacks.Callback):
-    """TensorBoard image per epoch: zero-filled | reconstruction | ground truth | |error|×10 for a fixed batch."""
+    """TensorBoard image per epoch: the labelled comparison figure of :mod:`dagan_tf.figures`
+    (ground truth | zero-filled | error | model | error, PSNR/SSIM per image) for a fixed validation batch."""
 
     def __init__(self, log_dir: str | Path, zero_filled: np.ndarray, target: np.ndarray, max_images: int = 4):
         super().__init__()
@@ -130,8 +194,13 @@ class ImageGrid(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         recon = tf.cast(self.model.generator(self.zero_filled, training=False), tf.float32).numpy()
-        tiles = [self.zero_filled, recon, self.target, np.abs(recon - self.target) * 10.0]
-        grid = np.clip(np.concatenate([np.concatenate(list(t), axis=0) for t in tiles], axis=1), 0, 1)
+        outputs = {"zero-filled": self.zero_filled, "model": recon}
+        scores = {name: metrics.compute_all(self.target, image) for name, image in outputs.items()}
+        rows = [FigureRow(f"validation {i}", self.target[i, ..., 0],
+                          {name: image[i, ..., 0] for name, image in outputs.items()},
+                          {name: (s["psnr"][i], s["ssim"][i]) for name, s in scores.items()})
+                for i in range(len(self.target))]
+        figure = comparison_figure(rows, f"epoch {epoch + 1}")
         with self.writer.as_default():
-            tf.summary.image("zf|recon|gt|err_x10", grid[None], step=epoch)
+            tf.summary.image("validation examples", figure[None], step=epoch)
         self.writer.flush()

@@ -25,6 +25,10 @@ import keras
 import tensorflow as tf
 
 from dagan_tf import metrics as quality
+from dagan_tf.models.dagan import build_discriminator
+from dagan_tf.models.dagan import build_generator as build_unet
+from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
+from dagan_tf.training.optimizers import TF1_ADAM_EPSILON, FusedAdam
 
 PIXEL_LOSSES = ("ratio", "mse")
 
@@ -94,6 +98,16 @@ class ConditionalGAN(keras.Model):
         self.d_optimizer.build(self.discriminator.trainable_variables)
 
     @property
+    def optimizers(self) -> list[keras.optimizers.Optimizer]:
+        """Optimizers whose learning rate the schedule sets."""
+        return [self.g_optimizer, self.d_optimizer]
+
+    def checkpoint_objects(self) -> dict:
+        """Everything a checkpoint must hold to resume training exactly."""
+        return {"generator": self.generator, "discriminator": self.discriminator,
+                "g_optimizer": self.g_optimizer, "d_optimizer": self.d_optimizer}
+
+    @property
     def metrics(self):
         return list(self.trackers.values())
 
@@ -144,3 +158,26 @@ class ConditionalGAN(keras.Model):
                              ("ssim", quality.ssim(target, output))):
             self.trackers[name].update_state(values)
         return {name: self.trackers[name].result() for name in ("nmse", "psnr", "ssim")}
+
+
+def build_generator(config: dict) -> keras.Model:
+    """The recipe's U-Net generator ``[N, S, S, 1] -> [N, S, S, 1]`` (in the current dtype policy)."""
+    m = config["model"]
+    return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"])
+
+
+def build_trainer(config: dict) -> ConditionalGAN:
+    """The ConditionalGAN of a validated recipe, compiled (Adam, β1 from the recipe), optimizers built."""
+    m, loss, vgg, t = config["model"], config["loss"], config["vgg"], config["train"]
+    features = None
+    if loss["vgg"]:
+        features = VGGFeatures(vgg["arch"], vgg["layer"], str(vgg["weights"]), vgg["input_size"],
+                               vgg["same_pooling"])
+    weights = LossWeights(loss["pixel"], loss["frequency"], loss["vgg"], loss["adversarial"])
+    model = ConditionalGAN(build_generator(config), build_discriminator(m["image_size"], m["width"]),
+                           features, weights, loss["pixel_kind"],
+                           dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
+    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=TF1_ADAM_EPSILON),
+                  d_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=TF1_ADAM_EPSILON))
+    model.build_optimizers()
+    return model

@@ -1,21 +1,32 @@
-"""Build a recipe's models and trainer, and run (or resume) training into a run folder.
+"""Build a recipe's trainer (through :data:`dagan_tf.recipes.TRAINERS`) and run or resume it in a run folder.
 
 Run folder::
 
-    config.yaml         the resolved recipe (with the data folder)
-    checkpoints/        tf.train checkpoints (G, D, optimizers, epoch, early-stopping state)
+    config.yaml         the resolved recipe (with the data folder), commented
+    checkpoints/        tf.train checkpoints (trainer state, optimizers, epoch, early-stopping state)
     best.weights.h5     generator weights with the best validation NMSE
     history.csv         per-epoch logs (appended on resume)
     logs/               TensorBoard: losses, metrics, learning rate, image grid
+
+Safety: a new run that fails before its first checkpoint is removed; ``overwrite``
+trains in a hidden staging folder beside the run (``.RUN.overwrite``) that
+replaces the old run only when training ends, so a failed overwrite leaves the
+old run as it was (``resume`` continues a staged run).  SIGINT/SIGTERM stop
+training after the current batch, keeping the last epoch checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import shutil
+import signal
+import sys
 from pathlib import Path
+from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from dagan_tf import recipes
@@ -23,55 +34,38 @@ from dagan_tf.data.augment import AugmentConfig
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks, training_dataset
 from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
-from dagan_tf.masks import MaskSpec
-from dagan_tf.models.dagan import build_discriminator, build_generator
-from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
-from dagan_tf.training.callbacks import HalvingSchedule, ImageGrid, RunState, TimeBudget
-from dagan_tf.training.cgan import PIXEL_LOSSES, ConditionalGAN, LossWeights
-from dagan_tf.training.optimizers import TF1_ADAM_EPSILON, FusedAdam
+from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
+from dagan_tf.masks import MaskSpec, sampled_fraction
+from dagan_tf.outputs import make_dir, replace_path
+from dagan_tf.training.callbacks import HalvingSchedule, ImageGrid, RunState, Signals, TimeBudget
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+class TrainingInterrupted(DaganError):
+    """SIGINT/SIGTERM stopped training (exit status 130)."""
+
+    exit_code = 130
 
 
 def mask_spec(config: dict) -> MaskSpec:
     d = config["data"]
-    return MaskSpec(str(d["mask"]), d["ratio"], int(d["mask_seed"]), d["acs"], bool(d["per_sample_masks"]))
+    return MaskSpec(d["mask"], d["ratio"], d["mask_seed"], d["acs"], d["per_sample_masks"])
 
 
-def generator_from_config(config: dict) -> keras.Model:
-    m = config["model"]
-    return build_generator(int(m["image_size"]), float(m["width"]), bool(m["refine"]), int(m["max_depth"]))
+def build_trainer(config: dict) -> keras.Model:
+    """The compiled trainer of a validated recipe, from the registry entry of its ``trainer`` key."""
+    return recipes.trainer_of(config).load().build_trainer(config)
 
 
-def build_trainer(config: dict) -> ConditionalGAN:
-    """The ConditionalGAN of a resolved recipe, compiled (Adam, β1 from the recipe)."""
-    m, loss, vgg, t = config["model"], config["loss"], config["vgg"], config["train"]
-    if loss["pixel_kind"] not in PIXEL_LOSSES:
-        raise DaganError(f"loss.pixel_kind must be one of {', '.join(PIXEL_LOSSES)}")
-    if vgg["target_prepro"] not in ("same", "dagan"):
-        raise DaganError("vgg.target_prepro must be 'same' or 'dagan'")
-    features = None
-    if float(loss["vgg"]):
-        features = VGGFeatures(vgg["arch"], vgg["layer"], str(vgg["weights"]), int(vgg["input_size"]),
-                               bool(vgg["same_pooling"]))
-    weights = LossWeights(float(loss["pixel"]), float(loss["frequency"]), float(loss["vgg"]),
-                          float(loss["adversarial"]))
-    model = ConditionalGAN(generator_from_config(config),
-                           build_discriminator(int(m["image_size"]), float(m["width"])),
-                           features, weights, loss["pixel_kind"],
-                           dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
-    model.compile(g_optimizer=FusedAdam(float(t["lr"]), beta_1=float(t["beta1"]), epsilon=TF1_ADAM_EPSILON),
-                  d_optimizer=FusedAdam(float(t["lr"]), beta_1=float(t["beta1"]), epsilon=TF1_ADAM_EPSILON))
-    model.build_optimizers()
-    return model
+def build_generator(config: dict) -> keras.Model:
+    """The recipe's inference network ``[N, S, S, 1] -> [N, S, S, 1]``."""
+    return recipes.trainer_of(config).load().build_generator(config)
 
 
 @contextlib.contextmanager
 def precision_policy(name: str):
     """Build models under the Keras dtype policy ``name``; the previous global policy is restored after."""
-    if name not in PRECISIONS:
-        raise DaganError(f"train.precision must be one of {', '.join(PRECISIONS)}")
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(name)
     try:
@@ -80,77 +74,158 @@ def precision_policy(name: str):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _setup_runtime(t: dict) -> None:
-    keras.utils.set_random_seed(int(t["seed"]))
-    if t["deterministic"]:
-        tf.config.experimental.enable_op_determinism()
+def staging_dir(run_dir: Path) -> Path:
+    """Where ``--overwrite`` builds the new run until it replaces ``run_dir``."""
+    return run_dir.with_name(f".{run_dir.name}.overwrite")
 
 
-def _check_data(config: dict, data: Path):
-    train, val = load_split(data, "train"), load_split(data, "val")
-    size = int(config["model"]["image_size"])
-    if train.images.shape[1:] != (size, size):
-        raise DaganError(f"{data} holds {train.images.shape[1]}×{train.images.shape[2]} slices but "
-                         f"model.image_size is {size}; re-run prepare with --size {size} or --set model.image_size")
-    return train, val
+def _silent(_: str) -> None:
+    pass
 
 
 def train(run_dir: str | Path, config: dict | None = None, data: str | Path | None = None,
           resume: bool = False, epochs: int | None = None, overwrite: bool = False,
-          verbose: int | str = "auto") -> dict:
-    """Train a recipe (``config`` with ``data``) into ``run_dir``, or resume the run there.
+          verbose: int | None = None, echo: Callable[[str], None] = _silent) -> dict:
+    """Train a validated recipe ``config`` on the prepared folder ``data`` into ``run_dir``, or resume it.
 
-    Returns the history dict of this call.  Raises :class:`DaganError` on NaN/Inf losses.
+    ``echo`` receives progress lines (start summary, resume point, how training ended);
+    ``verbose`` is Keras' (default: a progress bar on a terminal, one line per epoch otherwise,
+    none when ``echo`` is silent).  Returns the history of this call.  Raises
+    :class:`DaganError` on bad input and NaN/Inf losses, :class:`TrainingInterrupted` on a signal.
     """
     run_dir = Path(run_dir)
+    work = staging_dir(run_dir)
     if resume:
-        if not (run_dir / "config.yaml").is_file():
-            raise DaganError(f"{run_dir} is not a run folder (no config.yaml) to resume")
-        config = recipes.load_config_file(run_dir / "config.yaml")
+        if not (work / "config.yaml").is_file():
+            work = run_dir
+            if not (run_dir / "config.yaml").is_file():
+                raise DaganError(f"{run_dir} is not a run folder (no config.yaml) to resume")
+        else:
+            echo(f"resuming the unfinished --overwrite run in {work} (it replaces {run_dir} when it ends)")
+        config = recipes.load_config_file(work / "config.yaml")
     else:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise DaganError(f"--out {run_dir} is a file, not a run folder")
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
             raise DaganError(f"run folder {run_dir} exists; pass --resume to continue it or --overwrite")
-        config["data"]["folder"] = str(Path(data).resolve())
+        if not (run_dir.exists() and any(run_dir.iterdir())):
+            work = run_dir
+        config = recipes.validate_config({**config, "data": {**config["data"], "folder": str(Path(data).resolve())}})
     if epochs is not None:
         config["train"]["epochs"] = int(epochs)
-    data = Path(config["data"]["folder"])
-    t = config["train"]
+    train_split, val_split = _check_data(config, resume, echo)
     spec = mask_spec(config)
-    spec.validate()
-    train_split, val_split = _check_data(config, data)
-    _setup_runtime(t)
-    if not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    with precision_policy(t["precision"]):
-        return _fit(run_dir, config, resume, train_split, val_split, spec, verbose)
+    size = config["model"]["image_size"]
+    fraction = sampled_fraction(spec.build((size, size)))
+    t = config["train"]
+    precision = resolve_precision(t["precision"], gpu_compute_capabilities=visible_gpu_capabilities())
+    keras.utils.set_random_seed(t["seed"])
+    if t["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    if not resume:
+        if work != run_dir:
+            shutil.rmtree(work, ignore_errors=True)  # a stale staging folder of an earlier overwrite
+        make_dir(work)
+    if verbose is None:
+        verbose = 0 if echo is _silent else (1 if sys.stdout.isatty() else 2)
+    try:
+        with precision_policy(precision):
+            history, state = _fit(work, config, resume, train_split, val_split, spec, verbose, echo,
+                                  f"{precision} (precision: {t['precision']})", fraction)
+        _raise_if_unfinished(state, work, run_dir)
+    except BaseException:
+        if not resume and not _has_checkpoint(work):
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if work != run_dir:
+        replace_path(work, run_dir)
+    return history
 
 
-def _fit(run_dir: Path, config: dict, resume: bool, train_split, val_split, spec, verbose) -> dict:
+def _raise_if_unfinished(state: RunState, work: Path, run_dir: Path) -> None:
+    """Raise :class:`TrainingInterrupted` after a signal, :class:`DaganError` after NaN/Inf losses."""
+    kept = _has_checkpoint(work)
+    where = (f"the checkpoint of epoch {int(state.next_epoch.numpy())} is kept; "
+             f"'dagan-tf train --out {run_dir} --resume' continues the run") if kept \
+        else "nothing was saved (no checkpoint yet)"
+    if state.interrupted:
+        raise TrainingInterrupted(f"{state.interrupted}: {where}")
+    if state.stopped_reason:
+        raise DaganError(f"training stopped: {state.stopped_reason}; {where}")
+
+
+def _has_checkpoint(work: Path) -> bool:
+    return any((work / "checkpoints").glob("ckpt-*.index"))
+
+
+def _check_data(config: dict, resume: bool, echo):
+    """The train and validation splits; a new run adopts the data's image size (saying so)."""
+    data = Path(config["data"]["folder"])
+    train_split, val_split = load_split(data, "train"), load_split(data, "val")
+    h, w = train_split.images.shape[1:]
+    size = config["model"]["image_size"]
+    if (h, w) != (size, size):
+        if resume or h != w:
+            raise DaganError(f"{data} holds {h}×{w} slices but the run's model.image_size is {size}")
+        echo(f"model.image_size {size} -> {h} to match the prepared data in {data}")
+        config["model"]["image_size"] = h
+        recipes.validate_config(config)
+    n, batch = len(train_split.images), config["train"]["batch_size"]
+    if n < batch:
+        raise DaganError(f"train.batch_size {batch} exceeds the {n} training slices of {data}")
+    return train_split, val_split
+
+
+def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, verbose, echo, precision,
+         fraction):
     t = config["train"]
     model = build_trainer(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(recipes.dump(config))
-    state = RunState(run_dir, int(t["patience"])).attach(model)
-    first_epoch = state.restore() if resume else 0
-    if first_epoch >= int(t["epochs"]):
-        log.warning("run already reached %d epochs", first_epoch)
-        return {}
-    augment = AugmentConfig(elastic_per_image=bool(config["data"]["elastic_per_image"])) \
-        if config["data"]["augment"] else None
-    steps = int(t["steps_per_epoch"] or len(train_split.images) // int(t["batch_size"]))
-    train_ds, _ = training_dataset(train_split, int(t["batch_size"]), spec, int(t["seed"]), first_epoch * steps,
-                                   augment)
-    val_ds = evaluation_dataset(val_split, int(t["val_batch_size"]), evaluation_masks(val_split, spec))
+    state = RunState(work, t["patience"]).attach(model)
+    first_epoch = 0
+    if resume:
+        first_epoch, skipped = state.restore()
+        for note in skipped:
+            echo(f"warning: skipped damaged checkpoint {note}")
+        if first_epoch is None:
+            echo(f"no intact checkpoint in {work / 'checkpoints'}: restarting the run from epoch 0")
+            first_epoch, resume = 0, False
+            for stale in ("history.csv", "best.weights.h5"):
+                (work / stale).unlink(missing_ok=True)
+    (work / "config.yaml").write_text(recipes.dump(config))
+    steps = t["steps_per_epoch"] or len(train_split.images) // t["batch_size"]
+    if first_epoch >= t["epochs"]:
+        echo(f"the run already reached {first_epoch} epochs (train.epochs = {t['epochs']}); nothing to do")
+        return {}, state
+    params = sum(int(np.prod(v.shape)) for v in model.generator.weights)
+    d = config["data"]
+    echo(f"recipe {config['recipe']} ({config['trainer']}): {params / 1e6:.2f} M generator parameters, "
+         f"{config['model']['image_size']}² images, precision {precision}")
+    echo(f"data {d['folder']}: {len(train_split.images)} training / {len(val_split.images)} validation slices; "
+         f"mask {d['mask']}" + (f" ratio {d['ratio']}" if d["ratio"] is not None else "")
+         + f" (sampled fraction {fraction:.4f})")
+    echo(f"{steps} steps per epoch of batch {t['batch_size']}, up to {t['epochs']} epochs; run folder {work}")
+    if resume:
+        echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
+    augment = AugmentConfig(elastic_per_image=d["elastic_per_image"]) if d["augment"] else None
+    train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment)
+    val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec))
     zf, target = next(iter(val_ds))
+    budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
     callbacks = [
-        HalvingSchedule(float(t["lr"]), int(t["lr_halve_every"])),
+        HalvingSchedule(t["lr"], t["lr_halve_every"]),
         state,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
-        keras.callbacks.TensorBoard(str(run_dir / "logs"), write_graph=False),
-        ImageGrid(run_dir / "logs", zf.numpy(), target.numpy()),
-    ] + ([TimeBudget(float(t["max_minutes"]))] if t.get("max_minutes") else [])
-    history = model.fit(train_ds, epochs=int(t["epochs"]), initial_epoch=first_epoch, steps_per_epoch=steps,
-                        validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
-    if state.stopped_reason:
-        raise DaganError(f"training stopped: {state.stopped_reason}")
-    return history.history
+        keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
+        keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
+        ImageGrid(work / "logs", zf.numpy(), target.numpy()),
+    ] + ([budget] if budget else [])
+    with Signals(state):
+        history = model.fit(train_ds, epochs=t["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps,
+                            validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
+    if budget is not None and budget.cut_short:
+        echo(f"time budget of {t['max_minutes']:g} min reached: training cut short after "
+             f"{budget.steps} steps (epoch {int(state.next_epoch.numpy())})")
+    elif not state.interrupted and not state.stopped_reason:
+        best = float(state.best.numpy())
+        echo(f"training ended after epoch {int(state.next_epoch.numpy())}"
+             + (f"; best validation NMSE {best:.5g}" if math.isfinite(best) else ""))
+    return history.history, state

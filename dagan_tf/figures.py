@@ -1,0 +1,79 @@
+"""Labelled comparison figures (matplotlib, no global pyplot state) and PNG writing.
+
+:func:`comparison_figure` draws one row per slice: ground truth, then for each
+reconstruction the image and its absolute error map.  Images are shown on
+[0, 1]; every error map uses the same fixed scale ``[0, error_max]`` with one
+colour bar, so columns are comparable.  Column titles name the methods; each
+row is labelled (e.g. subject and slice); each reconstruction carries its PSNR
+and SSIM in a corner when given.  Used for ``examples.png`` and the
+TensorBoard image grid alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ERROR_MAX = 0.2  # error maps show |x̂ − x| on [0, 0.2] of the [0, 1] intensity range
+
+
+@dataclass
+class FigureRow:
+    """One slice: ``target [H, W]`` in [0, 1], ``recons {name: [H, W]}``, optional ``scores {name: (psnr, ssim)}``."""
+
+    label: str
+    target: np.ndarray
+    recons: dict[str, np.ndarray]
+    scores: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def comparison_figure(rows: list[FigureRow], title: str = "", error_max: float = ERROR_MAX,
+                      tile_inches: float = 1.9) -> np.ndarray:
+    """The figure as an RGB ``uint8 [height, width, 3]`` array (see module doc)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(rows[0].recons)
+    columns = ["ground truth"] + [c for n in names for c in (n, f"{n} |error|")]
+    n_rows, n_cols = len(rows), len(columns)
+    fig = Figure(figsize=(tile_inches * n_cols + 0.9, tile_inches * n_rows + 0.7), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[1] * n_cols + [0.06], wspace=0.04, hspace=0.08,
+                            left=0.06, right=0.95, top=1 - 0.5 / (tile_inches * n_rows + 0.7), bottom=0.02)
+    error_image = None
+    for r, row in enumerate(rows):
+        tiles = [("image", row.target, None)]
+        for name in names:
+            tiles += [("image", row.recons[name], row.scores.get(name)),
+                      ("error", np.abs(row.recons[name] - row.target), None)]
+        for c, (kind, image, score) in enumerate(tiles):
+            ax = fig.add_subplot(grid[r, c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if kind == "image":
+                ax.imshow(np.clip(image, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                error_image = ax.imshow(image, cmap="inferno", vmin=0, vmax=error_max, interpolation="nearest")
+            if score is not None:
+                ax.text(0.02, 0.02, f"{score[0]:.2f} dB\nSSIM {score[1]:.3f}", transform=ax.transAxes,
+                        color="yellow", fontsize=7, va="bottom", ha="left")
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel(row.label, fontsize=8)
+    if error_image is not None:
+        bar = fig.colorbar(error_image, cax=fig.add_subplot(grid[:, n_cols]))
+        bar.set_label(f"|error| on a fixed scale 0–{error_max:g}", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write a ``uint8`` image ``[H, W]`` (grey) or ``[H, W, 3]`` (RGB) as PNG."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(image)).save(str(path), format="PNG")
