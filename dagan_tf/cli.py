@@ -107,6 +107,27 @@ def _echo(text: str) -> None:
     click.echo(text)
 
 
+def _load_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up log lines (oneDNN, CPU features) kept off standard error.
+
+    TensorFlow 2.21 prints them before ``TF_CPP_MIN_LOG_LEVEL`` takes effect; ``-v`` shows them.
+    Python errors raised by the import are not affected.
+    """
+    if "tensorflow" in sys.modules or logging.getLogger().level <= logging.INFO:
+        import tensorflow  # noqa: F401
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 @click.group(cls=DaganCLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dagan-tf")
 @click.option("-v", "--verbose", is_flag=True, help="Show informational log messages.")
@@ -209,6 +230,7 @@ def eval_command(model_name, run_dir, data, mask_kind, ratio, mask_seed, acs, pe
                                                                  d["per_sample_masks"])
     spec = _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
 
+    _load_tensorflow()
     from dagan_tf.evaluate import evaluate, format_table
 
     model, title = None, "zero-filled evaluation"
@@ -257,6 +279,7 @@ def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, re
     elif recipe or data or overrides or mask_kind or ratio or overwrite:
         raise DaganError("--resume takes the run's own config.yaml; only --epochs may change")
 
+    _load_tensorflow()
     from dagan_tf.training.run import train
 
     train(run_dir, config, data, resume, epochs, overwrite, echo=_echo)
@@ -297,6 +320,7 @@ def export_command(run_dir, out, overwrite):
     if not (Path(run_dir) / "config.yaml").is_file():
         raise DaganError(f"{run_dir} is not a training run (no config.yaml)")
 
+    _load_tensorflow()
     from dagan_tf.export import export_generator
     from dagan_tf.inference import load_run_generator
 
@@ -328,6 +352,7 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
         raise DaganError(f"path not found: {model_path}")
     spec = None if mask_kind is None else _mask_spec(mask_kind, ratio, mask_seed, acs, False)
 
+    _load_tensorflow()
     from dagan_tf.predict import predict_volume
 
     predict_volume(model_path, source, out, spec, dc, overwrite, echo=_echo)
@@ -350,6 +375,7 @@ def demo_command(out, size, steps, minutes, vgg_weights, overwrite):
     from dagan_tf.outputs import check_new_output
 
     check_new_output(out, overwrite)
+    _load_tensorflow()
     from dagan_tf.demo import run_demo
 
     run_demo(out, size, steps, minutes, vgg_weights, overwrite, echo=_echo)

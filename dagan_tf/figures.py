@@ -37,10 +37,13 @@ def comparison_figure(rows: list[FigureRow], title: str = "", error_max: float =
     names = list(rows[0].recons)
     columns = ["ground truth"] + [c for n in names for c in (n, f"{n} |error|")]
     n_rows, n_cols = len(rows), len(columns)
-    fig = Figure(figsize=(tile_inches * n_cols + 0.9, tile_inches * n_rows + 0.7), dpi=100)
+    top_inches = 0.3 + (0.3 if title else 0.0)  # column titles (+ figure title)
+    width, height = tile_inches * (n_cols + 0.1) + 1.4, tile_inches * n_rows + top_inches + 0.1
+    fig = Figure(figsize=(width, height), dpi=100)
     canvas = FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[1] * n_cols + [0.06], wspace=0.04, hspace=0.08,
-                            left=0.06, right=0.95, top=1 - 0.5 / (tile_inches * n_rows + 0.7), bottom=0.02)
+    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[1] * n_cols + [0.08], wspace=0.04, hspace=0.06,
+                            left=0.45 / width, right=1 - 0.8 / width, top=1 - top_inches / height,
+                            bottom=0.1 / height)
     error_image = None
     for r, row in enumerate(rows):
         tiles = [("image", row.target, None)]
@@ -67,7 +70,7 @@ def comparison_figure(rows: list[FigureRow], title: str = "", error_max: float =
         bar.set_label(f"|error| on a fixed scale 0–{error_max:g}", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 

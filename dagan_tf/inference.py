@@ -7,6 +7,7 @@ is returned — the paper's "future work", off by default as in the paper.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +35,9 @@ def load_run_generator(run_dir: str | Path):
     best = run_dir / "best.weights.h5"
     if best.is_file():
         try:
-            generator.load_weights(str(best))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # Keras warns (and loads partly) on some mismatches
+                generator.load_weights(str(best))
         except Exception as exc:  # h5py OSError (truncated), ValueError (shapes), KeyError (layers)
             raise DaganError(f"cannot load {best}: {str(exc).splitlines()[0][:200]} "
                              "(truncated, or not trained with this config.yaml?)") from None

@@ -69,10 +69,23 @@ def os_error(exc: BaseException, path: str | Path | None = None) -> DaganError:
             if needle in lowered:
                 cause = name
                 break
+    if cause is None and path is not None and _disk_full(Path(path)):
+        cause = "no space left on device"  # e.g. numpy's "N requested and M written", which has no errno
     if cause is None:
         cause = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
     where = path or getattr(exc, "filename", None)
     return DaganError(f"{cause} writing {where}" if where else cause)
+
+
+def _disk_full(path: Path) -> bool:
+    """True when the file system that would hold ``path`` has (almost) no free space left."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free < 64 * 1024
+            except OSError:
+                return False
+    return False
 
 
 def is_os_failure(exc: BaseException) -> bool:
@@ -117,12 +130,13 @@ def _writing(tmp: Path, out: Path, is_dir: bool) -> Iterator[Path]:
         _apply_umask(tmp, is_dir)
         replace_path(tmp, out)
     except BaseException as exc:
+        error = os_error(exc, out) if is_os_failure(exc) else None  # before the cleanup frees the space
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        if is_os_failure(exc):
-            raise os_error(exc, out) from None
+        if error is not None:
+            raise error from None
         raise
 
 

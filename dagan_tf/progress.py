@@ -7,6 +7,7 @@ not a terminal, :func:`progress` prints a single line when the stage ends
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
@@ -31,7 +32,9 @@ class Stage:
         if self.active and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=f" {unit}", dynamic_ncols=True, leave=True)
+            size = shutil.get_terminal_size((100, 24))  # a terminal of unknown size reports 0 × 0
+            self.bar = tqdm(total=total, desc=desc, unit=f" {unit}", ncols=min(size.columns, 120),
+                            nrows=max(size.lines, 2), leave=True)
 
     def update(self, n: int = 1) -> None:
         self.count += n

@@ -2,11 +2,13 @@
 
 Usage: python scripts/bench_pipeline.py [--data PREPARED_DIR] [--size 256] [--batch 25] [--seconds 20]
        python scripts/bench_pipeline.py --elastic-only   # ms per image of the elastic distortion, one core
+       python scripts/bench_pipeline.py --masks          # ms per mask of every kind (--size, --ratio)
 Without --data, 200 synthetic slices are written to a temporary prepared folder.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +22,9 @@ def synthetic_prepared(folder: Path, size: int, n: int = 200) -> Path:
     np.save(folder / "train_images.npy", images)
     rows = "\n".join(f"{i},s{i % 10},synthetic,{i}" for i in range(n))
     (folder / "train_slices.csv").write_text("index,subject,source,slice\n" + rows + "\n")
-    (folder / "manifest.json").write_text("{}")
+    from dagan_tf.data.prepare import PREPARED_FORMAT
+
+    (folder / "manifest.json").write_text(json.dumps({"format": PREPARED_FORMAT}))
     return folder
 
 
@@ -47,6 +51,17 @@ def elastic_ms_per_image(size: int, batch: int = 8, repeats: int = 10) -> None:
     print(f"elastic distortion: {ms:.1f} ms per {size}² image on one core (α=765, σ=25.5 scaled to the size)")
 
 
+def mask_ms(size: int, ratio: float, repeats: int = 5) -> None:
+    """Milliseconds to build one ``size``² mask of every kind (the poisson2d walk is the slow one)."""
+    from dagan_tf.masks import MASK_KINDS, make_mask
+
+    for kind in MASK_KINDS:
+        start = time.perf_counter()
+        for seed in range(repeats):
+            make_mask(kind, (size, size), ratio, seed)
+        print(f"{kind:11s} {(time.perf_counter() - start) / repeats * 1000:8.1f} ms per {size}² mask at {ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data")
@@ -57,7 +72,11 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--per-sample-masks", action="store_true")
     parser.add_argument("--elastic-only", action="store_true")
+    parser.add_argument("--masks", action="store_true")
     args = parser.parse_args()
+    if args.masks:
+        mask_ms(args.size, args.ratio)
+        return
     if args.elastic_only:
         elastic_ms_per_image(args.size)
         return

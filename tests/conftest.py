@@ -61,6 +61,28 @@ def prepared_dir(tmp_path, phantom_dir) -> Path:
 SIZE = 32
 
 
+def run(*args):
+    """Invoke the CLI in-process (exit code, interleaved stdout and stderr in ``output``)."""
+    from click.testing import CliRunner
+
+    from dagan_tf.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, *needles, output=None):
+    """One ``Error:`` line containing ``needles``, non-zero exit, no traceback, ``output`` not created."""
+    assert result.exit_code != 0, result.output
+    text = result.output.strip()
+    error_lines = [line for line in text.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and text.splitlines()[-1] == error_lines[0], text
+    assert "Traceback" not in text and result.exc_info[0] is SystemExit
+    for needle in needles:
+        assert needle in error_lines[0], error_lines[0]
+    if output is not None:
+        assert not output.exists()
+
+
 def tiny_config(recipe="ppgr", *extra):
     """A 32² PPGR-family recipe small enough for unit tests (random VGG, deterministic)."""
     overrides = [f"model.image_size={SIZE}", "model.width=0.0625", "vgg.weights=random", "vgg.input_size=32",

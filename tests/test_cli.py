@@ -7,24 +7,7 @@ import pytest
 import scipy.io
 from click.testing import CliRunner
 
-from conftest import phantom_volume, shared_path, write_nifti
-from dagan_tf.cli import main
-
-
-def run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_user_error(result, *needles, output=None):
-    assert result.exit_code != 0, result.output
-    text = result.output.strip()
-    error_lines = [line for line in text.splitlines() if line.startswith("Error:")]
-    assert len(error_lines) == 1, text
-    assert "Traceback" not in text and result.exc_info[0] is SystemExit
-    for needle in needles:
-        assert needle in error_lines[0], error_lines[0]
-    if output is not None:
-        assert not output.exists()
+from conftest import assert_user_error, phantom_volume, run, shared_path, write_nifti
 
 
 def test_version_and_help():
