@@ -324,7 +324,9 @@ def export_command(run_dir, out, overwrite):
     from dagan_tf.export import export_generator
     from dagan_tf.inference import load_run_generator
 
+    click.echo(f"loading the generator of {run_dir} (best weights)")
     generator, _ = load_run_generator(run_dir)
+    click.echo(f"writing the SavedModel (signatures serving_default, from_kspace) to {out}")
     export_generator(generator, out, overwrite)
     click.echo(f"exported to {out}")
 

@@ -18,7 +18,7 @@ from dagan_tf.data.prepare import PrepareConfig, prepare
 from dagan_tf.masks import MaskSpec
 from dagan_tf.outputs import atomic_output_dir
 
-DEMO_STEPS = 400
+DEMO_STEPS = 1000
 STEPS_PER_EPOCH = 20
 DEMO_MASK = MaskSpec("gaussian2d", 0.3)
 

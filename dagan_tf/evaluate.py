@@ -6,7 +6,7 @@ A *reconstructor* maps a batch dict from
 ``model`` entry (named ``model+dc`` when data consistency is applied).
 Outputs (written atomically into ``out``)::
 
-    metrics.json   {"zero_filled": {"psnr": {"mean", "std", "per_volume"}, ...}, "model": ...,
+    metrics.json   {"zero_filled": {"psnr": {"mean", "std", "per_volume"}, ..., "ms_per_slice"}, "model": ...,
                     "n_slices", "n_subjects", "data_range", "mask", "split"}
     per_slice.csv  index, subject, slice (the source's axial index), data_range, <name>_<metric> ...
     examples.png   titled rows: ground truth | zero-filled | error [| model | error], error maps on
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -62,11 +63,18 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     n = len(prepared.subjects)
     example_idx = set(np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist())
     examples: dict[int, dict[str, np.ndarray]] = {}
+    seconds = {name: 0.0 for name in recons}
     start = 0
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
         for batch in evaluation_dataset(prepared, batch_size, masks, with_kspace=True):
             b = int(batch["target"].shape[0])
-            outputs = {name: fn(batch) for name, fn in recons.items()}
+            outputs = {}
+            for name, fn in recons.items():
+                if start == 0:
+                    fn(batch)  # warm-up: the first call traces the graph
+                started = time.perf_counter()
+                outputs[name] = fn(batch).numpy()
+                seconds[name] += time.perf_counter() - started
             for name, image in outputs.items():
                 values = metrics.compute_all(batch["target"], image, ranges[start:start + b], dagan_compat)
                 for m in metrics.METRIC_NAMES:
@@ -74,11 +82,12 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
             for i in range(b):
                 if start + i in example_idx:
                     examples[start + i] = {"target": batch["target"][i, ..., 0].numpy(),
-                                           **{name: outputs[name][i, ..., 0].numpy() for name in recons}}
+                                           **{name: outputs[name][i, ..., 0] for name in recons}}
             start += b
             stage.update(b)
     per_slice = {name: {m: np.concatenate(v) for m, v in d.items()} for name, d in per_slice.items()}
-    result = {name: metrics.summary_json(values, prepared.subjects) for name, values in per_slice.items()}
+    result = {name: {**metrics.summary_json(values, prepared.subjects), "ms_per_slice": 1000 * seconds[name] / n}
+              for name, values in per_slice.items()}
     fractions = [sampled_fraction(m) for m in masks]
     result.update({
         "n_slices": int(n),
@@ -99,12 +108,12 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
 def format_table(result: dict) -> str:
     """Plain-text table: one row per reconstruction, mean ± std per metric."""
     names = [k for k, v in result.items() if isinstance(v, dict) and "psnr" in v]
-    lines = [f"{'':12s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s}"]
+    lines = [f"{'':12s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s} {'ms/slice':>9s}"]
     for name in names:
         r = result[name]
         lines.append(f"{name:12s} {r['nmse']['mean']:>10.5f} ± {r['nmse']['std']:<7.5f} "
                      f"{r['psnr']['mean']:>8.3f} ± {r['psnr']['std']:<6.3f} "
-                     f"{r['ssim']['mean']:>8.4f} ± {r['ssim']['std']:<6.4f}")
+                     f"{r['ssim']['mean']:>8.4f} ± {r['ssim']['std']:<6.4f} {r.get('ms_per_slice', 0):>9.2f}")
     lines.append(f"slices: {result['n_slices']}  subjects: {result['n_subjects']}  split: {result['split']}  "
                  f"mask: {result['mask']['kind']} (sampled fraction {result['mask']['sampled_fraction']:.4f})")
     return "\n".join(lines)

@@ -64,7 +64,7 @@ def comparison_figure(rows: list[FigureRow], title: str = "", error_max: float =
             if r == 0:
                 ax.set_title(columns[c], fontsize=9)
             if c == 0:
-                ax.set_ylabel(row.label, fontsize=8)
+                ax.set_ylabel("\n".join(_shorten(line) for line in row.label.splitlines()), fontsize=8)
     if error_image is not None:
         bar = fig.colorbar(error_image, cax=fig.add_subplot(grid[:, n_cols]))
         bar.set_label(f"|error| on a fixed scale 0–{error_max:g}", fontsize=8)
@@ -73,6 +73,11 @@ def comparison_figure(rows: list[FigureRow], title: str = "", error_max: float =
         fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _shorten(text: str, limit: int = 24) -> str:
+    """``text`` cut to its last ``limit`` characters (subject ids end in what tells them apart)."""
+    return text if len(text) <= limit else "…" + text[-(limit - 1):]
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:

@@ -5,7 +5,6 @@ import sys
 import numpy as np
 import pytest
 import scipy.io
-from click.testing import CliRunner
 
 from conftest import assert_user_error, phantom_volume, run, shared_path, write_nifti
 
@@ -35,7 +34,7 @@ def test_prepare_and_zero_filled_eval(tmp_path, phantom_dir):
                  "--out", out)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["zero_filled"]) == {"nmse", "psnr", "ssim"}
+    assert set(metrics["zero_filled"]) == {"nmse", "psnr", "ssim", "ms_per_slice"}
     assert metrics["n_subjects"] == 1 and metrics["n_slices"] == len(np.load(prepared / "test_images.npy"))
     assert {"mean", "std"} <= set(metrics["zero_filled"]["psnr"])
     rows = (out / "per_slice.csv").read_text().strip().splitlines()
