@@ -62,7 +62,7 @@ def main() -> None:
     spec = mask_spec(config)
     results = {}
     for dc in (False, True):
-        model, _ = load_run_reconstructor(run, dc)
+        model = load_run_reconstructor(run, dc)
         name = "eval-dc" if dc else "eval"
         results[name] = evaluate(data, spec, out / name, model=model, overwrite=True)
         print(("with data consistency\n" if dc else "") + format_table(results[name]))

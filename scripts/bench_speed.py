@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -83,7 +84,14 @@ def main() -> None:
     from dagan_tf.models.dagan import build_discriminator, build_generator
     from dagan_tf.training.run import build_trainer
 
-    report: dict = {"size": args.size, "width": args.width, "batch": args.batch}
+    from dagan_tf.hardware import NATIVE_BF16_CPU_FLAGS, cpu_info, resolve_precision
+
+    cpu_model, cpu_flags = cpu_info()
+    report: dict = {"size": args.size, "width": args.width, "batch": args.batch,
+                    "cpu": {"model": cpu_model, "cores": os.cpu_count(),
+                            "simd_flags": sorted(f for f in cpu_flags if f.startswith(("avx", "amx", "fma"))),
+                            "native_bf16": sorted(set(NATIVE_BF16_CPU_FLAGS) & cpu_flags)},
+                    "precision_auto": resolve_precision("auto")}
     g, d = build_generator(args.size, args.width), build_discriminator(args.size, args.width)
     config = recipes.apply_overrides(recipes.load_recipe("ppgr"), [
         f"model.image_size={args.size}", f"model.width={args.width}", f"vgg.weights={args.vgg_weights}"])
