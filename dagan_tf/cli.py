@@ -195,30 +195,39 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 
 
 @main.command("eval")
-@click.option("--model", "model_name", type=click.Choice(["zero-filled"]), default=None,
-              help="'zero-filled': the baseline alone.")
+@click.option("--model", "baselines", multiple=True,
+              type=click.Choice(["zero-filled", "zero-filled-dc", "tv", "wavelet"]),
+              help="Classical reconstruction(s) to score beside zero-filled (repeatable): zero-filled-dc "
+                   "(1 and 100 projections), tv, wavelet (these two need the 'cs' extra).")
 @click.option("--run", "run_dir", default=None, help="A training run folder to evaluate beside zero-filled.")
 @click.option("--data", required=True, help="Prepared data folder.")
 @mask_options
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="Split to score (every slice of it).")
-@click.option("--dc", is_flag=True, help="Apply data consistency to the network output (row 'model+dc').")
+@click.option("--dc", is_flag=True, help="Apply data consistency to the network output (row 'model+dc'); "
+                                         "adds the zero-filled-dc baseline.")
+@click.option("--lam", type=click.FloatRange(0, min_open=True), default=None,
+              help="Regularisation weight of tv/wavelet (default: --tune-lambda, else 0.001).")
+@click.option("--tune-lambda", is_flag=True, help="Pick the tv/wavelet weight by NMSE on validation slices.")
+@click.option("--cs-iterations", type=POSITIVE, default=100, show_default=True,
+              help="Iterations of the tv/wavelet solvers.")
 @click.option("--dagan-compat-metrics", is_flag=True, help="The original DAGAN's metric definitions.")
 @click.option("--batch-size", type=POSITIVE, default=16, show_default=True, help="Slices per batch.")
 @click.option("--out", required=True, help="Output folder (must not exist unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
-def eval_command(model_name, run_dir, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc,
-                 dagan_compat_metrics, batch_size, out, overwrite):
-    """Evaluate zero-filled (and a trained run) on a whole split; writes metrics.json, CSV, PNG, report."""
+def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, lam,
+                 tune_lambda, cs_iterations, dagan_compat_metrics, batch_size, out, overwrite):
+    """Score zero-filled, classical baselines and a trained run on a whole split, on the same k-space;
+    writes metrics.json, per_slice.csv, examples.png and report.md."""
     from dagan_tf import recipes
     from dagan_tf.outputs import check_new_output
 
-    if (model_name is None) == (run_dir is None):
-        raise DaganError("give exactly one of --model zero-filled or --run RUN")
+    if not baselines and run_dir is None:
+        raise DaganError("give --model BASELINE and/or --run RUN")
     if run_dir is None and dc:
-        raise DaganError("--dc needs a trained model (--run)")
+        raise DaganError("--dc needs a trained model (--run); --model zero-filled-dc is the baseline")
     if run_dir is None and mask_kind is None:
-        raise DaganError("--mask is required for --model zero-filled")
+        raise DaganError("--mask is required without --run")
     check_new_output(out, overwrite)
     _check_prepared(data)
     if run_dir is not None:
@@ -229,18 +238,20 @@ def eval_command(model_name, run_dir, data, mask_kind, ratio, mask_seed, acs, pe
             mask_kind, ratio, mask_seed, acs, per_slice_masks = (d["mask"], d["ratio"], d["mask_seed"], d["acs"],
                                                                  d["per_sample_masks"])
     spec = _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
-
     _load_tensorflow()
+
+    from dagan_tf.baselines import build_baselines
     from dagan_tf.evaluate import evaluate, format_table
 
-    model, title = None, "zero-filled evaluation"
+    names = list(baselines) + (["zero-filled-dc"] if dc else [])
+    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, echo=_echo)
+    title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
     if run_dir is not None:
         from dagan_tf.inference import load_run_reconstructor
 
-        model = load_run_reconstructor(run_dir, dc)
+        recons["model+dc" if dc else "model"] = load_run_reconstructor(run_dir, dc)
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
-    result = evaluate(data, spec, out, split, model, batch_size, dagan_compat_metrics, overwrite, title,
-                      model_name="model+dc" if dc else "model")
+    result = evaluate(data, spec, out, split, recons, batch_size, dagan_compat_metrics, overwrite, title, settings)
     click.echo(format_table(result))
     click.echo(f"written to {out}")
 

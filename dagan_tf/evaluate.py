@@ -42,11 +42,13 @@ def zero_filled(batch: dict) -> tf.Tensor:
 
 
 def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "test",
-             model: Reconstructor | None = None, batch_size: int = 16, dagan_compat: bool = False,
-             overwrite: bool = False, title: str = "zero-filled evaluation", model_name: str = "model") -> dict:
-    """Score zero-filled (and ``model``, reported as ``model_name``) on every slice of ``split``.
+             reconstructors: dict[str, Reconstructor] | None = None, batch_size: int = 16,
+             dagan_compat: bool = False, overwrite: bool = False, title: str = "zero-filled evaluation",
+             settings: dict | None = None) -> dict:
+    """Score zero-filled and each of ``reconstructors`` (name -> reconstructor) on every slice of ``split``.
 
-    Returns the metrics dict (also written to ``out/metrics.json``).
+    ``settings`` (e.g. the baselines' regularisation weights) are recorded in the
+    result.  Returns the metrics dict (also written to ``out/metrics.json``).
     """
     check_new_output(out, overwrite)
     prepared = load_split(data, split)
@@ -55,9 +57,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     masks = evaluation_masks(prepared, mask)
     if masks.shape[1:] != shape:
         raise DaganError(f"mask shape {masks.shape[1:]} differs from the image shape {shape}")
-    recons: dict[str, Reconstructor] = {"zero_filled": zero_filled}
-    if model is not None:
-        recons[model_name] = model
+    recons: dict[str, Reconstructor] = {"zero_filled": zero_filled, **(reconstructors or {})}
     ranges = metrics.volume_data_ranges(np.asarray(prepared.images), prepared.subjects)
     per_slice = {name: {m: [] for m in metrics.METRIC_NAMES} for name in recons}
     n = len(prepared.subjects)
@@ -70,7 +70,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
             b = int(batch["target"].shape[0])
             outputs = {}
             for name, fn in recons.items():
-                if start == 0:
+                if start == 0 and getattr(fn, "warm_up", True):
                     fn(batch)  # warm-up: the first call traces the graph
                 started = time.perf_counter()
                 outputs[name] = fn(batch).numpy()
@@ -96,6 +96,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
         else "per-volume maximum of the ground truth",
         "metric_definitions": "dagan-compat" if dagan_compat else "standard",
         "split": split,
+        "reconstructor_settings": settings or {},
         "mask": {"kind": mask.kind, "ratio": float(np.mean(fractions)) if mask.is_file else mask.ratio,
                  "seed": None if mask.is_file else mask.seed, "per_sample": mask.per_sample,
                  "sampled_fraction": float(np.mean(fractions))},
@@ -108,10 +109,11 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
 def format_table(result: dict) -> str:
     """Plain-text table: one row per reconstruction, mean ± std per metric."""
     names = [k for k, v in result.items() if isinstance(v, dict) and "psnr" in v]
-    lines = [f"{'':12s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s} {'ms/slice':>9s}"]
+    width = max(12, *(len(name) for name in names))
+    lines = [f"{'':{width}s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s} {'ms/slice':>9s}"]
     for name in names:
         r = result[name]
-        lines.append(f"{name:12s} {r['nmse']['mean']:>10.5f} ± {r['nmse']['std']:<7.5f} "
+        lines.append(f"{name:{width}s} {r['nmse']['mean']:>10.5f} ± {r['nmse']['std']:<7.5f} "
                      f"{r['psnr']['mean']:>8.3f} ± {r['psnr']['std']:<6.3f} "
                      f"{r['ssim']['mean']:>8.4f} ± {r['ssim']['std']:<6.4f} {r.get('ms_per_slice', 0):>9.2f}")
     lines.append(f"slices: {result['n_slices']}  subjects: {result['n_subjects']}  split: {result['split']}  "

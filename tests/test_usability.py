@@ -122,9 +122,10 @@ def test_eval_figure_and_dc_label(tmp_path, trained_run, real_slices):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert "model+dc" in metrics and "model+dc" in result.output
+    assert {"zero_filled_dc1", "zero_filled_dc100"} <= set(metrics), "--dc shows the projection baseline"
     figure = Image.open(out / "examples.png")
     n = min(4, metrics["n_slices"])
-    assert figure.mode == "RGB" and figure.size[1] > 150 * n and figure.size[0] > 5 * 150
+    assert figure.mode == "RGB" and figure.size[1] > 150 * n and figure.size[0] > 9 * 150  # 4 methods + truth
     assert "model+dc |error|" in (out / "report.md").read_text()
 
 
