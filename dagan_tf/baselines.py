@@ -28,11 +28,13 @@ import tensorflow as tf
 
 from dagan_tf import metrics
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc
+from dagan_tf.inference import apply_dc, batch_arguments
 
-SIGPY_BASELINES = ("tv", "wavelet")
+SIGPY_BASELINES = ("sense", "tv", "wavelet")
 BASELINES = ("zero-filled-dc",) + SIGPY_BASELINES
-DEFAULT_LAMBDA = {"tv": 1e-3, "wavelet": 1e-3}
+DEFAULT_LAMBDA = {"sense": 0.0, "tv": 1e-3, "wavelet": 1e-3}
+SOLVERS = {"sense": "SenseRecon (conjugate gradient)", "tv": "TotalVariationRecon",
+           "wavelet": "L1WaveletRecon db4"}
 LAMBDA_GRID = tuple(10.0 ** e for e in range(-5, 1))  # 1e-5 … 1
 PROJECTION_ITERATIONS = (1, 100)  # one step, and converged (PSNR changes < 0.01 dB after ~60 here)
 
@@ -45,26 +47,29 @@ def projection(iterations: int) -> Reconstructor:
         raise DaganError(f"projection iterations must be >= 1, got {iterations}")
 
     @tf.function(reduce_retracing=True)
-    def run(zero_filled, kspace0, mask):
+    def run(zero_filled, kspace0, mask, maps):
         x = zero_filled
         for _ in tf.range(iterations):
-            x = apply_dc(x, kspace0, mask)
+            x = apply_dc(x, kspace0, mask, maps)
         return x
 
-    return lambda batch: run(batch["zero_filled"], batch["kspace"], batch["mask"])
+    return lambda batch: run(*batch_arguments(batch))
 
 
 def _sigpy_app():
     try:
         import sigpy.mri.app as app
     except ImportError:
-        raise DaganError("the tv and wavelet baselines need sigpy: pip install 'dagan-tf[cs]'") from None
+        raise DaganError("the sense, tv and wavelet baselines need sigpy: pip install 'dagan-tf[cs]'") from None
     return app
 
 
 @dataclass(frozen=True)
 class SigpyBaseline:
-    """TV or ℓ1-wavelet reconstruction of single-coil k-space, slice by slice on the CPU."""
+    """SENSE (ℓ2 weight ``lam``, 0 = plain SENSE), TV or ℓ1-wavelet reconstruction, slice by slice on the CPU.
+
+    Single-coil batches use a map of ones; multi-coil batches their ``maps``.
+    """
 
     method: str
     lam: float
@@ -74,22 +79,25 @@ class SigpyBaseline:
     def __post_init__(self):
         if self.method not in SIGPY_BASELINES:
             raise DaganError(f"unknown baseline {self.method!r}; valid: {', '.join(SIGPY_BASELINES)}")
-        if not (np.isfinite(self.lam) and self.lam > 0):
+        if not (np.isfinite(self.lam) and (self.lam > 0 or (self.lam == 0 and self.method == "sense"))):
             raise DaganError(f"--lam must be a positive number, got {self.lam}")
         _sigpy_app()
 
-    def reconstruct_slice(self, kspace0: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Magnitude ``[H, W]`` from centred undersampled ``kspace0 [H, W]`` and ``mask [H, W]``."""
+    def reconstruct_slice(self, kspace0: np.ndarray, mask: np.ndarray, maps: np.ndarray | None = None) -> np.ndarray:
+        """Magnitude ``[H, W]`` from centred undersampled ``kspace0`` (``[H, W]``, or ``[C, H, W]`` with
+        ``maps [C, H, W]``) and ``mask [H, W]``."""
         app = _sigpy_app()
-        recon = app.TotalVariationRecon if self.method == "tv" else app.L1WaveletRecon
-        maps = np.ones((1,) + kspace0.shape, np.complex64)
-        image = recon(kspace0[None].astype(np.complex64), maps, self.lam, weights=mask.astype(np.float32),
-                      max_iter=self.iterations, show_pbar=False).run()
+        recon = {"sense": app.SenseRecon, "tv": app.TotalVariationRecon, "wavelet": app.L1WaveletRecon}[self.method]
+        if maps is None:
+            kspace0, maps = kspace0[None], np.ones((1,) + kspace0.shape, np.complex64)
+        image = recon(kspace0.astype(np.complex64), maps.astype(np.complex64), self.lam,
+                      weights=mask.astype(np.float32), max_iter=self.iterations, show_pbar=False).run()
         return np.abs(image).astype(np.float32)
 
     def __call__(self, batch: dict) -> tf.Tensor:
         kspace, masks = batch["kspace"].numpy(), batch["mask"].numpy()
-        out = np.stack([self.reconstruct_slice(k, m) for k, m in zip(kspace, masks)])
+        maps = batch["maps"].numpy() if "maps" in batch else [None] * len(kspace)
+        out = np.stack([self.reconstruct_slice(k, m, s) for k, m, s in zip(kspace, masks, maps)])
         return tf.constant(out[..., None])
 
 
@@ -105,25 +113,36 @@ def tune_lambda(method: str, batches: list[dict], iterations: int = 100,
     return float(best), scores
 
 
-def _validation_batches(data, spec, n_slices: int = 16) -> list[dict]:
-    """Up to ``n_slices`` validation slices, evenly spaced, as evaluation batches."""
+def _validation_batches(data, spec, calib_width: int | None, n_slices: int = 16) -> list[dict]:
+    """Up to ``n_slices`` validation slices, evenly spaced, as evaluation batches (multi-coil: with
+    ESPIRiT maps when ``calib_width`` is given, else the true maps)."""
+    from dagan_tf.coils import espirit_maps
     from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
     from dagan_tf.data.prepare import PreparedSplit, load_split
 
     val = load_split(data, "val")
     idx = np.unique(np.linspace(0, len(val.images) - 1, min(n_slices, len(val.images))).astype(int))
-    subset = PreparedSplit(np.asarray(val.images[idx]), val.subjects[idx], val.sources[idx], val.slice_numbers[idx])
+    kspace = maps = None
+    if val.kspace is not None:
+        kspace = np.asarray(val.kspace[idx])
+        if calib_width:
+            maps = np.stack([espirit_maps(k, calib_width) for k in kspace])
+        elif val.maps is not None:
+            maps = np.asarray(val.maps[idx] if len(val.maps) > 1 else val.maps)
+    subset = PreparedSplit(np.asarray(val.images[idx]), val.subjects[idx], val.sources[idx],
+                           val.slice_numbers[idx], kspace, maps)
     return list(evaluation_dataset(subset, 8, evaluation_masks(subset, spec), with_kspace=True))
 
 
 def build_baselines(names: list[str], data, spec, lam: float | None = None, iterations: int = 100,
-                    tune: bool = False, echo: Callable[[str], None] = lambda _: None
-                    ) -> tuple[dict[str, Reconstructor], dict]:
+                    tune: bool = False, echo: Callable[[str], None] = lambda _: None,
+                    calib_width: int | None = None) -> tuple[dict[str, Reconstructor], dict]:
     """Reconstructors for the baseline ``names`` and the settings to record in ``metrics.json``.
 
     ``zero-filled-dc`` gives two rows, after 1 and after 100 projections.  ``tv``/``wavelet``
     use ``lam``, else (``tune``) the best of :data:`LAMBDA_GRID` on validation slices, else
-    :data:`DEFAULT_LAMBDA`.
+    :data:`DEFAULT_LAMBDA`.  On multi-coil data ``calib_width`` (ESPIRiT calibration) tunes with
+    estimated maps, ``None`` with the true ones.
     """
     recons: dict[str, Reconstructor] = {}
     settings: dict = {}
@@ -136,7 +155,7 @@ def build_baselines(names: list[str], data, spec, lam: float | None = None, iter
             chosen, grid = lam, None
             if chosen is None and tune:
                 echo(f"tuning the {name} weight on validation slices over {', '.join(f'{g:g}' for g in LAMBDA_GRID)}")
-                chosen, grid = tune_lambda(name, _validation_batches(data, spec), iterations)
+                chosen, grid = tune_lambda(name, _validation_batches(data, spec, calib_width), iterations)
                 edge = " (at the edge of the grid)" if chosen in (LAMBDA_GRID[0], LAMBDA_GRID[-1]) else ""
                 echo(f"{name}: lambda {chosen:g}{edge} (validation NMSE {grid[f'{chosen:g}']:.5f})")
             chosen = DEFAULT_LAMBDA[name] if chosen is None else chosen
@@ -144,7 +163,7 @@ def build_baselines(names: list[str], data, spec, lam: float | None = None, iter
             settings[name] = {"lambda": chosen, "lambda_source": "--lam" if lam is not None else
                               ("tuned on validation NMSE" if tune else "default"),
                               "iterations": iterations, "validation_nmse_by_lambda": grid,
-                              "solver": "sigpy " + ("TotalVariationRecon" if name == "tv" else "L1WaveletRecon db4")}
+                              "solver": "sigpy " + SOLVERS[name]}
         elif name != "zero-filled":
             raise DaganError(f"unknown baseline {name!r}; valid: zero-filled, {', '.join(BASELINES)}")
     return recons, settings

@@ -180,15 +180,22 @@ def masks_command(kind, ratio, size, acs, seed, out, png, overwrite):
 @click.option("--exclude", multiple=True, help="Skip files whose name matches this glob (repeatable).")
 @click.option("--slabs", type=POSITIVE, default=1, show_default=True,
               help="Cut each volume into K slabs counted as subjects (single-volume demos only).")
+@click.option("--coils", type=NON_NEGATIVE, default=0, show_default=True,
+              help="Simulate multi-coil k-space with this many birdcage coils (0: single-coil magnitude).")
+@click.option("--noise-snr", type=click.FloatRange(0, min_open=True), default=None,
+              help="With --coils: complex Gaussian noise, k-space RMS / noise standard deviation.")
+@click.option("--no-phase", is_flag=True, help="With --coils: no smooth random phase (real-valued images).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
 def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, normalise, volume_index, key,
-                    subject_regex, exclude, slabs, overwrite):
+                    subject_regex, exclude, slabs, coils, noise_snr, no_phase, overwrite):
     """Prepare 2-D slices from MRI volumes (NIfTI, DICOM folders, HDF5, npy/npz, mat, PNG)."""
+    _load_tensorflow()
     from dagan_tf.data.prepare import PrepareConfig, prepare
 
     config = PrepareConfig(size=size, split=_parse_split(split_text), seed=seed, min_foreground=min_foreground,
                            fit=fit, normalise=normalise, volume_index=volume_index, key=key,
-                           subject_regex=subject_regex, exclude=tuple(exclude), slabs=slabs)
+                           subject_regex=subject_regex, exclude=tuple(exclude), slabs=slabs, coils=coils,
+                           noise_snr=noise_snr, phase=not no_phase)
     manifest = prepare(list(sources), out, config, overwrite)
     for split, c in manifest["counts"].items():
         click.echo(f"{split:5s}: {c['subjects']:4d} subjects {c['slices']:6d} slices")
@@ -196,9 +203,9 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 
 @main.command("eval")
 @click.option("--model", "baselines", multiple=True,
-              type=click.Choice(["zero-filled", "zero-filled-dc", "tv", "wavelet"]),
+              type=click.Choice(["zero-filled", "zero-filled-dc", "sense", "tv", "wavelet"]),
               help="Classical reconstruction(s) to score beside zero-filled (repeatable): zero-filled-dc "
-                   "(1 and 100 projections), tv, wavelet (these two need the 'cs' extra).")
+                   "(1 and 100 projections), sense, tv, wavelet (these three need the 'cs' extra).")
 @click.option("--run", "run_dir", default=None, help="A training run folder to evaluate beside zero-filled.")
 @click.option("--data", required=True, help="Prepared data folder.")
 @mask_options
@@ -206,17 +213,24 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
               help="Split to score (every slice of it).")
 @click.option("--dc", is_flag=True, help="Apply data consistency to the network output (row 'model+dc'); "
                                          "adds the zero-filled-dc baseline.")
-@click.option("--lam", type=click.FloatRange(0, min_open=True), default=None,
-              help="Regularisation weight of tv/wavelet (default: --tune-lambda, else 0.001).")
+@click.option("--lam", type=click.FloatRange(0), default=None,
+              help="Regularisation weight of sense/tv/wavelet (default: --tune-lambda, else 0 for sense, "
+                   "0.001 for tv and wavelet).")
 @click.option("--tune-lambda", is_flag=True, help="Pick the tv/wavelet weight by NMSE on validation slices.")
 @click.option("--cs-iterations", type=POSITIVE, default=100, show_default=True,
-              help="Iterations of the tv/wavelet solvers.")
+              help="Iterations of the sense/tv/wavelet solvers.")
+@click.option("--maps", "maps_kind", type=click.Choice(["espirit", "true"]), default="espirit", show_default=True,
+              help="Multi-coil data: coil maps estimated by ESPIRiT from the fully sampled centre (cached in the "
+                   "data folder; 'cs' extra), or the split's true maps.")
+@click.option("--calib-width", type=click.IntRange(min=4), default=24, show_default=True,
+              help="Side of the fully sampled k-space centre ESPIRiT calibrates on.")
 @click.option("--dagan-compat-metrics", is_flag=True, help="The original DAGAN's metric definitions.")
 @click.option("--batch-size", type=POSITIVE, default=16, show_default=True, help="Slices per batch.")
 @click.option("--out", required=True, help="Output folder (must not exist unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
 def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, lam,
-                 tune_lambda, cs_iterations, dagan_compat_metrics, batch_size, out, overwrite):
+                 tune_lambda, cs_iterations, maps_kind, calib_width, dagan_compat_metrics, batch_size, out,
+                 overwrite):
     """Score zero-filled, classical baselines and a trained run on a whole split, on the same k-space;
     writes metrics.json, per_slice.csv, examples.png and report.md."""
     from dagan_tf import recipes
@@ -243,15 +257,23 @@ def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per
     from dagan_tf.baselines import build_baselines
     from dagan_tf.evaluate import evaluate, format_table
 
+    from dagan_tf.coils import estimated_maps
+    from dagan_tf.data.prepare import load_split
+
+    maps, calib = None, calib_width if maps_kind == "espirit" else None
+    prepared = load_split(data, split)
+    if prepared.kspace is not None and calib:
+        maps = (f"ESPIRiT ({calib}² calibration centre)", estimated_maps(data, split, prepared.kspace, calib))
     names = list(baselines) + (["zero-filled-dc"] if dc else [])
-    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, echo=_echo)
+    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, _echo, calib)
     title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
     if run_dir is not None:
         from dagan_tf.inference import load_run_reconstructor
 
         recons["model+dc" if dc else "model"] = load_run_reconstructor(run_dir, dc)
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
-    result = evaluate(data, spec, out, split, recons, batch_size, dagan_compat_metrics, overwrite, title, settings)
+    result = evaluate(data, spec, out, split, recons, batch_size, dagan_compat_metrics, overwrite, title, settings,
+                      maps)
     click.echo(format_table(result))
     click.echo(f"written to {out}")
 

@@ -44,11 +44,12 @@ def zero_filled(batch: dict) -> tf.Tensor:
 def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "test",
              reconstructors: dict[str, Reconstructor] | None = None, batch_size: int = 16,
              dagan_compat: bool = False, overwrite: bool = False, title: str = "zero-filled evaluation",
-             settings: dict | None = None) -> dict:
+             settings: dict | None = None, maps: tuple[str, np.ndarray] | None = None) -> dict:
     """Score zero-filled and each of ``reconstructors`` (name -> reconstructor) on every slice of ``split``.
 
     ``settings`` (e.g. the baselines' regularisation weights) are recorded in the
-    result.  Returns the metrics dict (also written to ``out/metrics.json``).
+    result.  ``maps`` = ``(description, [1 or N, C, H, W])`` replaces a multi-coil split's own
+    sensitivities (e.g. ESPIRiT estimates).  Returns the metrics dict (also written to ``out/metrics.json``).
     """
     check_new_output(out, overwrite)
     prepared = load_split(data, split)
@@ -66,7 +67,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     seconds = {name: 0.0 for name in recons}
     start = 0
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
-        for batch in evaluation_dataset(prepared, batch_size, masks, with_kspace=True):
+        for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1]):
             b = int(batch["target"].shape[0])
             outputs = {}
             for name, fn in recons.items():
@@ -97,6 +98,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
         "metric_definitions": "dagan-compat" if dagan_compat else "standard",
         "split": split,
         "reconstructor_settings": settings or {},
+        "coils": prepared.coils or None,
+        "maps": None if not prepared.coils else (maps[0] if maps is not None else "the split's own (true) maps"),
         "mask": {"kind": mask.kind, "ratio": float(np.mean(fractions)) if mask.is_file else mask.ratio,
                  "seed": None if mask.is_file else mask.seed, "per_sample": mask.per_sample,
                  "sampled_fraction": float(np.mean(fractions))},

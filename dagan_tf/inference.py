@@ -51,20 +51,33 @@ def load_run_generator(run_dir: str | Path):
     raise DaganError(f"{run_dir} has no trained weights yet (no best.weights.h5, no intact checkpoint)")
 
 
-def apply_dc(image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Hard data consistency of ``[N, H, W, 1]`` magnitude images with centred ``kspace0 [N, H, W]``."""
-    return tf.abs(ks.data_consistency_image(tf.cast(image[..., 0], tf.float32), kspace0, mask))[..., None]
+def apply_dc(image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor, maps: tf.Tensor | None = None) -> tf.Tensor:
+    """Hard data consistency of ``[N, H, W, 1]`` magnitude images with the measurements; the magnitude after.
+
+    Single-coil: centred ``kspace0 [N, H, W]``.  Multi-coil: ``kspace0 [N, C, H, W]`` and ``maps
+    [N, C, H, W]``: the coil k-space ``fft2c(S_c·x)`` takes the samples, then ``Σ conj(S_c)·ifft2c``.
+    """
+    x = tf.cast(image[..., 0], tf.float32)
+    if maps is None:
+        return tf.abs(ks.data_consistency_image(x, kspace0, mask))[..., None]
+    k = ks.data_consistency(ks.sense_forward(x, maps), kspace0, mask[..., None, :, :])
+    return tf.abs(ks.sense_adjoint(k, maps))[..., None]
+
+
+def batch_arguments(batch: dict) -> tuple:
+    """``(zero_filled, kspace, mask, maps or None)`` of an evaluation batch (single- or multi-coil)."""
+    return batch["zero_filled"], batch["kspace"], batch["mask"], batch.get("maps")
 
 
 def batch_reconstructor(generator: Callable, dc: bool) -> Callable[[dict], tf.Tensor]:
     """A function of an evaluation batch dict (``zero_filled``, ``kspace``, ``mask``) -> reconstruction."""
 
-    def reconstruct(zero_filled, kspace0, mask):
+    def reconstruct(zero_filled, kspace0, mask, maps):
         out = tf.cast(generator(zero_filled, training=False), tf.float32)
-        return apply_dc(out, kspace0, mask) if dc else out
+        return apply_dc(out, kspace0, mask, maps) if dc else out
 
     run = tf.function(reconstruct, reduce_retracing=True, autograph=False)  # dc is a Python constant
-    return lambda batch: run(batch["zero_filled"], batch["kspace"], batch["mask"])
+    return lambda batch: run(*batch_arguments(batch))
 
 
 def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[dict], tf.Tensor]:

@@ -8,7 +8,10 @@ epoch boundary therefore reproduces the uninterrupted run exactly.
 Elements are ``(zero_filled, target)``, both ``[B, H, W, 1]`` float32 (target in
 [0, 1], zero-filled magnitude not clipped), or with ``with_kspace=True`` a dict
 with ``zero_filled``, ``target``, ``mask [B, H, W]`` and ``kspace [B, H, W]``
-(complex64, centred, undersampled).
+(complex64, centred, undersampled).  Evaluation batches of a multi-coil split
+carry the coil k-space ``kspace [B, C, H, W]`` (undersampled), the sensitivity
+``maps [B, C, H, W]`` and the SENSE-combined zero-filled magnitude
+``|Σ_c conj(S_c)·ifft2c(k_c)|``.
 """
 from __future__ import annotations
 
@@ -92,14 +95,21 @@ def evaluation_masks(split: PreparedSplit, mask: MaskSpec) -> np.ndarray:
 
 
 def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
-                       with_kspace: bool = False) -> tf.data.Dataset:
+                       with_kspace: bool = False, maps: np.ndarray | None = None) -> tf.data.Dataset:
     """Every slice of a split once, in order, without augmentation.
 
     ``masks`` is ``[1, H, W]`` or ``[N, H, W]`` from :func:`evaluation_masks` (built once by the caller).
+    A multi-coil split gives multi-coil batches (module doc), with ``maps`` ``[1 or N, C, H, W]``
+    (default: the split's own) — e.g. maps estimated by ESPIRiT.
     """
     masks = tf.constant(masks, tf.float32)
     n = split.images.shape[0]
     gather = _gather_images(split.images)
+    if split.kspace is not None:
+        maps = split.maps if maps is None else maps
+        if maps is None:
+            raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them (--maps espirit)")
+        return _multicoil_dataset(split, batch_size, masks, maps, gather)
 
     def make_batch(indices):
         target = gather(indices)
@@ -107,4 +117,28 @@ def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
         return _simulate(target, m, with_kspace)
 
     ds = tf.data.Dataset.range(n).batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _gather_rows(array: np.ndarray, dtype):
+    """``indices -> array[indices]`` (rows of a memory-mapped array; a single row is broadcast)."""
+    def gather(indices):
+        rows = array[np.zeros_like(indices) if array.shape[0] == 1 else indices]
+        return np.asarray(rows, dtype=dtype.as_numpy_dtype)
+
+    return lambda indices: tf.ensure_shape(tf.numpy_function(gather, [indices], dtype), [None, *array.shape[1:]])
+
+
+def _multicoil_dataset(split: PreparedSplit, batch_size: int, masks: tf.Tensor, maps: np.ndarray, gather):
+    coil_kspace, coil_maps = _gather_rows(split.kspace, tf.complex64), _gather_rows(maps, tf.complex64)
+
+    def make_batch(indices):
+        m = tf.broadcast_to(masks[0] if masks.shape[0] == 1 else tf.gather(masks, indices),
+                            [tf.size(indices), *masks.shape[1:]])
+        k0 = coil_kspace(indices) * tf.cast(m, tf.complex64)[:, None]
+        s = coil_maps(indices)
+        zero_filled = tf.abs(ks.sense_adjoint(k0, s))[..., None]
+        return {"zero_filled": zero_filled, "target": gather(indices), "mask": m, "kspace": k0, "maps": s}
+
+    ds = tf.data.Dataset.range(split.images.shape[0]).batch(batch_size).map(make_batch)
     return ds.prefetch(tf.data.AUTOTUNE)

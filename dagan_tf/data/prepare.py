@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dagan_tf.data.readers import Volume, find_sources, read_volume
+from dagan_tf.data.readers import Volume, find_sources, is_multicoil_hdf5, read_coil_kspace, read_volume, subject_id
 from dagan_tf.errors import DaganError
 from dagan_tf.outputs import atomic_output_dir, check_new_output
 from dagan_tf.progress import progress
@@ -61,6 +61,9 @@ class PrepareConfig:
     subject_regex: str | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
     slabs: int = 1
+    coils: int = 0
+    noise_snr: float | None = None
+    phase: bool = True
 
     def validate(self) -> None:
         if len(self.split) != 3 or any(s < 0 for s in self.split) or not np.isclose(sum(self.split), 1.0):
@@ -75,6 +78,10 @@ class PrepareConfig:
             raise DaganError(f"--normalise must be one of {', '.join(NORMALISATIONS)}, got {self.normalise!r}")
         if self.slabs < 1:
             raise DaganError(f"--slabs must be at least 1, got {self.slabs}")
+        if self.coils < 0 or (self.noise_snr is not None and not self.noise_snr > 0):
+            raise DaganError(f"--coils must be >= 0 and --noise-snr > 0, got {self.coils}, {self.noise_snr}")
+        if self.noise_snr is not None and not self.coils:
+            raise DaganError("--noise-snr needs --coils")
         if self.subject_regex:
             try:
                 re.compile(self.subject_regex)
@@ -185,21 +192,31 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrit
              if not any(fnmatch.fnmatch(p.name, pattern) for pattern in config.exclude)]
     if not paths:
         raise DaganError("no sources left after --exclude")
-    per_subject: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    measured = [is_multicoil_hdf5(p) for p in paths]
+    if any(measured) and not all(measured):
+        raise DaganError("sources mix measured multi-coil k-space and magnitude images; prepare them separately")
+    if any(measured) and config.coils:
+        raise DaganError("--coils simulates coils from magnitude images; these sources have measured coil k-space")
+    per_subject: dict[str, list[tuple]] = {}
     for path in progress(paths, "prepare", len(paths), "volumes"):
-        volume = read_volume(path, config.volume_index, config.key)
-        loaded = load_slices(volume, config)
+        if measured[0]:
+            subject, loaded = subject_id(path), load_coil_slices(path, config)
+        else:
+            volume = read_volume(path, config.volume_index, config.key)
+            subject, loaded = _subject_of(volume, config.subject_regex), load_slices(volume, config)
+            loaded = loaded if loaded is None else (*loaded, None, None)
         if loaded is None:
             log.warning("skipping %s: the volume is constant (all zero?)", path)
             continue
-        slices, axial = loaded
+        slices, axial, kspace, maps = loaded
         if len(slices) == 0:
             log.warning("skipping %s: no slice has %.0f%% foreground", path, 100 * config.min_foreground)
             continue
-        subject = _subject_of(volume, config.subject_regex)
         for k, slab in enumerate(_slabs(slices, config.slabs)):
             name = subject if config.slabs == 1 else f"{subject}-slab{k}"
-            per_subject.setdefault(name, []).append((str(path), slices[slab], axial[slab]))
+            per_subject.setdefault(name, []).append((str(path), slices[slab], axial[slab],
+                                                     None if kspace is None else kspace[slab],
+                                                     None if maps is None else maps[slab]))
     if not per_subject:
         raise DaganError("no usable slices: every volume was empty or constant")
     splits = assign_splits(list(per_subject), config.split, config.seed)
@@ -209,16 +226,29 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrit
 
 def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sources) -> dict:
     counts = {}
+    entries = [e for parts in per_subject.values() for e in parts]
+    measured = entries[0][3] is not None
     for split, subjects in splits.items():
-        rows, arrays = [], []
+        rows, arrays, kspaces, maps = [], [], [], []
         for subject in subjects:
-            for source, slices, axial in per_subject[subject]:
+            for source, slices, axial, kspace, coil_maps in per_subject[subject]:
                 for k in axial:
                     rows.append((len(rows), subject, source, int(k)))
                 arrays.append(slices)
+                kspaces.append(kspace)
+                maps.append(coil_maps)
         size = config.size
         images = np.concatenate(arrays) if arrays else np.zeros((0, size, size), np.float32)
         np.save(folder / f"{split}_images.npy", images)
+        if config.coils:
+            _write_coil_kspace(folder, split, images, config)
+        elif measured:
+            coils = entries[0][3].shape[1]
+            np.save(folder / f"{split}_kspace.npy", np.concatenate(kspaces) if kspaces
+                    else np.zeros((0, coils, size, size), np.complex64))
+            if all(e[4] is not None for e in entries):
+                np.save(folder / f"{split}_maps.npy", np.concatenate(maps) if maps
+                        else np.zeros((0, coils, size, size), np.complex64))
         with open(folder / f"{split}_slices.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(("index", "subject", "source", "slice"))
@@ -234,18 +264,97 @@ def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sour
         else "per volume: x / max",
         "value_range": [0.0, 1.0],
     }
+    if measured:
+        manifest["multicoil"] = {
+            "regime": "measured", "coils": int(entries[0][3].shape[1]),
+            "maps": "from the files" if all(e[4] is not None for e in entries) else "none (use ESPIRiT)",
+            "kspace": "measured, cropped/padded to the size in the image domain, divided by the volume's maximum "
+                      "root-sum-of-squares magnitude, [N, C, S, S] complex64",
+            "target": "root-sum-of-squares magnitude / its volume maximum"}
+    if config.coils:
+        manifest["multicoil"] = {
+            "regime": "simulated", "coils": config.coils, "maps": "birdcage, sum |S|^2 = 1",
+            "phase": "smooth random (Gaussian-filtered field to +-pi + linear ramp), seeded by (seed, split, slice)"
+            if config.phase else "none (real-valued images)",
+            "noise_snr": config.noise_snr, "kspace": "centred orthonormal, fully sampled, [N, C, S, S] complex64"}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
+def _crop_or_pad(array: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop / zero-pad the last two axes of ``array`` to ``size × size`` (complex kept)."""
+    out = array
+    for axis in (-2, -1):
+        n = out.shape[axis]
+        if n > size:
+            start = (n - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif n < size:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = ((size - n) // 2, size - n - (size - n) // 2)
+            out = np.pad(out, pad)
+    return out
+
+
+def load_coil_slices(path: Path, config: PrepareConfig):
+    """Measured multi-coil HDF5 -> ``(slices [Z, S, S], axial [Z], kspace [Z, C, S, S], maps or None)``.
+
+    The coil images are centre cropped/padded to ``size`` in the image domain (k-space is never
+    resampled), the target is their root-sum-of-squares magnitude, and magnitude and k-space are
+    divided by the volume's maximum magnitude.  ``None`` for an all-zero volume.
+    """
+    from dagan_tf import kspace as ks
+
+    if config.fit != "pad-crop":
+        raise DaganError(f"{path}: measured k-space is cropped, never resized; pass --fit pad-crop")
+    kspace, maps = read_coil_kspace(path)
+    images = _crop_or_pad(ks.ifft2c(kspace).numpy(), config.size)
+    rss = np.sqrt(np.sum(np.abs(images) ** 2, axis=1))
+    scale = float(rss.max())
+    if scale <= 0:
+        return None
+    slices = (rss / scale).astype(np.float32)
+    kept = np.flatnonzero(foreground_fraction(slices) >= config.min_foreground)
+    coil_kspace = (ks.fft2c(images[kept]).numpy() / scale).astype(np.complex64)
+    coil_maps = None if maps is None else _crop_or_pad(maps, config.size)[kept].astype(np.complex64)
+    return slices[kept], kept, coil_kspace, coil_maps
+
+
+def _write_coil_kspace(folder: Path, split: str, images: np.ndarray, config: PrepareConfig) -> None:
+    """``{split}_kspace.npy [N, C, S, S]`` simulated from ``images`` and ``{split}_maps.npy [1, C, S, S]``."""
+    from dagan_tf.coils import birdcage_maps, simulate_coil_kspace, slice_rng, smooth_phase
+
+    size = images.shape[1]
+    maps = birdcage_maps(config.coils, (size, size))
+    np.save(folder / f"{split}_maps.npy", maps[None])
+    kspace = np.lib.format.open_memmap(folder / f"{split}_kspace.npy", mode="w+", dtype=np.complex64,
+                                       shape=(len(images), config.coils, size, size))
+    for i in progress(range(len(images)), f"simulate {config.coils}-coil k-space ({split})", len(images), "slices"):
+        rng = slice_rng(config.seed, SPLITS.index(split), i)
+        phase = smooth_phase((size, size), rng) if config.phase else None
+        kspace[i] = simulate_coil_kspace(images[i], maps, rng, config.noise_snr, phase)
+    kspace.flush()
+    del kspace
+
+
 @dataclass
 class PreparedSplit:
-    """One split of a prepared directory: ``images [N, S, S]`` (memory-mapped) and per-slice subjects."""
+    """One split of a prepared directory: ``images [N, S, S]`` (memory-mapped) and per-slice subjects.
+
+    Multi-coil splits also have ``kspace [N, C, S, S]`` (fully sampled, centred) and ``maps``
+    ``[1 or N, C, S, S]`` (the true or measured sensitivities), both memory-mapped.
+    """
 
     images: np.ndarray
     subjects: np.ndarray
     sources: np.ndarray
     slice_numbers: np.ndarray
+    kspace: np.ndarray | None = None
+    maps: np.ndarray | None = None
+
+    @property
+    def coils(self) -> int:
+        return 0 if self.kspace is None else int(self.kspace.shape[1])
 
 
 def check_prepared(folder: str | Path) -> dict:
@@ -270,10 +379,7 @@ def load_split(folder: str | Path, split: str) -> PreparedSplit:
         raise DaganError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     check_prepared(folder)
     path = folder / f"{split}_images.npy"
-    try:
-        images = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise DaganError(f"cannot read {path}: {str(exc).splitlines()[0]} (truncated or not a .npy file?)") from None
+    images = _load_array(path)
     if images.dtype != np.float32 or images.ndim != 3 or images.shape[1] != images.shape[2]:
         raise DaganError(f"{path} holds {images.dtype} {images.shape}; a prepared split is float32 [N, S, S]")
     try:
@@ -288,4 +394,20 @@ def load_split(folder: str | Path, split: str) -> PreparedSplit:
         raise DaganError(f"{folder}: {split}_slices.csv and {split}_images.npy disagree")
     if len(rows) == 0:
         raise DaganError(f"split {split!r} of {folder} is empty")
-    return PreparedSplit(images, subjects, sources, slice_numbers)
+    kspace = maps = None
+    if (folder / f"{split}_kspace.npy").is_file():
+        kspace = _load_array(folder / f"{split}_kspace.npy")
+        maps = _load_array(folder / f"{split}_maps.npy") if (folder / f"{split}_maps.npy").is_file() else None
+        n, c = len(images), images.shape[1]
+        if kspace.shape != (n, kspace.shape[1], c, c) or not np.iscomplexobj(kspace) or (maps is not None and (
+                maps.shape[1:] != kspace.shape[1:] or maps.shape[0] not in (1, n) or not np.iscomplexobj(maps))):
+            raise DaganError(f"{folder}: {split}_kspace.npy {kspace.shape} / {split}_maps.npy {maps.shape} do not "
+                             f"match {split}_images.npy {images.shape} (complex [N, C, S, S] and [1 or N, C, S, S])")
+    return PreparedSplit(images, subjects, sources, slice_numbers, kspace, maps)
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DaganError(f"cannot read {path}: {str(exc).splitlines()[0]} (truncated or not a .npy file?)") from None

@@ -215,6 +215,42 @@ def checked_kspace(array, source, ndims: tuple[int, ...] = (3,)) -> np.ndarray:
     return array
 
 
+def is_multicoil_hdf5(path: Path) -> bool:
+    """True for an HDF5 file whose ``kspace`` dataset is 4-D ``[S, C, H, W]`` (measured coil data)."""
+    if _suffix(Path(path)) not in (".h5", ".hdf5"):
+        return False
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("kspace"), h5py.Dataset) and f["kspace"].ndim == 4
+    except OSError:
+        return False
+
+
+def read_coil_kspace(path: str | os.PathLike, maps_key: str = "sens_maps") -> tuple[np.ndarray, np.ndarray | None]:
+    """fastMRI-style multi-coil HDF5: ``(kspace [S, C, H, W] complex64, maps [S, C, H, W] or None)``.
+
+    The coil k-space is kept complex (as measured, centred); sensitivity maps are read from
+    ``maps_key`` when the file has them.  ``ismrmrd_header`` and other datasets are ignored.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if not isinstance(f.get("kspace"), h5py.Dataset):
+                raise DaganError(f"{path} has no 'kspace' dataset")
+            kspace = checked_kspace(f["kspace"][()], path, ndims=(4,))
+            maps = checked_kspace(f[maps_key][()], path, ndims=(4,)) if isinstance(f.get(maps_key), h5py.Dataset) \
+                else None
+    except OSError as exc:
+        raise DaganError(f"cannot read HDF5 {path}: {exc}") from None
+    if maps is not None and maps.shape != kspace.shape:
+        raise DaganError(f"{path}: {maps_key} {maps.shape} does not match kspace {kspace.shape}")
+    return kspace, maps
+
+
 def kspace_to_image(kspace: np.ndarray) -> np.ndarray:
     """Centred k-space ``[S, H, W]`` or ``[S, C, H, W]`` -> magnitude images ``[S, H, W]`` (RSS over coils)."""
     axes = (-2, -1)
