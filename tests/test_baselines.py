@@ -86,7 +86,7 @@ def test_baselines_without_sigpy_name_the_extra(tmp_path, prepared_dir):
                           capture_output=True, text=True)
     assert proc.returncode == 1 and not (tmp_path / "e").exists()
     assert proc.stderr.strip().splitlines()[-1] == \
-        "Error: the tv and wavelet baselines need sigpy: pip install 'dagan-tf[cs]'"
+        "Error: the sense, tv and wavelet baselines need sigpy: pip install 'dagan-tf[cs]'"
 
 
 def test_eval_needs_a_model_or_run(tmp_path, prepared_dir):
