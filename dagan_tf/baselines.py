@@ -10,17 +10,24 @@ Each baseline is a *reconstructor*: a function of an evaluation batch dict
   ``magnitude`` regime it recovers much of what the mask left out; every
   ``eval --dc`` table shows it beside ``model+dc`` so no one credits a network
   with what the magnitude constraint does.
-* ``tv`` and ``wavelet``: sigpy's ``TotalVariationRecon`` and ``L1WaveletRecon``
-  (Daubechies-4) on the same centred, orthonormal k-space and mask (sigpy's
-  centred FFT is the convention of :mod:`dagan_tf.kspace`; a test checks it),
-  ``max_iter`` iterations, regularisation weight ``lam``.  They need the ``cs``
-  extra (``pip install 'dagan-tf[cs]'``).
+* ``sense``, ``tv`` and ``wavelet``: sigpy's ``SenseRecon`` (conjugate gradient,
+  ℓ2 weight, 0 = plain SENSE), ``TotalVariationRecon`` and ``L1WaveletRecon``
+  (Daubechies-4) on the same centred, orthonormal k-space, mask and coil maps
+  (sigpy's centred FFT is the convention of :mod:`dagan_tf.kspace`; a test
+  checks it), ``iterations`` iterations, regularisation weight ``lam``.  They
+  need the ``cs`` extra (``pip install 'dagan-tf[cs]'``).  ``bart pics`` (the
+  Debian ``bart`` package) is an optional backend for the same three.
 
 :func:`tune_lambda` picks ``lam`` from a log grid by mean NMSE on validation slices.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -64,16 +71,54 @@ def _sigpy_app():
     return app
 
 
-@dataclass(frozen=True)
-class SigpyBaseline:
-    """SENSE (ℓ2 weight ``lam``, 0 = plain SENSE), TV or ℓ1-wavelet reconstruction, slice by slice on the CPU.
+def _sigpy_slice(method: str, lam: float, iterations: int, kspace0, mask, maps) -> np.ndarray:
+    app = _sigpy_app()
+    recon = {"sense": app.SenseRecon, "tv": app.TotalVariationRecon, "wavelet": app.L1WaveletRecon}[method]
+    return recon(kspace0, maps, lam, weights=mask, max_iter=iterations, show_pbar=False).run()
 
-    Single-coil batches use a map of ones; multi-coil batches their ``maps``.
+
+def _write_cfl(stem: Path, array: np.ndarray) -> None:
+    """BART's format: ``stem.hdr`` (16 dimensions) and ``stem.cfl`` (complex64, column-major)."""
+    dims = list(array.shape) + [1] * (16 - array.ndim)
+    stem.with_suffix(".hdr").write_text("# Dimensions\n" + " ".join(map(str, dims)) + "\n")
+    np.asarray(array, np.complex64).ravel(order="F").tofile(stem.with_suffix(".cfl"))
+
+
+def _bart_slice(method: str, lam: float, iterations: int, kspace0, mask, maps) -> np.ndarray:
+    """``bart pics`` (single-threaded: with 2 threads its l1 solve was 13× slower here) on one slice."""
+    if shutil.which("bart") is None:
+        raise DaganError("--cs-backend bart needs the 'bart' executable on PATH (Debian: apt-get install bart)")
+    regulariser = {"sense": ["-l2", "-r", f"{lam:g}"], "tv": ["-R", f"T:3:0:{lam:g}"],
+                   "wavelet": ["-R", f"W:3:0:{lam:g}"]}[method]
+    with tempfile.TemporaryDirectory(prefix="dagan-bart-") as tmp:
+        folder = Path(tmp)
+        # BART dimensions: [x, y, slice, coil]; our arrays are [C, H, W]
+        _write_cfl(folder / "k", kspace0.transpose(1, 2, 0)[:, :, None, :])
+        _write_cfl(folder / "s", maps.transpose(1, 2, 0)[:, :, None, :])
+        _write_cfl(folder / "p", mask[:, :, None, None])
+        proc = subprocess.run(["bart", "pics", "-S", "-i", str(iterations), "-p", "p", *regulariser, "k", "s", "o"],
+                              cwd=folder, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if proc.returncode != 0:
+            raise DaganError(f"bart pics failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        return np.fromfile(folder / "o.cfl", np.complex64).reshape(mask.shape, order="F")
+
+
+BACKENDS = {"sigpy": _sigpy_slice, "bart": _bart_slice}
+
+
+@dataclass(frozen=True)
+class ClassicalBaseline:
+    """SENSE (ℓ2 weight ``lam``, 0 = plain SENSE), TV or ℓ1-wavelet reconstruction, slice by slice on the CPU,
+    with sigpy (default) or BART (``bart pics``, when installed).
+
+    Single-coil batches use a map of ones; multi-coil batches their ``maps``.  Both backends use the
+    centred orthonormal FFT of :mod:`dagan_tf.kspace` (tested); their ``lam`` scales differ.
     """
 
     method: str
     lam: float
     iterations: int = 100
+    backend: str = "sigpy"
     warm_up = False  # nothing to trace: evaluation times it from the first batch
 
     def __post_init__(self):
@@ -81,17 +126,18 @@ class SigpyBaseline:
             raise DaganError(f"unknown baseline {self.method!r}; valid: {', '.join(SIGPY_BASELINES)}")
         if not (np.isfinite(self.lam) and (self.lam > 0 or (self.lam == 0 and self.method == "sense"))):
             raise DaganError(f"--lam must be a positive number, got {self.lam}")
-        _sigpy_app()
+        if self.backend not in BACKENDS:
+            raise DaganError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        if self.backend == "sigpy":
+            _sigpy_app()
 
     def reconstruct_slice(self, kspace0: np.ndarray, mask: np.ndarray, maps: np.ndarray | None = None) -> np.ndarray:
         """Magnitude ``[H, W]`` from centred undersampled ``kspace0`` (``[H, W]``, or ``[C, H, W]`` with
         ``maps [C, H, W]``) and ``mask [H, W]``."""
-        app = _sigpy_app()
-        recon = {"sense": app.SenseRecon, "tv": app.TotalVariationRecon, "wavelet": app.L1WaveletRecon}[self.method]
         if maps is None:
             kspace0, maps = kspace0[None], np.ones((1,) + kspace0.shape, np.complex64)
-        image = recon(kspace0.astype(np.complex64), maps.astype(np.complex64), self.lam,
-                      weights=mask.astype(np.float32), max_iter=self.iterations, show_pbar=False).run()
+        image = BACKENDS[self.backend](self.method, self.lam, self.iterations, kspace0.astype(np.complex64),
+                                       mask.astype(np.float32), maps.astype(np.complex64))
         return np.abs(image).astype(np.float32)
 
     def __call__(self, batch: dict) -> tf.Tensor:
@@ -102,11 +148,11 @@ class SigpyBaseline:
 
 
 def tune_lambda(method: str, batches: list[dict], iterations: int = 100,
-                grid: tuple[float, ...] = LAMBDA_GRID) -> tuple[float, dict[str, float]]:
+                grid: tuple[float, ...] = LAMBDA_GRID, backend: str = "sigpy") -> tuple[float, dict[str, float]]:
     """``(best λ, {λ: mean NMSE})`` of ``method`` on the given validation batches."""
     scores = {}
     for lam in grid:
-        baseline = SigpyBaseline(method, lam, iterations)
+        baseline = ClassicalBaseline(method, lam, iterations, backend)
         nmse = [metrics.nmse(b["target"], baseline(b)).numpy() for b in batches]
         scores[f"{lam:g}"] = float(np.mean(np.concatenate(nmse)))
     best = min(scores, key=scores.get)
@@ -136,7 +182,7 @@ def _validation_batches(data, spec, calib_width: int | None, n_slices: int = 16)
 
 def build_baselines(names: list[str], data, spec, lam: float | None = None, iterations: int = 100,
                     tune: bool = False, echo: Callable[[str], None] = lambda _: None,
-                    calib_width: int | None = None) -> tuple[dict[str, Reconstructor], dict]:
+                    calib_width: int | None = None, backend: str = "sigpy") -> tuple[dict[str, Reconstructor], dict]:
     """Reconstructors for the baseline ``names`` and the settings to record in ``metrics.json``.
 
     ``zero-filled-dc`` gives two rows, after 1 and after 100 projections.  ``tv``/``wavelet``
@@ -155,15 +201,17 @@ def build_baselines(names: list[str], data, spec, lam: float | None = None, iter
             chosen, grid = lam, None
             if chosen is None and tune:
                 echo(f"tuning the {name} weight on validation slices over {', '.join(f'{g:g}' for g in LAMBDA_GRID)}")
-                chosen, grid = tune_lambda(name, _validation_batches(data, spec, calib_width), iterations)
+                chosen, grid = tune_lambda(name, _validation_batches(data, spec, calib_width), iterations,
+                                           backend=backend)
                 edge = " (at the edge of the grid)" if chosen in (LAMBDA_GRID[0], LAMBDA_GRID[-1]) else ""
                 echo(f"{name}: lambda {chosen:g}{edge} (validation NMSE {grid[f'{chosen:g}']:.5f})")
             chosen = DEFAULT_LAMBDA[name] if chosen is None else chosen
-            recons[name] = SigpyBaseline(name, chosen, iterations)
+            recons[name] = ClassicalBaseline(name, chosen, iterations, backend)
             settings[name] = {"lambda": chosen, "lambda_source": "--lam" if lam is not None else
                               ("tuned on validation NMSE" if tune else "default"),
                               "iterations": iterations, "validation_nmse_by_lambda": grid,
-                              "solver": "sigpy " + SOLVERS[name]}
+                              "solver": f"sigpy {SOLVERS[name]}" if backend == "sigpy"
+                              else f"bart pics ({name}, OMP_NUM_THREADS=1)"}
         elif name != "zero-filled":
             raise DaganError(f"unknown baseline {name!r}; valid: zero-filled, {', '.join(BASELINES)}")
     return recons, settings

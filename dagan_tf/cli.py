@@ -219,6 +219,9 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 @click.option("--tune-lambda", is_flag=True, help="Pick the tv/wavelet weight by NMSE on validation slices.")
 @click.option("--cs-iterations", type=POSITIVE, default=100, show_default=True,
               help="Iterations of the sense/tv/wavelet solvers.")
+@click.option("--cs-backend", type=click.Choice(["sigpy", "bart"]), default="sigpy", show_default=True,
+              help="Solver of sense/tv/wavelet: sigpy (the 'cs' extra) or BART's 'bart pics' (run single-threaded; "
+                   "Debian package 'bart').")
 @click.option("--maps", "maps_kind", type=click.Choice(["espirit", "true"]), default="espirit", show_default=True,
               help="Multi-coil data: coil maps estimated by ESPIRiT from the fully sampled centre (cached in the "
                    "data folder; 'cs' extra), or the split's true maps.")
@@ -229,8 +232,8 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 @click.option("--out", required=True, help="Output folder (must not exist unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
 def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, lam,
-                 tune_lambda, cs_iterations, maps_kind, calib_width, dagan_compat_metrics, batch_size, out,
-                 overwrite):
+                 tune_lambda, cs_iterations, cs_backend, maps_kind, calib_width, dagan_compat_metrics, batch_size,
+                 out, overwrite):
     """Score zero-filled, classical baselines and a trained run on a whole split, on the same k-space;
     writes metrics.json, per_slice.csv, examples.png and report.md."""
     from dagan_tf import recipes
@@ -265,7 +268,7 @@ def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per
     if prepared.kspace is not None and calib:
         maps = (f"ESPIRiT ({calib}² calibration centre)", estimated_maps(data, split, prepared.kspace, calib))
     names = list(baselines) + (["zero-filled-dc"] if dc else [])
-    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, _echo, calib)
+    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, _echo, calib, cs_backend)
     title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
     if run_dir is not None:
         from dagan_tf.inference import load_run_reconstructor

@@ -126,3 +126,26 @@ def test_multicoil_eval_baselines_with_true_and_estimated_maps(tmp_path, multico
     assert (multicoil_dir / "test_maps_espirit12.npy").is_file(), "estimated maps are cached"
     for m in results.values():
         assert m["sense"]["nmse"]["mean"] < m["zero_filled"]["nmse"]["mean"]
+
+
+def test_multicoil_training_batches_share_the_batch_structure(multicoil_dir):
+    from dagan_tf.data.augment import AugmentConfig
+    from dagan_tf.data.pipeline import training_dataset
+    from dagan_tf.errors import DaganError
+    from dagan_tf.masks import MaskSpec
+
+    train = load_split(multicoil_dir, "train")
+    spec = MaskSpec("vds1d", 0.25, acs=6)
+    ds, steps = training_dataset(train, 4, spec, seed=3, augment=None)
+    batch = next(iter(ds))
+    assert set(batch) == {"zero_filled", "target", "mask", "kspace", "maps"}
+    assert batch["kspace"].shape == (4, 4, 32, 32) and batch["maps"].shape == (4, 4, 32, 32)
+    mask = spec.build((32, 32))
+    np.testing.assert_array_equal(batch["mask"].numpy()[0], mask)
+    assert np.all(batch["kspace"].numpy()[..., mask == 0] == 0)
+    combined = np.abs(ks.sense_adjoint(batch["kspace"], batch["maps"]).numpy())
+    np.testing.assert_allclose(batch["zero_filled"].numpy()[..., 0], combined, atol=1e-6)
+    again = next(iter(training_dataset(train, 4, spec, seed=3, augment=None)[0]))
+    np.testing.assert_array_equal(again["target"].numpy(), batch["target"].numpy())
+    with pytest.raises(DaganError, match="augmentation"):
+        training_dataset(train, 4, spec, augment=AugmentConfig())

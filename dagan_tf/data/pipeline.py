@@ -52,7 +52,8 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
 
     Each pass over the data has ``N // batch_size`` full batches; batch ``s`` of the
     stream is the same whatever ``start_step`` the stream began at.  ``mask.per_sample`` draws a
-    fresh seeded mask per image (numpy; costly for ``poisson2d``).
+    fresh seeded mask per image (numpy; costly for ``poisson2d``).  A multi-coil split gives
+    multi-coil batch dicts (module doc) of its stored k-space, without augmentation.
     """
     n, h, w = split.images.shape
     steps = n // batch_size
@@ -72,8 +73,16 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         return tf.ensure_shape(tf.numpy_function(draw, [step], tf.float32), [batch_size, h, w])
 
     gather = _gather_images(split.images)
+    if split.kspace is not None:
+        if augment is not None:
+            raise DaganError("augmentation of stored multi-coil k-space is not supported; set data.augment false")
+        if split.maps is None:
+            raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them first")
+        batch_of = _multicoil_batch(split, split.maps, gather)
 
     def make_batch(step, indices):
+        if split.kspace is not None:
+            return batch_of(indices, per_sample_masks(step) if fixed_mask is None else fixed_mask[None])
         target = gather(indices)
         if augment is not None:
             target = augment_batch(target, tf.stack([tf.constant(seed, tf.int64), step]), augment)
@@ -129,16 +138,25 @@ def _gather_rows(array: np.ndarray, dtype):
     return lambda indices: tf.ensure_shape(tf.numpy_function(gather, [indices], dtype), [None, *array.shape[1:]])
 
 
-def _multicoil_dataset(split: PreparedSplit, batch_size: int, masks: tf.Tensor, maps: np.ndarray, gather):
+def _multicoil_batch(split: PreparedSplit, maps: np.ndarray, gather):
+    """``(indices [B], masks [1 or B, H, W]) -> batch dict`` of stored coil k-space (module doc)."""
     coil_kspace, coil_maps = _gather_rows(split.kspace, tf.complex64), _gather_rows(maps, tf.complex64)
 
-    def make_batch(indices):
-        m = tf.broadcast_to(masks[0] if masks.shape[0] == 1 else tf.gather(masks, indices),
-                            [tf.size(indices), *masks.shape[1:]])
+    def make_batch(indices, masks):
+        m = tf.broadcast_to(masks, [tf.size(indices), *masks.shape[1:]])
         k0 = coil_kspace(indices) * tf.cast(m, tf.complex64)[:, None]
         s = coil_maps(indices)
         zero_filled = tf.abs(ks.sense_adjoint(k0, s))[..., None]
         return {"zero_filled": zero_filled, "target": gather(indices), "mask": m, "kspace": k0, "maps": s}
 
-    ds = tf.data.Dataset.range(split.images.shape[0]).batch(batch_size).map(make_batch)
+    return make_batch
+
+
+def _multicoil_dataset(split: PreparedSplit, batch_size: int, masks: tf.Tensor, maps: np.ndarray, gather):
+    make_batch = _multicoil_batch(split, maps, gather)
+
+    def batch(indices):
+        return make_batch(indices, masks if masks.shape[0] == 1 else tf.gather(masks, indices))
+
+    ds = tf.data.Dataset.range(split.images.shape[0]).batch(batch_size).map(batch)
     return ds.prefetch(tf.data.AUTOTUNE)
