@@ -53,12 +53,11 @@ def projection(iterations: int) -> Reconstructor:
     if iterations < 1:
         raise DaganError(f"projection iterations must be >= 1, got {iterations}")
 
-    @tf.function(reduce_retracing=True)
     def run(zero_filled, kspace0, mask, maps):
-        x = zero_filled
-        for _ in tf.range(iterations):
-            x = apply_dc(x, kspace0, mask, maps)
-        return x
+        return tf.while_loop(lambda i, _: i < iterations, lambda i, x: (i + 1, apply_dc(x, kspace0, mask, maps)),
+                             (tf.constant(0), zero_filled))[1]
+
+    run = tf.function(run, reduce_retracing=True, autograph=False)  # no source needed at trace time
 
     return lambda batch: run(*batch_arguments(batch))
 

@@ -16,11 +16,14 @@ import tensorflow as tf
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.errors import DaganError
+from dagan_tf.models.layers import fold_batch_norm
 
 
-def load_run_generator(run_dir: str | Path):
+def load_run_generator(run_dir: str | Path, fold: bool = True):
     """``(generator, config)`` of a run, with its best weights (else the newest intact checkpoint).
 
+    With ``fold`` (the default) batch norms are folded into the convolutions before them
+    (:func:`dagan_tf.models.layers.fold_batch_norm`): the same outputs, one pass less per layer.
     Raises :class:`DaganError` for weights that are truncated or do not fit the run's config.
     """
     from dagan_tf.training.callbacks import checkpoints_newest_first
@@ -41,11 +44,11 @@ def load_run_generator(run_dir: str | Path):
         except Exception as exc:  # h5py OSError (truncated), ValueError (shapes), KeyError (layers)
             raise DaganError(f"cannot load {best}: {str(exc).splitlines()[0][:200]} "
                              "(truncated, or not trained with this config.yaml?)") from None
-        return generator, config
+        return (fold_batch_norm(generator) if fold else generator), config
     for path in checkpoints_newest_first(run_dir / "checkpoints"):
         try:
             tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
-            return generator, config
+            return (fold_batch_norm(generator) if fold else generator), config
         except Exception:  # a damaged checkpoint: try the next older one
             continue
     raise DaganError(f"{run_dir} has no trained weights yet (no best.weights.h5, no intact checkpoint)")

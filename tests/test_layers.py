@@ -188,3 +188,22 @@ def test_fused_adam_under_mirrored_strategy_equals_single_device():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+@pytest.mark.parametrize("refine", [True, False])
+def test_folded_batch_norm_generator_equals_the_unfolded_one(refine):
+    from dagan_tf.models.dagan import build_generator
+    from dagan_tf.models.layers import fold_batch_norm
+
+    generator = build_generator(32, 0.125, refine)
+    rng = np.random.default_rng(0)
+    for layer in generator.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):  # trained-like statistics, not the initial ones
+            for var, values in ((layer.moving_mean, rng.normal(0, 0.2, layer.moving_mean.shape)),
+                                (layer.moving_variance, rng.uniform(0.3, 2.0, layer.moving_variance.shape)),
+                                (layer.beta, rng.normal(0, 0.1, layer.beta.shape))):
+                var.assign(values.astype(np.float32))
+    folded = fold_batch_norm(generator)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    x = tf.random.uniform((4, 32, 32, 1), seed=3)
+    np.testing.assert_allclose(folded(x, training=False).numpy(), generator(x, training=False).numpy(), atol=1e-5)

@@ -17,6 +17,7 @@ Each is a subclass with the parent's variables, maths and checkpoints:
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -174,3 +175,56 @@ class LeakyReLU(layers.LeakyReLU):
             return y, lambda dy: tf.raw_ops.LeakyReluGrad(gradients=dy, features=y, alpha=slope)
 
         return leaky_relu(inputs)
+
+
+@keras.saving.register_keras_serializable(package="dagan_tf")
+class FoldedBatchNorm(layers.Layer):
+    """What a batch norm becomes once folded into its convolution: the identity (same call signature)."""
+
+    def call(self, inputs, training=None, mask=None):
+        return inputs
+
+
+def fold_batch_norm(model: keras.Model) -> keras.Model:
+    """An inference copy of a functional ``model`` with every batch norm folded into the convolution before it.
+
+    A batch norm whose only input is a ``Conv2D``/``Conv2DTranspose`` (also the GEMM
+    variants) used by nothing else becomes an identity, and the convolution gets
+    ``kernel·γ/√(σ²+ε)`` and bias ``(b − μ)·γ/√(σ²+ε) + β`` per output channel (the
+    moving statistics, i.e. inference mode).  Other layers keep their weights.  The
+    copy computes ``model(x, training=False)`` with one pass less over every feature map.
+    """
+    folds: dict[str, layers.Layer] = {}  # convolution name -> its batch norm
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization) and len(layer._inbound_nodes) == 1:
+            parents = layer._inbound_nodes[0].parent_nodes
+            conv = parents[0].operation if len(parents) == 1 else None
+            if isinstance(conv, (layers.Conv2D, layers.Conv2DTranspose)) and len(conv._outbound_nodes) == 1:
+                folds[conv.name] = layer
+    folded_bns = {bn.name for bn in folds.values()}
+
+    def clone(layer):
+        if layer.name in folded_bns:
+            return FoldedBatchNorm(name=layer.name, dtype=layer.dtype_policy)
+        config = layer.get_config()
+        if layer.name in folds:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        target = folded.get_layer(layer.name)
+        if layer.name in folded_bns:
+            continue
+        if layer.name not in folds:
+            target.set_weights(layer.get_weights())
+            continue
+        bn = folds[layer.name]
+        scale = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+        kernel = layer.kernel.numpy()
+        out_axis = 2 if isinstance(layer, layers.Conv2DTranspose) else 3
+        shape = [1, 1, 1, 1]
+        shape[out_axis] = -1
+        bias = layer.bias.numpy() if layer.use_bias else np.zeros_like(scale)
+        target.set_weights([kernel * scale.reshape(shape), (bias - bn.moving_mean.numpy()) * scale + bn.beta.numpy()])
+    return folded
