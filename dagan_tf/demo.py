@@ -71,7 +71,8 @@ def run_demo(out: str | Path, size: int = 128, steps: int | None = None, minutes
         train(tmp / "run", config, tmp / "data", echo=lambda line: echo(f"    {line}"))
         _point_run_at(tmp / "run", out.resolve() / "data")
         echo("4/6 evaluating the trained model against zero-filled")
-        echo(format_table(evaluate(tmp / "data", DEMO_MASK, tmp / "eval", {"model": load_run_reconstructor(tmp / "run")},
+        model = load_run_reconstructor(tmp / "run")
+        echo(format_table(evaluate(tmp / "data", DEMO_MASK, tmp / "eval", reconstructors={"model": model},
                                    title="demo: PPGR vs zero-filled")))
         echo("5/6 exporting the model for TF Serving")
         export_generator(load_run_generator(tmp / "run")[0], tmp / "export" / "1")

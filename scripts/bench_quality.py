@@ -63,7 +63,8 @@ def main() -> None:
     results = {}
     for dc in (False, True):
         name = "eval-dc" if dc else "eval"
-        results[name] = evaluate(data, spec, out / name, {"model": load_run_reconstructor(run, dc)}, overwrite=True)
+        results[name] = evaluate(data, spec, out / name, reconstructors={"model": load_run_reconstructor(run, dc)},
+                                 overwrite=True)
         print(("with data consistency\n" if dc else "") + format_table(results[name]))
     summary = {
         "recipe": args.recipe, "mask": args.mask, "ratio": args.ratio, "size": args.size, "width": args.width,

@@ -77,11 +77,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--vgg-weights", default=str(SHARED_VGG) if SHARED_VGG.exists() else "random")
+    parser.add_argument("--inference-only", action="store_true", help="Skip the training measurements.")
     args = parser.parse_args()
 
     from dagan_tf import recipes
     from dagan_tf.export import export_generator
     from dagan_tf.models.dagan import build_discriminator, build_generator
+    from dagan_tf.models.layers import fold_batch_norm
     from dagan_tf.training.run import build_trainer
 
     from dagan_tf.hardware import NATIVE_BF16_CPU_FLAGS, cpu_info, resolve_precision
@@ -106,7 +108,7 @@ def main() -> None:
     step_flops = 4 * g_flops + 8 * d_flops + 3 * vgg_flops
     report["train_gflop_per_image"] = step_flops / 1e9
 
-    for precision in ("float32", "mixed_bfloat16"):
+    for precision in () if args.inference_only else ("float32", "mixed_bfloat16"):
         keras.mixed_precision.set_global_policy(precision)
         ceiling = conv_ceiling("float32" if precision == "float32" else "bfloat16")
         model = build_trainer(config)
@@ -119,14 +121,18 @@ def main() -> None:
                                         "fraction_of_ceiling": rate * step_flops / 1e9 / ceiling}
     keras.mixed_precision.set_global_policy("float32")
     ceiling = conv_ceiling("float32")
-    g = build_generator(args.size, args.width)
-    infer = tf.function(lambda t: g(t, training=False))
-    for batch in (1, 16):
-        x = tf.random.uniform((batch, args.size, args.size, 1))
-        seconds = timed(lambda: infer(x).numpy(), 5 if batch == 1 else 3)
-        report[f"inference_batch{batch}"] = {
-            "ms_per_image": 1000 * seconds / batch, "gflop_per_s": batch * g_flops / seconds / 1e9,
-            "fraction_of_ceiling": batch * g_flops / seconds / 1e9 / ceiling}
+    unfolded = build_generator(args.size, args.width)
+    g = fold_batch_norm(unfolded)  # what eval, predict and export run
+    for name, net in (("inference", g), ("inference_unfolded", unfolded)):
+        infer = tf.function(lambda t, net=net: net(t, training=False))
+        for batch in (1, 16):
+            x = tf.random.uniform((batch, args.size, args.size, 1))
+            seconds = timed(lambda: infer(x).numpy(), 5 if batch == 1 else 3)
+            report[f"{name}_batch{batch}"] = {
+                "ms_per_image": 1000 * seconds / batch, "gflop_per_s": batch * g_flops / seconds / 1e9,
+                "fraction_of_ceiling": batch * g_flops / seconds / 1e9 / ceiling}
+    report["batch1_over_batch16"] = (report["inference_batch1"]["ms_per_image"]
+                                     / report["inference_batch16"]["ms_per_image"])
     with tempfile.TemporaryDirectory() as tmp:
         out = export_generator(g, Path(tmp) / "export")
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
