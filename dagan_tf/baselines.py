@@ -158,7 +158,8 @@ def tune_lambda(method: str, batches: list[dict], iterations: int = 100,
     return float(best), scores
 
 
-def _validation_batches(data, spec, calib_width: int | None, n_slices: int = 16) -> list[dict]:
+def _validation_batches(data, spec, calib_width: int | None, regime: str = "magnitude", phase_seed: int = 0,
+                        n_slices: int = 16) -> list[dict]:
     """Up to ``n_slices`` validation slices, evenly spaced, as evaluation batches (multi-coil: with
     ESPIRiT maps when ``calib_width`` is given, else the true maps)."""
     from dagan_tf.coils import espirit_maps
@@ -176,18 +177,21 @@ def _validation_batches(data, spec, calib_width: int | None, n_slices: int = 16)
             maps = np.asarray(val.maps[idx] if len(val.maps) > 1 else val.maps)
     subset = PreparedSplit(np.asarray(val.images[idx]), val.subjects[idx], val.sources[idx],
                            val.slice_numbers[idx], kspace, maps)
-    return list(evaluation_dataset(subset, 8, evaluation_masks(subset, spec), with_kspace=True))
+    masks = evaluation_masks(subset, spec)
+    return list(evaluation_dataset(subset, 8, masks, True, regime=regime, phase_seed=phase_seed, split_key=1,
+                                   phase_index=idx))
 
 
 def build_baselines(names: list[str], data, spec, lam: float | None = None, iterations: int = 100,
                     tune: bool = False, echo: Callable[[str], None] = lambda _: None,
-                    calib_width: int | None = None, backend: str = "sigpy") -> tuple[dict[str, Reconstructor], dict]:
+                    calib_width: int | None = None, backend: str = "sigpy", regime: str = "magnitude",
+                    phase_seed: int = 0) -> tuple[dict[str, Reconstructor], dict]:
     """Reconstructors for the baseline ``names`` and the settings to record in ``metrics.json``.
 
     ``zero-filled-dc`` gives two rows, after 1 and after 100 projections.  ``tv``/``wavelet``
     use ``lam``, else (``tune``) the best of :data:`LAMBDA_GRID` on validation slices, else
     :data:`DEFAULT_LAMBDA`.  On multi-coil data ``calib_width`` (ESPIRiT calibration) tunes with
-    estimated maps, ``None`` with the true ones.
+    estimated maps, ``None`` with the true ones; single-coil tuning simulates ``regime`` as the evaluation does.
     """
     recons: dict[str, Reconstructor] = {}
     settings: dict = {}
@@ -200,8 +204,8 @@ def build_baselines(names: list[str], data, spec, lam: float | None = None, iter
             chosen, grid = lam, None
             if chosen is None and tune:
                 echo(f"tuning the {name} weight on validation slices over {', '.join(f'{g:g}' for g in LAMBDA_GRID)}")
-                chosen, grid = tune_lambda(name, _validation_batches(data, spec, calib_width), iterations,
-                                           backend=backend)
+                batches = _validation_batches(data, spec, calib_width, regime, phase_seed)
+                chosen, grid = tune_lambda(name, batches, iterations, backend=backend)
                 edge = " (at the edge of the grid)" if chosen in (LAMBDA_GRID[0], LAMBDA_GRID[-1]) else ""
                 echo(f"{name}: lambda {chosen:g}{edge} (validation NMSE {grid[f'{chosen:g}']:.5f})")
             chosen = DEFAULT_LAMBDA[name] if chosen is None else chosen

@@ -212,7 +212,12 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
               help="Split to score (every slice of it).")
 @click.option("--dc", is_flag=True, help="Apply data consistency to the network output (row 'model+dc'); "
-                                         "adds the zero-filled-dc baseline.")
+                                         "adds the zero-filled-dc baseline (magnitude regime).")
+@click.option("--regime", type=click.Choice(["magnitude", "phase"]), default=None,
+              help="Single-coil k-space simulation: of the real image (magnitude, the papers') or of "
+                   "image·exp(i·smooth random phase) (phase). Default: the run's, else magnitude.")
+@click.option("--phase-seed", type=NON_NEGATIVE, default=0, show_default=True,
+              help="Seed of the phase regime's per-slice phases (the same slices get the same phases).")
 @click.option("--lam", type=click.FloatRange(0), default=None,
               help="Regularisation weight of sense/tv/wavelet (default: --tune-lambda, else 0 for sense, "
                    "0.001 for tv and wavelet).")
@@ -231,7 +236,8 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 @click.option("--batch-size", type=POSITIVE, default=16, show_default=True, help="Slices per batch.")
 @click.option("--out", required=True, help="Output folder (must not exist unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
-def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, lam,
+def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, regime,
+                 phase_seed, lam,
                  tune_lambda, cs_iterations, cs_backend, maps_kind, calib_width, dagan_compat_metrics, batch_size,
                  out, overwrite):
     """Score zero-filled, classical baselines and a trained run on a whole split, on the same k-space;
@@ -250,10 +256,12 @@ def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per
     if run_dir is not None:
         if not (Path(run_dir) / "config.yaml").is_file():
             raise DaganError(f"{run_dir} is not a training run (no config.yaml)")
+        d = recipes.load_config_file(Path(run_dir) / "config.yaml")["data"]
+        regime = regime or d["regime"]
         if mask_kind is None:
-            d = recipes.load_config_file(Path(run_dir) / "config.yaml")["data"]
             mask_kind, ratio, mask_seed, acs, per_slice_masks = (d["mask"], d["ratio"], d["mask_seed"], d["acs"],
                                                                  d["per_sample_masks"])
+    regime = regime or "magnitude"
     spec = _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
     _load_tensorflow()
 
@@ -265,10 +273,14 @@ def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per
 
     maps, calib = None, calib_width if maps_kind == "espirit" else None
     prepared = load_split(data, split)
+    if prepared.kspace is not None and regime == "phase":
+        raise DaganError(f"{data} holds multi-coil k-space, simulated (or measured) with its own phase; "
+                         "--regime applies to single-coil data")
     if prepared.kspace is not None and calib:
         maps = (f"ESPIRiT ({calib}² calibration centre)", estimated_maps(data, split, prepared.kspace, calib))
-    names = list(baselines) + (["zero-filled-dc"] if dc else [])
-    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, _echo, calib, cs_backend)
+    names = list(baselines) + (["zero-filled-dc"] if dc and regime == "magnitude" else [])
+    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, _echo, calib, cs_backend,
+                                       regime, phase_seed)
     title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
     if run_dir is not None:
         from dagan_tf.inference import load_run_reconstructor
@@ -276,7 +288,7 @@ def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per
         recons["model+dc" if dc else "model"] = load_run_reconstructor(run_dir, dc)
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
     result = evaluate(data, spec, out, split, recons, batch_size, dagan_compat_metrics, overwrite, title, settings,
-                      maps)
+                      maps, regime, phase_seed)
     click.echo(format_table(result))
     click.echo(f"written to {out}")
 

@@ -4,9 +4,10 @@ No public source here has raw multi-coil k-space, so multi-coil data is
 simulated from the magnitude volumes (as the cWGAN-AGB issue asks):
 
 * **phase** (:func:`smooth_phase`): a white-noise field low-pass filtered with a
-  Gaussian (σ = ``smoothness``·side), scaled to span ±``max_phase``, plus a
-  random linear ramp of at most ``ramp`` radians across the image.  The image
-  becomes ``x = m · exp(iφ)``; its k-space is then not conjugate-symmetric.
+  Gaussian (σ = ``smoothness``·side, periodic), scaled to span ±``max_phase``,
+  plus a random linear ramp of at most ``ramp`` radians across the image.  The
+  image becomes ``x = m · exp(iφ)``; its k-space is then not conjugate-symmetric.
+  The same phase model serves the single-coil ``phase`` regime of the pipeline.
 * **maps** (:func:`birdcage_maps`): the birdcage model (coils on a circle of
   relative radius ``r`` around the field of view, magnitude ``1/distance``,
   phase rotating with the coil position; the model of ``sigpy.mri.birdcage_maps``,
@@ -21,7 +22,6 @@ Everything is seeded: the same ``(seed, index)`` gives the same phase and noise.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from dagan_tf.errors import DaganError
 
@@ -30,14 +30,30 @@ DEFAULT_COILS = 8
 
 def smooth_phase(shape: tuple[int, int], rng: np.random.Generator, max_phase: float = np.pi,
                  smoothness: float = 0.15, ramp: float = np.pi) -> np.ndarray:
-    """A smooth random phase map ``[H, W]`` in radians (see module doc)."""
+    """A smooth random phase map ``[H, W]`` in radians (see module doc).
+
+    The Gaussian filter (σ = ``smoothness``·max(H, W) pixels) is applied in the Fourier
+    domain, i.e. with periodic boundaries.
+    """
     h, w = shape
-    field = ndimage.gaussian_filter(rng.standard_normal(shape), smoothness * max(h, w), mode="wrap")
+    sigma = smoothness * max(h, w)
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    lowpass = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy ** 2 + fx ** 2))  # Fourier transform of the Gaussian
+    field = np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * lowpass).real
     field = field - field.mean()
     field *= max_phase / max(np.abs(field).max(), 1e-12)
     yy, xx = np.meshgrid(np.linspace(-0.5, 0.5, h), np.linspace(-0.5, 0.5, w), indexing="ij")
     angle = rng.uniform(0, 2 * np.pi)
     return (field + ramp * (np.cos(angle) * xx + np.sin(angle) * yy)).astype(np.float32)
+
+
+def phase_maps(seed: int, stream: int, keys: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``[B, H, W]`` smooth phases, map ``b`` from :func:`slice_rng` ``(seed, stream, *keys[b])``.
+
+    ``keys`` is ``[B]`` (a slice index) or ``[B, K]``; the same keys give the same phases.
+    """
+    keys = np.asarray(keys).reshape(len(keys), -1)
+    return np.stack([smooth_phase(shape, slice_rng(seed, stream, *k)) for k in keys]).astype(np.float32)
 
 
 def birdcage_maps(n_coils: int, shape: tuple[int, int], r: float = 1.5) -> np.ndarray:

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from dagan_tf import metrics
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
-from dagan_tf.data.prepare import load_split
+from dagan_tf.data.prepare import SPLITS, load_split
 from dagan_tf.errors import DaganError
 from dagan_tf.figures import ERROR_MAX, FigureRow, comparison_figure, write_png
 from dagan_tf.masks import MaskSpec, sampled_fraction
@@ -44,12 +44,16 @@ def zero_filled(batch: dict) -> tf.Tensor:
 def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "test",
              reconstructors: dict[str, Reconstructor] | None = None, batch_size: int = 16,
              dagan_compat: bool = False, overwrite: bool = False, title: str = "zero-filled evaluation",
-             settings: dict | None = None, maps: tuple[str, np.ndarray] | None = None) -> dict:
+             settings: dict | None = None, maps: tuple[str, np.ndarray] | None = None,
+             regime: str = "magnitude", phase_seed: int = 0) -> dict:
     """Score zero-filled and each of ``reconstructors`` (name -> reconstructor) on every slice of ``split``.
 
     ``settings`` (e.g. the baselines' regularisation weights) are recorded in the
     result.  ``maps`` = ``(description, [1 or N, C, H, W])`` replaces a multi-coil split's own
-    sensitivities (e.g. ESPIRiT estimates).  Returns the metrics dict (also written to ``out/metrics.json``).
+    sensitivities (e.g. ESPIRiT estimates).  ``regime`` (``magnitude`` or ``phase``, with
+    ``phase_seed``) says how single-coil k-space is simulated (:mod:`dagan_tf.data.pipeline`);
+    multi-coil splits carry their own.  Returns the metrics dict (also written to ``out/metrics.json``),
+    with ``warnings`` where a classical baseline scores above the model.
     """
     check_new_output(out, overwrite)
     prepared = load_split(data, split)
@@ -67,7 +71,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     seconds = {name: 0.0 for name in recons}
     start = 0
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
-        for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1]):
+        for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1],
+                                        regime, phase_seed, SPLITS.index(split)):
             b = int(batch["target"].shape[0])
             outputs = {}
             for name, fn in recons.items():
@@ -98,15 +103,33 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
         "metric_definitions": "dagan-compat" if dagan_compat else "standard",
         "split": split,
         "reconstructor_settings": settings or {},
+        "regime": (regime if regime == "magnitude" else f"phase (seed {phase_seed})") if not prepared.coils
+        else "multi-coil k-space of the prepared split (see its manifest)",
         "coils": prepared.coils or None,
         "maps": None if not prepared.coils else (maps[0] if maps is not None else "the split's own (true) maps"),
         "mask": {"kind": mask.kind, "ratio": float(np.mean(fractions)) if mask.is_file else mask.ratio,
                  "seed": None if mask.is_file else mask.seed, "per_sample": mask.per_sample,
                  "sampled_fraction": float(np.mean(fractions))},
     })
+    result["warnings"] = baseline_warnings(result)
     with atomic_output_dir(out, overwrite) as tmp:
         _write_outputs(tmp, result, per_slice, prepared, ranges, examples, list(recons), title)
     return result
+
+
+MODEL_ROWS = ("model", "model+dc")
+
+
+def baseline_warnings(result: dict) -> list[str]:
+    """One line per model row that a classical baseline (not zero-filled) beats in mean PSNR."""
+    rows = {k: v for k, v in result.items() if isinstance(v, dict) and "psnr" in v}
+    baselines = {k: v["psnr"]["mean"] for k, v in rows.items() if k not in MODEL_ROWS and k != "zero_filled"}
+    if not baselines:
+        return []
+    best = max(baselines, key=baselines.get)
+    return [f"warning: {best} reaches {baselines[best]:.2f} dB here, above the {name} row's "
+            f"{rows[name]['psnr']['mean']:.2f} dB" for name in MODEL_ROWS
+            if name in rows and baselines[best] > rows[name]["psnr"]["mean"]]
 
 
 def format_table(result: dict) -> str:
@@ -120,7 +143,9 @@ def format_table(result: dict) -> str:
                      f"{r['psnr']['mean']:>8.3f} ± {r['psnr']['std']:<6.3f} "
                      f"{r['ssim']['mean']:>8.4f} ± {r['ssim']['std']:<6.4f} {r.get('ms_per_slice', 0):>9.2f}")
     lines.append(f"slices: {result['n_slices']}  subjects: {result['n_subjects']}  split: {result['split']}  "
-                 f"mask: {result['mask']['kind']} (sampled fraction {result['mask']['sampled_fraction']:.4f})")
+                 f"mask: {result['mask']['kind']} (sampled fraction {result['mask']['sampled_fraction']:.4f})  "
+                 f"regime: {result.get('regime', 'magnitude')}")
+    lines += result.get("warnings", [])
     return "\n".join(lines)
 
 
@@ -149,6 +174,7 @@ def _write_outputs(folder: Path, result, per_slice, prepared, ranges, examples, 
     columns = " | ".join(["ground truth"] + [f"{n} | {n} |error| (fixed scale 0–{ERROR_MAX:g})" for n in names])
     (folder / "report.md").write_text(
         f"# {title}\n\n```\n{format_table(result)}\n```\n\n"
-        f"Metric definitions: {result['metric_definitions']}; data range: {result['data_range']}.\n"
+        f"Metric definitions: {result['metric_definitions']}; data range: {result['data_range']}; "
+        f"k-space regime: {result['regime']}.\n"
         f"Values are mean ± std over all slices of the split; per-volume means are in metrics.json.\n\n"
         f"![examples](examples.png)\n\nColumns: {columns}.\n")

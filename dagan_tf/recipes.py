@@ -50,6 +50,9 @@ DATA = {
     "per_sample_masks": Field("bool", "a fresh mask per training image (the original uses one fixed mask)"),
     "augment": Field("bool", "flips, rotation, shift, zoom, brightness and elastic deformation"),
     "elastic_per_image": Field("bool", "one elastic field per image; false = the original's one per batch"),
+    "regime": Field("choice", "k-space simulation: magnitude = of the real image (the papers'); phase = of "
+                              "image·exp(i·smooth random phase), fresh per example", choices=("magnitude", "phase"),
+                    default="magnitude"),
     "folder": Field("str", "prepared data folder (set by train)", nullable=True),
 }
 

@@ -38,6 +38,7 @@ class Field:
     nullable: bool = False
     multiple_of: int | None = None
     check: Callable[[str], str | None] | None = None
+    default: Any = None  # taken when the key is missing (recipes older than the key)
 
     def describe(self) -> str:
         """What is allowed, e.g. ``an integer >= 1`` or ``one of ratio, mse``."""
@@ -129,8 +130,8 @@ def validate(config: Any, schema: Schema, source: str = "recipe") -> dict:
         out[name] = {}
         for key, field in spec.items():
             if key not in section:
-                if field.nullable:
-                    out[name][key] = None
+                if field.nullable or field.default is not None:
+                    out[name][key] = field.default
                     continue
                 raise DaganError(f"{source}: required key {name}.{key} is missing")
             out[name][key] = field.validate(f"{name}.{key}", section[key])

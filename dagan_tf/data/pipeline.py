@@ -7,8 +7,16 @@ epoch boundary therefore reproduces the uninterrupted run exactly.
 
 Elements are ``(zero_filled, target)``, both ``[B, H, W, 1]`` float32 (target in
 [0, 1], zero-filled magnitude not clipped), or with ``with_kspace=True`` a dict
-with ``zero_filled``, ``target``, ``mask [B, H, W]`` and ``kspace [B, H, W]``
-(complex64, centred, undersampled).  Evaluation batches of a multi-coil split
+with ``zero_filled``, ``target``, ``mask [B, H, W]``, ``kspace [B, H, W]``
+(complex64, centred, undersampled), and the complex images as real/imaginary
+channels: ``zero_filled_complex`` and ``target_complex`` ``[B, H, W, 2]``.
+
+Regimes (:data:`REGIMES`) say how single-coil k-space is simulated from the
+magnitude images: ``magnitude`` (the papers' setting: k-space of the real,
+non-negative image, hence conjugate-symmetric) or ``phase`` (k-space of
+``m·exp(iφ)`` with the smooth random phase of :func:`dagan_tf.coils.smooth_phase`;
+for evaluation a pure function of ``(phase_seed, split, slice)``, for training
+fresh per example and step).  Evaluation batches of a multi-coil split
 carry the coil k-space ``kspace [B, C, H, W]`` (undersampled), the sensitivity
 ``maps [B, C, H, W]`` and the SENSE-combined zero-filled magnitude
 ``|Σ_c conj(S_c)·ifft2c(k_c)|``.
@@ -25,13 +33,42 @@ from dagan_tf.errors import DaganError
 from dagan_tf.masks import MaskSpec
 
 
-def _simulate(target: tf.Tensor, mask: tf.Tensor, with_kspace: bool):
-    k, zf = ks.undersample(target[..., 0], mask)
+REGIMES = ("magnitude", "phase")
+TRAINING_PHASE_STREAM = 3  # phase keys (seed, stream, ...): streams 0-2 are the splits, 3 the training stream
+
+
+def _channels(z: tf.Tensor) -> tf.Tensor:
+    """Complex ``[B, H, W]`` -> real/imaginary channels ``[B, H, W, 2]``."""
+    return tf.stack([tf.math.real(z), tf.math.imag(z)], axis=-1)
+
+
+def _simulate(target: tf.Tensor, mask: tf.Tensor, with_kspace: bool, phase: tf.Tensor | None = None):
+    """Undersample ``target [B, H, W, 1]`` (times ``exp(i·phase [B, H, W])`` when given) with ``mask``."""
+    m = target[..., 0]
+    image = tf.complex(m, tf.zeros_like(m)) if phase is None else tf.complex(m * tf.cos(phase), m * tf.sin(phase))
+    k, zf = ks.undersample(image, mask)
     zero_filled = tf.abs(zf)[..., None]
     if not with_kspace:
         return zero_filled, target
     masks = tf.broadcast_to(mask, tf.shape(target)[:3])
-    return {"zero_filled": zero_filled, "target": target, "mask": masks, "kspace": k}
+    return {"zero_filled": zero_filled, "target": target, "mask": masks, "kspace": k,
+            "zero_filled_complex": _channels(zf), "target_complex": _channels(image)}
+
+
+def _phases(seed: int, stream: int, shape: tuple[int, int]):
+    """``keys [B] or [B, K] -> phases [B, H, W]`` (numpy, :func:`dagan_tf.coils.phase_maps`)."""
+    from dagan_tf.coils import phase_maps
+
+    def fn(keys):
+        out = tf.numpy_function(lambda k: phase_maps(seed, stream, k, shape), [keys], tf.float32)
+        return tf.ensure_shape(out, [None, *shape])
+
+    return fn
+
+
+def _check_regime(regime: str) -> None:
+    if regime not in REGIMES:
+        raise DaganError(f"unknown regime {regime!r}; valid: {', '.join(REGIMES)}")
 
 
 def _gather_images(images: np.ndarray):
@@ -47,7 +84,7 @@ def _gather_images(images: np.ndarray):
 
 def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
                      start_step: int = 0, augment: AugmentConfig | None = AugmentConfig(),
-                     with_kspace: bool = False) -> tuple[tf.data.Dataset, int]:
+                     with_kspace: bool = False, regime: str = "magnitude") -> tuple[tf.data.Dataset, int]:
     """Endless training batches from global step ``start_step``; returns ``(dataset, batches_per_pass)``.
 
     Each pass over the data has ``N // batch_size`` full batches; batch ``s`` of the
@@ -55,6 +92,7 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
     fresh seeded mask per image (numpy; costly for ``poisson2d``).  A multi-coil split gives
     multi-coil batch dicts (module doc) of its stored k-space, without augmentation.
     """
+    _check_regime(regime)
     n, h, w = split.images.shape
     steps = n // batch_size
     if steps == 0:
@@ -88,8 +126,13 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
             target = augment_batch(target, tf.stack([tf.constant(seed, tf.int64), step]), augment)
             target = tf.ensure_shape(target, [batch_size, h, w, 1])
         m = per_sample_masks(step) if fixed_mask is None else fixed_mask
-        return _simulate(target, m, with_kspace)
+        phase = None
+        if regime == "phase":
+            keys = tf.stack([tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64)], axis=1)
+            phase = training_phases(keys)
+        return _simulate(target, m, with_kspace, phase)
 
+    training_phases = _phases(seed, TRAINING_PHASE_STREAM, (h, w))
     passes = tf.data.Dataset.counter(start_step // steps).flat_map(epoch_batches).skip(start_step % steps)
     ds = passes.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), steps
@@ -104,13 +147,19 @@ def evaluation_masks(split: PreparedSplit, mask: MaskSpec) -> np.ndarray:
 
 
 def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
-                       with_kspace: bool = False, maps: np.ndarray | None = None) -> tf.data.Dataset:
+                       with_kspace: bool = False, maps: np.ndarray | None = None, regime: str = "magnitude",
+                       phase_seed: int = 0, split_key: int = 2, phase_index: np.ndarray | None = None
+                       ) -> tf.data.Dataset:
     """Every slice of a split once, in order, without augmentation.
 
     ``masks`` is ``[1, H, W]`` or ``[N, H, W]`` from :func:`evaluation_masks` (built once by the caller).
-    A multi-coil split gives multi-coil batches (module doc), with ``maps`` ``[1 or N, C, H, W]``
-    (default: the split's own) — e.g. maps estimated by ESPIRiT.
+    In the ``phase`` regime slice ``i`` gets the phase of ``(phase_seed, split_key, i)``
+    (``split_key`` = 0, 1, 2 for train, val, test; ``phase_index[i]`` replaces ``i`` for a subset
+    of a split, so its slices keep their phases).  A multi-coil split gives multi-coil batches
+    (module doc; its simulation fixed the phase), with ``maps`` ``[1 or N, C, H, W]`` (default: the
+    split's own) — e.g. maps estimated by ESPIRiT.
     """
+    _check_regime(regime)
     masks = tf.constant(masks, tf.float32)
     n = split.images.shape[0]
     gather = _gather_images(split.images)
@@ -120,10 +169,13 @@ def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
             raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them (--maps espirit)")
         return _multicoil_dataset(split, batch_size, masks, maps, gather)
 
+    phases = _phases(phase_seed, split_key, tuple(split.images.shape[1:]))
+    index = tf.constant(np.arange(n) if phase_index is None else np.asarray(phase_index), tf.int64)
+
     def make_batch(indices):
         target = gather(indices)
         m = masks[0] if masks.shape[0] == 1 else tf.gather(masks, indices)
-        return _simulate(target, m, with_kspace)
+        return _simulate(target, m, with_kspace, phases(tf.gather(index, indices)) if regime == "phase" else None)
 
     ds = tf.data.Dataset.range(n).batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -202,13 +202,15 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
          f"{config['model']['image_size']}² images, precision {precision}")
     echo(f"data {d['folder']}: {len(train_split.images)} training / {len(val_split.images)} validation slices; "
          f"mask {d['mask']}" + (f" ratio {d['ratio']}" if d["ratio"] is not None else "")
-         + f" (sampled fraction {fraction:.4f})")
+         + f" (sampled fraction {fraction:.4f}), {d['regime']} regime")
     echo(f"{steps} steps per epoch of batch {t['batch_size']}, up to {t['epochs']} epochs; run folder {work}")
     if resume:
         echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
     augment = AugmentConfig(elastic_per_image=d["elastic_per_image"]) if d["augment"] else None
-    train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment)
-    val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec))
+    train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
+                                   regime=d["regime"])
+    val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), regime=d["regime"],
+                                phase_seed=t["seed"], split_key=1)
     zf, target = next(iter(val_ds))
     budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
     callbacks = [
