@@ -2,8 +2,9 @@
 
 Signatures (``H = W`` = the model's image size):
 
-* ``serving_default``: ``zero_filled`` float32 ``[N, H, W, 1]`` (magnitude in [0, 1])
-  -> ``reconstruction`` float32 ``[N, H, W, 1]``.
+* ``serving_default``: ``zero_filled`` float32 ``[N, H, W, 1]`` (magnitude in [0, 1]; for a
+  complex generator ``[N, H, W, 2]``, the real and imaginary parts of the complex zero-filled
+  image) -> ``reconstruction`` float32 ``[N, H, W, 1]`` (magnitude).
 * ``from_kspace``: ``kspace_real``, ``kspace_imag`` float32 ``[N, H, W]`` (centred
   undersampled k-space, zero off the mask, of an image scaled to [0, 1]) and ``mask``
   float32 ``[N, H, W]`` -> ``reconstruction`` ``[N, H, W, 1]`` after hard data
@@ -23,18 +24,18 @@ import tensorflow as tf
 
 from dagan_tf import kspace as ks
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc
+from dagan_tf.inference import apply_dc, as_complex_image
 from dagan_tf.outputs import atomic_output_dir
 
 
 class ReconstructionModule(tf.Module):
-    """Serving wrapper of a generator ``[N, S, S, 1] -> [N, S, S, 1]``."""
+    """Serving wrapper of a generator ``[N, S, S, C] -> [N, S, S, C]`` (C = 1 magnitude, 2 complex)."""
 
     def __init__(self, generator: keras.Model):
         super().__init__(name="dagan_reconstruction")
         self.generator = generator
-        size = generator.input_shape[1]
-        image = tf.TensorSpec([None, size, size, 1], tf.float32, name="zero_filled")
+        size, self.channels = generator.input_shape[1], generator.input_shape[-1]
+        image = tf.TensorSpec([None, size, size, self.channels], tf.float32, name="zero_filled")
         plane = [None, size, size]
         self.serving_default = tf.function(self._serve, input_signature=[image])
         self.from_kspace = tf.function(self._serve_kspace, input_signature=[
@@ -46,12 +47,15 @@ class ReconstructionModule(tf.Module):
         return tf.cast(self.generator(zero_filled, training=False), tf.float32)
 
     def _serve(self, zero_filled):
-        return {"reconstruction": self._reconstruct(zero_filled)}
+        return {"reconstruction": tf.abs(as_complex_image(self._reconstruct(zero_filled)))[..., None]}
 
     def _serve_kspace(self, kspace_real, kspace_imag, mask):
         k0 = tf.complex(kspace_real, kspace_imag) * tf.cast(tf.complex(mask, tf.zeros_like(mask)), tf.complex64)
-        zero_filled = tf.abs(ks.ifft2c(k0))[..., None]
-        return {"reconstruction": apply_dc(self._reconstruct(zero_filled), k0, mask), "zero_filled": zero_filled}
+        image = ks.ifft2c(k0)
+        zero_filled = tf.abs(image)[..., None]
+        network_input = tf.stack([tf.math.real(image), tf.math.imag(image)], -1) if self.channels == 2 \
+            else zero_filled
+        return {"reconstruction": apply_dc(self._reconstruct(network_input), k0, mask), "zero_filled": zero_filled}
 
 
 def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False) -> Path:
@@ -72,8 +76,9 @@ def check_export_signatures(signatures, path) -> None:
                              f"{', '.join(sorted(inputs))}); load only exports you trust")
 
 
-def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int]:
-    """``(reconstruct, image_size)`` from an exported SavedModel's ``serving_default`` signature.
+def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int, int, Callable]:
+    """``(reconstruct, image_size, channels, from_kspace)`` of an exported SavedModel: ``serving_default``
+    as a function of the zero-filled input, and the ``from_kspace`` signature.
 
     The signatures are checked before anything runs.  A SavedModel executes its
     own graph: load only exports you trust.
@@ -84,5 +89,6 @@ def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int
         raise DaganError(f"cannot load the SavedModel {path}: {str(exc).splitlines()[0][:200]} (corrupt?)") from None
     check_export_signatures(loaded.signatures, path)
     signature = loaded.signatures["serving_default"]
-    size = int(signature.structured_input_signature[1]["zero_filled"].shape[1])
-    return (lambda x: signature(zero_filled=x)["reconstruction"]), size
+    shape = signature.structured_input_signature[1]["zero_filled"].shape
+    return ((lambda x: signature(zero_filled=x)["reconstruction"]), int(shape[1]), int(shape[-1]),
+            loaded.signatures["from_kspace"])

@@ -54,13 +54,22 @@ def load_run_generator(run_dir: str | Path, fold: bool = True):
     raise DaganError(f"{run_dir} has no trained weights yet (no best.weights.h5, no intact checkpoint)")
 
 
+def as_complex_image(image: tf.Tensor) -> tf.Tensor:
+    """``[N, H, W]`` complex64 of ``[N, H, W, 1]`` magnitudes or ``[N, H, W, 2]`` real/imaginary channels."""
+    image = tf.cast(image, tf.float32)
+    if image.shape[-1] == 2:
+        return tf.complex(image[..., 0], image[..., 1])
+    return tf.complex(image[..., 0], tf.zeros_like(image[..., 0]))
+
+
 def apply_dc(image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor, maps: tf.Tensor | None = None) -> tf.Tensor:
-    """Hard data consistency of ``[N, H, W, 1]`` magnitude images with the measurements; the magnitude after.
+    """Hard data consistency of ``[N, H, W, 1]`` magnitudes (or ``[N, H, W, 2]`` complex channels) with the
+    measurements; the magnitude ``[N, H, W, 1]`` after.
 
     Single-coil: centred ``kspace0 [N, H, W]``.  Multi-coil: ``kspace0 [N, C, H, W]`` and ``maps
     [N, C, H, W]``: the coil k-space ``fft2c(S_c·x)`` takes the samples, then ``Σ conj(S_c)·ifft2c``.
     """
-    x = tf.cast(image[..., 0], tf.float32)
+    x = as_complex_image(image)
     if maps is None:
         return tf.abs(ks.data_consistency_image(x, kspace0, mask))[..., None]
     k = ks.data_consistency(ks.sense_forward(x, maps), kspace0, mask[..., None, :, :])
@@ -72,15 +81,17 @@ def batch_arguments(batch: dict) -> tuple:
     return batch["zero_filled"], batch["kspace"], batch["mask"], batch.get("maps")
 
 
-def batch_reconstructor(generator: Callable, dc: bool) -> Callable[[dict], tf.Tensor]:
-    """A function of an evaluation batch dict (``zero_filled``, ``kspace``, ``mask``) -> reconstruction."""
+def batch_reconstructor(generator, dc: bool) -> Callable[[dict], tf.Tensor]:
+    """A function of an evaluation batch dict (``zero_filled`` or, for a complex generator,
+    ``zero_filled_complex``; ``kspace``, ``mask``, ``maps``) -> reconstructed magnitude ``[B, H, W, 1]``."""
+    key = "zero_filled_complex" if generator.input_shape[-1] == 2 else "zero_filled"
 
     def reconstruct(zero_filled, kspace0, mask, maps):
         out = tf.cast(generator(zero_filled, training=False), tf.float32)
-        return apply_dc(out, kspace0, mask, maps) if dc else out
+        return apply_dc(out, kspace0, mask, maps) if dc else tf.abs(as_complex_image(out))[..., None]
 
     run = tf.function(reconstruct, reduce_retracing=True, autograph=False)  # dc is a Python constant
-    return lambda batch: run(*batch_arguments(batch))
+    return lambda batch: run(batch[key], *batch_arguments(batch)[1:])
 
 
 def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[dict], tf.Tensor]:

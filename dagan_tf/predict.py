@@ -13,6 +13,7 @@ output (identity affine) is in the zero-filled intensity scale.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ from dagan_tf import kspace as ks
 from dagan_tf.data.prepare import fit_slices, normalise_volume
 from dagan_tf.data.readers import check_nifti_header, checked_kspace, read_volume
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc
+from dagan_tf.inference import apply_dc, as_complex_image
 from dagan_tf.masks import MaskSpec
 from dagan_tf.outputs import atomic_output_file, check_new_output
 from dagan_tf.progress import Stage
@@ -32,18 +33,46 @@ from dagan_tf.progress import Stage
 BATCH = 16
 
 
-def load_model(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int]:
-    """``(generator_fn, image_size)`` from an export folder or a run folder."""
+@dataclass
+class LoadedModel:
+    """A generator from an export or a run: ``reconstruct`` maps undersampled centred k-space to magnitudes."""
+
+    size: int
+    channels: int  # 1: magnitude network input; 2: complex (real/imaginary channels)
+    network: Callable[[tf.Tensor], tf.Tensor]  # [N, S, S, C] -> output (exports: the magnitude)
+    with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
+
+    def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
+        """Magnitudes ``[N, S, S]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``."""
+        if dc and self.with_dc is not None:
+            return self.with_dc(kspace0, mask)[..., 0]
+        image = ks.ifft2c(kspace0)
+        inputs = tf.stack([tf.math.real(image), tf.math.imag(image)], -1) if self.channels == 2 \
+            else tf.abs(image)[..., None]
+        out = tf.cast(self.network(inputs), tf.float32)
+        return (apply_dc(out, kspace0, mask) if dc else tf.abs(as_complex_image(out))[..., None])[..., 0]
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """The generator of an export folder (signatures checked first) or a run folder."""
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         from dagan_tf.export import load_export
 
-        return load_export(path)
+        serve, size, channels, from_kspace = load_export(path)
+
+        def with_dc(kspace0, mask):
+            masks = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(kspace0))
+            return from_kspace(kspace_real=tf.math.real(kspace0), kspace_imag=tf.math.imag(kspace0),
+                               mask=masks)["reconstruction"]
+
+        return LoadedModel(size, channels, serve, with_dc)
     if (path / "config.yaml").is_file():
         from dagan_tf.inference import load_run_generator
 
         generator, config = load_run_generator(path)
-        return (lambda x: generator(x, training=False)), int(config["model"]["image_size"])
+        return LoadedModel(config["model"]["image_size"], config["model"]["channels"],
+                           lambda x: generator(x, training=False))
     raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
 
 
@@ -56,17 +85,15 @@ def _unfit(images: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
     return tf.image.resize(x, (h, w), method="bilinear", antialias=True).numpy()[..., 0]
 
 
-def _reconstruct(generator, zero_filled: np.ndarray, kspace0, mask, dc: bool) -> np.ndarray:
+def _reconstruct(model: LoadedModel, kspace0: np.ndarray, mask: np.ndarray, dc: bool) -> np.ndarray:
+    """Magnitudes ``[Z, S, S]`` of ``kspace0 [Z, S, S]`` (undersampled) in batches, with progress."""
     out = []
-    with Stage("predict", len(zero_filled), "slices") as stage:
-        for i in range(0, len(zero_filled), BATCH):
-            zf = tf.constant(zero_filled[i:i + BATCH, ..., None], tf.float32)
-            recon = tf.cast(generator(zf), tf.float32)
-            if dc:
-                m = mask if mask.ndim == 2 else mask[i:i + BATCH]
-                recon = apply_dc(recon, kspace0[i:i + BATCH], m)
-            out.append(recon.numpy()[..., 0])
-            stage.update(len(zf))
+    with Stage("predict", len(kspace0), "slices") as stage:
+        for i in range(0, len(kspace0), BATCH):
+            m = mask if mask.ndim == 2 else mask[i:i + BATCH]
+            k = tf.constant(kspace0[i:i + BATCH], tf.complex64)
+            out.append(model.reconstruct(k, tf.constant(m, tf.float32), dc).numpy())
+            stage.update(len(k))
     return np.concatenate(out)
 
 
@@ -83,17 +110,18 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
         if mask is None:
             raise DaganError("image input needs --mask and --ratio to simulate undersampling")
         mask.validate()
-    generator, size = load_model(model)
+    loaded = load_model(model)
     if is_kspace:
-        volume, affine, header = _predict_kspace(generator, size, source, dc), np.eye(4), None
+        volume, affine, header = _predict_kspace(loaded, source, dc), np.eye(4), None
     else:
-        volume, affine, header = _predict_image(generator, size, source, mask, dc, echo)
+        volume, affine, header = _predict_image(loaded, source, mask, dc, echo)
     with atomic_output_file(out, overwrite) as tmp:
         nib.save(nib.Nifti1Image(volume.astype(np.float32), affine, header), str(tmp))
     return out
 
 
-def _predict_image(generator, size, source: Path, mask: MaskSpec, dc: bool, echo):
+def _predict_image(model: LoadedModel, source: Path, mask: MaskSpec, dc: bool, echo):
+    size = model.size
     if source.name.lower().endswith((".nii", ".nii.gz")):
         try:
             img = check_nifti_header(nib.load(str(source)), source)
@@ -115,8 +143,8 @@ def _predict_image(generator, size, source: Path, mask: MaskSpec, dc: bool, echo
         echo(f"resampling {data.shape[0]}×{data.shape[1]} slices to the model's {size}×{size} and back")
     slices = fit_slices(normalised, size, "resize")  # [Z, S, S]
     m = mask.build((size, size))
-    kspace0, zf = ks.undersample(slices, m)
-    recon = _reconstruct(generator, np.abs(zf.numpy()), kspace0, m, dc)
+    kspace0, _ = ks.undersample(slices, m)
+    recon = _reconstruct(model, kspace0.numpy(), m, dc)
     recon = np.transpose(_unfit(recon, data.shape[:2], size), (1, 2, 0))
     lo, hi = float(data.min()), float(data.max())
     result = recon * (hi - lo) + lo
@@ -127,9 +155,10 @@ def _predict_image(generator, size, source: Path, mask: MaskSpec, dc: bool, echo
     return result, affine, header
 
 
-def _predict_kspace(generator, size, source: Path, dc: bool) -> np.ndarray:
+def _predict_kspace(model: LoadedModel, source: Path, dc: bool) -> np.ndarray:
     import h5py
 
+    size = model.size
     try:
         with h5py.File(source, "r") as f:
             if not all(isinstance(f.get(k), h5py.Dataset) for k in ("kspace", "mask")):
@@ -145,7 +174,6 @@ def _predict_kspace(generator, size, source: Path, dc: bool) -> np.ndarray:
         raise DaganError(f"{source} k-space has shape {kspace0.shape}; this model needs [S, {size}, {size}]")
     if mask.shape not in ((size, size), kspace0.shape):
         raise DaganError(f"{source} mask shape {mask.shape} does not match k-space {kspace0.shape}")
-    zf = np.abs(ks.ifft2c(kspace0 * mask).numpy())
-    scale = float(zf.max()) or 1.0
-    recon = _reconstruct(generator, zf / scale, tf.constant(kspace0 * mask / scale), mask, dc)
+    scale = float(np.abs(ks.ifft2c(kspace0 * mask).numpy()).max()) or 1.0
+    recon = _reconstruct(model, kspace0 * mask / scale, mask, dc)
     return np.transpose(recon * scale, (1, 2, 0))

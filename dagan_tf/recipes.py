@@ -79,6 +79,8 @@ DAGAN_SECTIONS = {
         "width": Field("float", "filter multiplier; 0.25 gives a CPU-sized network", 0, 4, low_open=True),
         "max_depth": Field("int", "U-Net levels (the depth also follows the image size)", 2, 8),
         "refine": Field("bool", "output = ramp(G(x) + x) (PPGR)"),
+        "channels": Field("int", "1 = magnitude in and out (the paper); 2 = complex DAGAN (real and imaginary "
+                                    "parts; use with data.regime: phase)", 1, 2, default=1),
     },
     "loss": {
         "pixel": Field("float", "weight of the pixel loss (g_alpha)", 0),

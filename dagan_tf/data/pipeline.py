@@ -42,14 +42,19 @@ def _channels(z: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.math.real(z), tf.math.imag(z)], axis=-1)
 
 
-def _simulate(target: tf.Tensor, mask: tf.Tensor, with_kspace: bool, phase: tf.Tensor | None = None):
-    """Undersample ``target [B, H, W, 1]`` (times ``exp(i·phase [B, H, W])`` when given) with ``mask``."""
+def _simulate(target: tf.Tensor, mask: tf.Tensor, with_kspace: bool, phase: tf.Tensor | None = None,
+              complex_images: bool = False):
+    """Undersample ``target [B, H, W, 1]`` (times ``exp(i·phase [B, H, W])`` when given) with ``mask``.
+
+    Without ``with_kspace``: ``(zero_filled, target)`` magnitudes, or with ``complex_images`` their
+    complex real/imaginary channels ``[B, H, W, 2]``.
+    """
     m = target[..., 0]
     image = tf.complex(m, tf.zeros_like(m)) if phase is None else tf.complex(m * tf.cos(phase), m * tf.sin(phase))
     k, zf = ks.undersample(image, mask)
     zero_filled = tf.abs(zf)[..., None]
     if not with_kspace:
-        return zero_filled, target
+        return (_channels(zf), _channels(image)) if complex_images else (zero_filled, target)
     masks = tf.broadcast_to(mask, tf.shape(target)[:3])
     return {"zero_filled": zero_filled, "target": target, "mask": masks, "kspace": k,
             "zero_filled_complex": _channels(zf), "target_complex": _channels(image)}
@@ -84,11 +89,13 @@ def _gather_images(images: np.ndarray):
 
 def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
                      start_step: int = 0, augment: AugmentConfig | None = AugmentConfig(),
-                     with_kspace: bool = False, regime: str = "magnitude") -> tuple[tf.data.Dataset, int]:
+                     with_kspace: bool = False, regime: str = "magnitude", complex_images: bool = False
+                     ) -> tuple[tf.data.Dataset, int]:
     """Endless training batches from global step ``start_step``; returns ``(dataset, batches_per_pass)``.
 
     Each pass over the data has ``N // batch_size`` full batches; batch ``s`` of the
-    stream is the same whatever ``start_step`` the stream began at.  ``mask.per_sample`` draws a
+    stream is the same whatever ``start_step`` the stream began at (``complex_images``: tuples of
+    real/imaginary channels, for complex networks).  ``mask.per_sample`` draws a
     fresh seeded mask per image (numpy; costly for ``poisson2d``).  A multi-coil split gives
     multi-coil batch dicts (module doc) of its stored k-space, without augmentation.
     """
@@ -130,7 +137,7 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         if regime == "phase":
             keys = tf.stack([tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64)], axis=1)
             phase = training_phases(keys)
-        return _simulate(target, m, with_kspace, phase)
+        return _simulate(target, m, with_kspace, phase, complex_images)
 
     training_phases = _phases(seed, TRAINING_PHASE_STREAM, (h, w))
     passes = tf.data.Dataset.counter(start_step // steps).flat_map(epoch_batches).skip(start_step % steps)
@@ -148,8 +155,8 @@ def evaluation_masks(split: PreparedSplit, mask: MaskSpec) -> np.ndarray:
 
 def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
                        with_kspace: bool = False, maps: np.ndarray | None = None, regime: str = "magnitude",
-                       phase_seed: int = 0, split_key: int = 2, phase_index: np.ndarray | None = None
-                       ) -> tf.data.Dataset:
+                       phase_seed: int = 0, split_key: int = 2, phase_index: np.ndarray | None = None,
+                       complex_images: bool = False) -> tf.data.Dataset:
     """Every slice of a split once, in order, without augmentation.
 
     ``masks`` is ``[1, H, W]`` or ``[N, H, W]`` from :func:`evaluation_masks` (built once by the caller).
@@ -175,7 +182,8 @@ def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
     def make_batch(indices):
         target = gather(indices)
         m = masks[0] if masks.shape[0] == 1 else tf.gather(masks, indices)
-        return _simulate(target, m, with_kspace, phases(tf.gather(index, indices)) if regime == "phase" else None)
+        return _simulate(target, m, with_kspace, phases(tf.gather(index, indices)) if regime == "phase" else None,
+                         complex_images)
 
     ds = tf.data.Dataset.range(n).batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -198,8 +206,9 @@ def _multicoil_batch(split: PreparedSplit, maps: np.ndarray, gather):
         m = tf.broadcast_to(masks, [tf.size(indices), *masks.shape[1:]])
         k0 = coil_kspace(indices) * tf.cast(m, tf.complex64)[:, None]
         s = coil_maps(indices)
-        zero_filled = tf.abs(ks.sense_adjoint(k0, s))[..., None]
-        return {"zero_filled": zero_filled, "target": gather(indices), "mask": m, "kspace": k0, "maps": s}
+        combined = ks.sense_adjoint(k0, s)
+        return {"zero_filled": tf.abs(combined)[..., None], "zero_filled_complex": _channels(combined),
+                "target": gather(indices), "mask": m, "kspace": k0, "maps": s}
 
     return make_batch
 

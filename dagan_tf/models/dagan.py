@@ -55,15 +55,22 @@ def unet_depth(size: int, max_depth: int = 8) -> int:
 
 
 def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = True,
-                    max_depth: int = 8, name: str = "generator") -> keras.Model:
-    """DAGAN U-Net generator for ``[N, image_size, image_size, 1]`` inputs in [0, 1]."""
+                    max_depth: int = 8, name: str = "generator", channels: int = 1) -> keras.Model:
+    """DAGAN U-Net generator ``[N, S, S, channels] -> [N, S, S, channels]``.
+
+    ``channels=1`` (the paper): magnitude in [0, 1] in and out.  ``channels=2`` (complex
+    DAGAN): real and imaginary parts of the complex image in and out, used as they are
+    (already signed, |·| ≤ ~1); the refinement ``clip(tanh(…) + x, -1, 1)`` acts on each part.
+    """
     depth = unet_depth(image_size, max_depth)
     if depth < 2:
         raise ValueError(f"image size {image_size} must be divisible by 4")
     w_init = keras.initializers.TruncatedNormal(stddev=0.01)
     conv_kw = dict(kernel_size=4, strides=2, padding="same", kernel_initializer=w_init, bias_initializer="zeros")
-    inputs = keras.Input((image_size, image_size, 1), name="zero_filled")
-    x_in = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs)
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 (magnitude) or 2 (complex), got {channels}")
+    inputs = keras.Input((image_size, image_size, channels), name="zero_filled")
+    x_in = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs) if channels == 1 else inputs
     skips, x = [], x_in
     for level in range(1, depth + 1):
         x = GemmConv2D(_width(ENCODER_FILTERS[level - 1], width), name=f"conv{level}", **conv_kw)(x)
@@ -77,12 +84,12 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
         x = GemmConv2DTranspose(_width(DECODER_FILTERS[level], width), name=f"deconv{level}", **conv_kw)(x)
         x = _bn(f"deconv{level}_bn")(x)
         x = layers.ReLU(name=f"deconv{level}_relu")(x)
-    x = layers.Conv2D(1, 1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="out")(x)
+    x = layers.Conv2D(channels, 1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="out")(x)
     x = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     if refine:
         x = layers.Add(dtype="float32", name="refinement")([x, x_in])
         x = Ramp(dtype="float32", name="ramp")(x)
-    outputs = layers.Rescaling(0.5, offset=0.5, dtype="float32", name="to_unit")(x)
+    outputs = layers.Rescaling(0.5, offset=0.5, dtype="float32", name="to_unit")(x) if channels == 1 else x
     return keras.Model(inputs, outputs, name=name)
 
 

@@ -189,12 +189,13 @@ class ImageGrid(keras.callbacks.Callback):
     def __init__(self, log_dir: str | Path, zero_filled: np.ndarray, target: np.ndarray, max_images: int = 4):
         super().__init__()
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
-        self.zero_filled = zero_filled[:max_images]
-        self.target = target[:max_images]
+        self.zero_filled = zero_filled[:max_images]  # the generator's input ([B, H, W, 1] or complex [B, H, W, 2])
+        self.target = np.sqrt(np.sum(np.square(target[:max_images]), axis=-1, keepdims=True))
 
     def on_epoch_end(self, epoch, logs=None):
-        recon = tf.cast(self.model.generator(self.zero_filled, training=False), tf.float32).numpy()
-        outputs = {"zero-filled": self.zero_filled, "model": recon}
+        recon = self.model.reconstruct(self.zero_filled).numpy()
+        shown = np.sqrt(np.sum(np.square(self.zero_filled), axis=-1, keepdims=True))
+        outputs = {"zero-filled": shown, "model": recon}
         scores = {name: metrics.compute_all(self.target, image) for name, image in outputs.items()}
         rows = [FigureRow(f"validation {i}", self.target[i, ..., 0],
                           {name: image[i, ..., 0] for name, image in outputs.items()},

@@ -1,7 +1,10 @@
 """DAGAN's conditional-GAN training scheme as a ``keras.Model``.
 
 Each ``train_step`` follows the original ``train.py`` on one batch
-``(zero_filled, target)`` (both ``[B, H, W, 1]``, target in [0, 1]):
+``(zero_filled, target)`` (both ``[B, H, W, 1]``, target in [0, 1]; or, for the
+complex DAGAN, both ``[B, H, W, 2]`` real/imaginary channels, whose magnitudes
+the discriminator, the pixel and the VGG losses see, while the frequency loss
+compares complex k-space):
 
 1. discriminator update: ``BCE(D(target), 1) + BCE(D(G(zf)), 0)``;
 2. generator update on the same batch:
@@ -54,12 +57,29 @@ def pixel_loss(target: tf.Tensor, output: tf.Tensor, kind: str = "ratio") -> tf.
 
 
 def frequency_loss(target: tf.Tensor, output: tf.Tensor) -> tf.Tensor:
-    """Mean squared difference of unnormalised FFT magnitudes of ``[B, H, W, 1]`` images in [0, 1]."""
-    def magnitude(x):
-        x = tf.cast(x[..., 0], tf.float32)
-        return tf.abs(tf.signal.fft2d(tf.complex(x, tf.zeros_like(x))))
+    """Frequency loss on unnormalised FFTs.
 
-    return tf.reduce_mean(tf.square(magnitude(output) - magnitude(target)))
+    Magnitude images ``[B, H, W, 1]`` in [0, 1] (the original): mean squared difference of the
+    FFT magnitudes.  Complex images ``[B, H, W, 2]`` (real/imaginary channels): mean squared
+    modulus of the difference of the complex k-spaces.
+    """
+    def fft(x):
+        x = tf.cast(x, tf.float32)
+        imag = x[..., 1] if x.shape[-1] == 2 else tf.zeros_like(x[..., 0])
+        return tf.signal.fft2d(tf.complex(x[..., 0], imag))
+
+    if output.shape[-1] == 2:
+        return tf.reduce_mean(tf.square(tf.abs(fft(output) - fft(target))))
+    return tf.reduce_mean(tf.square(tf.abs(fft(output)) - tf.abs(fft(target))))
+
+
+def magnitude(images: tf.Tensor) -> tf.Tensor:
+    """``[B, H, W, 1]`` magnitude of ``[B, H, W, 1]`` magnitudes (unchanged) or ``[B, H, W, 2]`` real/imaginary
+    channels (``√(re² + im² + 1e-12)``: finite gradients at 0), float32."""
+    images = tf.cast(images, tf.float32)
+    if images.shape[-1] == 1:
+        return images
+    return tf.sqrt(tf.reduce_sum(tf.square(images), axis=-1, keepdims=True) + 1e-12)
 
 
 def bce_logits(logits: tf.Tensor, label: float) -> tf.Tensor:
@@ -114,18 +134,23 @@ class ConditionalGAN(keras.Model):
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
 
+    def reconstruct(self, zero_filled: tf.Tensor) -> tf.Tensor:
+        """The magnitude ``[B, H, W, 1]`` of the generator's output in inference mode."""
+        return magnitude(self.generator(zero_filled, training=False))
+
     def generator_losses(self, zero_filled, target) -> dict[str, tf.Tensor]:
         """Forward G (training mode) and D on its output; the weighted terms and their sum ``g_loss``."""
         w = self.loss_weights_
-        fake = tf.cast(self.generator(zero_filled, training=True), tf.float32)
+        output = tf.cast(self.generator(zero_filled, training=True), tf.float32)
+        fake, real = magnitude(output), magnitude(target)
         terms = {
             "g_adversarial": bce_logits(self.discriminator(fake, training=True), 1.0),
-            "g_pixel": pixel_loss(target, fake, self.pixel_kind),
-            "g_frequency": frequency_loss(target, fake) if w.frequency else tf.constant(0.0),
+            "g_pixel": pixel_loss(real, fake, self.pixel_kind),
+            "g_frequency": frequency_loss(target, output) if w.frequency else tf.constant(0.0),
             "g_vgg": tf.constant(0.0),
         }
         if w.vgg:
-            reference = target if self.vgg_target_prepro is None else self.vgg_target_prepro(target)
+            reference = real if self.vgg_target_prepro is None else self.vgg_target_prepro(real)
             terms["g_vgg"] = tf.reduce_mean(tf.square(self.features(reference) - self.features(fake)))
         terms["g_loss"] = (w.adversarial * terms["g_adversarial"] + w.pixel * terms["g_pixel"]
                            + w.frequency * terms["g_frequency"] + w.vgg * terms["g_vgg"])
@@ -134,10 +159,10 @@ class ConditionalGAN(keras.Model):
     def train_step(self, data):
         zero_filled, target = data
         target = tf.cast(target, tf.float32)
-        # 1. Discriminator: real and fake in separate passes (separate batch-norm statistics).
-        fake = self.generator(zero_filled, training=True)
+        # 1. Discriminator: real and fake in separate passes (separate batch-norm statistics), on magnitudes.
+        fake = magnitude(self.generator(zero_filled, training=True))
         with tf.GradientTape() as tape:
-            d_loss = (bce_logits(self.discriminator(target, training=True), 1.0)
+            d_loss = (bce_logits(self.discriminator(magnitude(target), training=True), 1.0)
                       + bce_logits(self.discriminator(fake, training=True), 0.0))
         d_vars = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
@@ -153,7 +178,7 @@ class ConditionalGAN(keras.Model):
 
     def test_step(self, data):
         zero_filled, target = data
-        output = self.generator(zero_filled, training=False)
+        output, target = self.reconstruct(zero_filled), magnitude(target)
         for name, values in (("nmse", quality.nmse(target, output)), ("psnr", quality.psnr(target, output)),
                              ("ssim", quality.ssim(target, output))):
             self.trackers[name].update_state(values)
@@ -161,9 +186,10 @@ class ConditionalGAN(keras.Model):
 
 
 def build_generator(config: dict) -> keras.Model:
-    """The recipe's U-Net generator ``[N, S, S, 1] -> [N, S, S, 1]`` (in the current dtype policy)."""
+    """The recipe's U-Net generator ``[N, S, S, C] -> [N, S, S, C]`` (in the current dtype policy);
+    ``C = model.channels`` (1 magnitude, 2 complex)."""
     m = config["model"]
-    return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"])
+    return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"], channels=m["channels"])
 
 
 def build_trainer(config: dict) -> ConditionalGAN:

@@ -207,10 +207,11 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     if resume:
         echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
     augment = AugmentConfig(elastic_per_image=d["elastic_per_image"]) if d["augment"] else None
+    complex_images = config["model"].get("channels", 1) == 2
     train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
-                                   regime=d["regime"])
+                                   regime=d["regime"], complex_images=complex_images)
     val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), regime=d["regime"],
-                                phase_seed=t["seed"], split_key=1)
+                                phase_seed=t["seed"], split_key=1, complex_images=complex_images)
     zf, target = next(iter(val_ds))
     budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
     callbacks = [

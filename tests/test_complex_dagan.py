@@ -1,0 +1,103 @@
+"""The complex-valued DAGAN (recipe ppgr-complex): real/imaginary channels, complex DC, export and predict."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import SIZE, run, tiny_config
+from dagan_tf import kspace as ks
+from dagan_tf import recipes
+from dagan_tf.inference import apply_dc, as_complex_image, load_run_generator
+from dagan_tf.masks import make_mask
+from dagan_tf.models.dagan import build_generator
+from dagan_tf.training.cgan import frequency_loss, magnitude
+
+
+def complex_config(*extra):
+    config = tiny_config("ppgr", *extra)
+    base = recipes.load_recipe("ppgr-complex")
+    config["model"]["channels"], config["data"]["regime"] = base["model"]["channels"], base["data"]["regime"]
+    return recipes.validate_config(config)
+
+
+def test_ppgr_complex_recipe_is_complex_in_the_phase_regime():
+    config = recipes.load_recipe("ppgr-complex")
+    assert config["model"]["channels"] == 2 and config["data"]["regime"] == "phase" and config["model"]["refine"]
+    assert recipes.load_recipe("ppgr")["model"]["channels"] == 1  # the faithful recipes stay magnitude
+
+
+def test_complex_generator_refinement_passes_the_input_through_at_zero_output():
+    generator = build_generator(SIZE, 0.125, True, channels=2)
+    assert generator.input_shape[-1] == generator.output_shape[-1] == 2
+    out_layer = generator.get_layer("out")
+    out_layer.kernel.assign(tf.zeros_like(out_layer.kernel))
+    out_layer.bias.assign(tf.zeros_like(out_layer.bias))
+    x = tf.random.uniform((2, SIZE, SIZE, 2), -0.7, 0.7, seed=1)
+    np.testing.assert_allclose(generator(x, training=False).numpy(), x.numpy(), atol=1e-6)  # tanh(0) + x
+
+
+def test_complex_losses_and_dc():
+    rng = np.random.default_rng(0)
+    a, b = (tf.constant(rng.uniform(-1, 1, (2, SIZE, SIZE, 2)), tf.float32) for _ in range(2))
+    za, zb = as_complex_image(a).numpy(), as_complex_image(b).numpy()
+    expected = np.mean(np.abs(np.fft.fft2(za) - np.fft.fft2(zb)) ** 2)
+    np.testing.assert_allclose(float(frequency_loss(b, a)), expected, rtol=1e-4)
+    np.testing.assert_allclose(magnitude(a).numpy()[..., 0], np.abs(za), atol=1e-5)
+    mask = make_mask("vds1d", (SIZE, SIZE), 0.25, seed=0)
+    target = tf.constant(rng.uniform(-1, 1, (2, SIZE, SIZE)) + 1j * rng.uniform(-1, 1, (2, SIZE, SIZE)),
+                         tf.complex64)
+    k0 = ks.fft2c(target) * tf.cast(mask, tf.complex64)
+    consistent = ks.data_consistency_image(as_complex_image(a), k0, mask)
+    np.testing.assert_allclose((ks.fft2c(consistent) * mask).numpy(), k0.numpy(), atol=1e-5)
+    np.testing.assert_allclose(apply_dc(a, k0, mask).numpy()[..., 0], np.abs(consistent.numpy()), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def complex_run(tmp_path_factory, real_slices):
+    from dagan_tf.training.run import train
+
+    run_dir = tmp_path_factory.mktemp("complex") / "run"
+    train(run_dir, complex_config("train.epochs=1"), real_slices, verbose=0)
+    return run_dir
+
+
+def test_complex_run_evaluates_exports_and_predicts(tmp_path, complex_run, real_slices):
+    history = (complex_run / "history.csv").read_text().splitlines()
+    assert len(history) == 2 and "val_psnr" in history[0]
+    result = run("eval", "--run", complex_run, "--data", real_slices, "--dc", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["regime"] == "phase (seed 0)" and "model+dc" in metrics and "zero_filled_dc1" not in metrics
+    assert run("export", complex_run, "--out", tmp_path / "x").exit_code == 0
+    loaded = tf.saved_model.load(str(tmp_path / "x"))
+    generator, _ = load_run_generator(complex_run)
+    x = tf.random.uniform((2, SIZE, SIZE, 2), -0.5, 0.5, seed=4)
+    np.testing.assert_allclose(loaded.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy(),
+                               np.abs(as_complex_image(generator(x, training=False)).numpy())[..., None],
+                               atol=1e-5)
+    mask = np.broadcast_to(make_mask("vds1d", (SIZE, SIZE), 0.25, seed=0), (2, SIZE, SIZE)).astype(np.float32)
+    image = tf.complex(x[..., 0], x[..., 1])
+    k0 = ks.fft2c(image) * tf.cast(mask, tf.complex64)
+    served = loaded.signatures["from_kspace"](kspace_real=tf.math.real(k0), kspace_imag=tf.math.imag(k0),
+                                              mask=tf.constant(mask))["reconstruction"]
+    zf = ks.ifft2c(k0)
+    own = apply_dc(generator(tf.stack([tf.math.real(zf), tf.math.imag(zf)], -1), training=False), k0, mask)
+    np.testing.assert_allclose(served.numpy(), own.numpy(), atol=1e-5)
+
+
+def test_predict_with_a_complex_export_matches_the_run(tmp_path, complex_run):
+    import nibabel as nib
+
+    from conftest import phantom_volume, write_nifti
+
+    source = write_nifti(tmp_path / "in.nii.gz", phantom_volume(SIZE, 6))
+    assert run("export", complex_run, "--out", tmp_path / "x").exit_code == 0
+    outputs = {}
+    for name, model in (("run", complex_run), ("export", tmp_path / "x")):
+        out = tmp_path / f"{name}.nii.gz"
+        result = run("predict", "--model", model, "--input", source, "--out", out, "--mask", "vds1d",
+                     "--ratio", 0.25, "--dc")
+        assert result.exit_code == 0, result.output
+        outputs[name] = nib.load(str(out)).get_fdata()
+    np.testing.assert_allclose(outputs["export"], outputs["run"], atol=1e-3 * outputs["run"].max())
