@@ -18,10 +18,13 @@ Each baseline is a *reconstructor*: a function of an evaluation batch dict
   need the ``cs`` extra (``pip install 'dagan-tf[cs]'``).  ``bart pics`` (the
   Debian ``bart`` package) is an optional backend for the same three.
 
-:func:`tune_lambda` picks ``lam`` from a log grid by mean NMSE on validation slices.
+:func:`tune_lambda` picks ``lam`` from a log grid by mean NMSE on validation slices; the choice is
+cached in the prepared folder (``baseline_lambdas.json``) per method, solver, mask, regime and maps.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -182,6 +185,30 @@ def _validation_batches(data, spec, calib_width: int | None, regime: str = "magn
                                    phase_index=idx))
 
 
+LAMBDA_CACHE = "baseline_lambdas.json"
+
+
+def _lambda_cache(data) -> dict:
+    """Tuned weights stored in the prepared folder, keyed by method, solver, mask, regime and maps."""
+    path = Path(data) / LAMBDA_CACHE
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _store_lambda(data, key: str, value: dict) -> None:
+    from dagan_tf.outputs import atomic_output_file
+
+    cache = {**_lambda_cache(data), key: value}
+    try:
+        with atomic_output_file(Path(data) / LAMBDA_CACHE, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1))
+    except DaganError:
+        pass  # a read-only data folder: tune again next time
+
+
 def build_baselines(names: list[str], data, spec, lam: float | None = None, iterations: int = 100,
                     tune: bool = False, echo: Callable[[str], None] = lambda _: None,
                     calib_width: int | None = None, backend: str = "sigpy", regime: str = "magnitude",
@@ -203,11 +230,19 @@ def build_baselines(names: list[str], data, spec, lam: float | None = None, iter
         elif name in SIGPY_BASELINES:
             chosen, grid = lam, None
             if chosen is None and tune:
-                echo(f"tuning the {name} weight on validation slices over {', '.join(f'{g:g}' for g in LAMBDA_GRID)}")
-                batches = _validation_batches(data, spec, calib_width, regime, phase_seed)
-                chosen, grid = tune_lambda(name, batches, iterations, backend=backend)
-                edge = " (at the edge of the grid)" if chosen in (LAMBDA_GRID[0], LAMBDA_GRID[-1]) else ""
-                echo(f"{name}: lambda {chosen:g}{edge} (validation NMSE {grid[f'{chosen:g}']:.5f})")
+                key = json.dumps([name, backend, iterations, dataclasses.asdict(spec), regime, phase_seed, calib_width])
+                cached = _lambda_cache(data).get(key)
+                if cached is not None:
+                    chosen, grid = cached["lambda"], cached["validation_nmse_by_lambda"]
+                    echo(f"{name}: lambda {chosen:g} tuned before on this data, mask and regime (cached)")
+                else:
+                    echo(f"tuning the {name} weight on validation slices over "
+                         f"{', '.join(f'{g:g}' for g in LAMBDA_GRID)}")
+                    batches = _validation_batches(data, spec, calib_width, regime, phase_seed)
+                    chosen, grid = tune_lambda(name, batches, iterations, backend=backend)
+                    _store_lambda(data, key, {"lambda": chosen, "validation_nmse_by_lambda": grid})
+                    edge = " (at the edge of the grid)" if chosen in (LAMBDA_GRID[0], LAMBDA_GRID[-1]) else ""
+                    echo(f"{name}: lambda {chosen:g}{edge} (validation NMSE {grid[f'{chosen:g}']:.5f})")
             chosen = DEFAULT_LAMBDA[name] if chosen is None else chosen
             recons[name] = ClassicalBaseline(name, chosen, iterations, backend)
             settings[name] = {"lambda": chosen, "lambda_source": "--lam" if lam is not None else

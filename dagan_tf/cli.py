@@ -107,6 +107,18 @@ def _echo(text: str) -> None:
     click.echo(text)
 
 
+def _default_baselines(coils: int, regime: str) -> list[str]:
+    """The classical rows beside a model: the projection where valid (single-coil, magnitude regime) and,
+    with sigpy installed, TV and ℓ1-wavelet (SENSE too on multi-coil data)."""
+    import importlib.util
+
+    names = ["zero-filled-dc"] if regime == "magnitude" and not coils else []
+    if importlib.util.find_spec("sigpy") is None:
+        _echo("note: tv and wavelet baselines need sigpy (pip install 'dagan-tf[cs]'); not scored")
+        return names
+    return names + (["sense"] if coils else []) + ["tv", "wavelet"]
+
+
 def _load_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up log lines (oneDNN, CPU features) kept off standard error.
 
@@ -206,7 +218,11 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
               type=click.Choice(["zero-filled", "zero-filled-dc", "sense", "tv", "wavelet"]),
               help="Classical reconstruction(s) to score beside zero-filled (repeatable): zero-filled-dc "
                    "(1 and 100 projections), sense, tv, wavelet (these three need the 'cs' extra).")
-@click.option("--run", "run_dir", default=None, help="A training run folder to evaluate beside zero-filled.")
+@click.option("--run", "run_dir", default=None,
+              help="A training run folder to evaluate beside zero-filled and, unless --model or --no-baselines "
+                   "is given, the classical baselines (projection in the magnitude regime, tv and wavelet with "
+                   "tuned weights).")
+@click.option("--no-baselines", is_flag=True, help="With --run: no classical baselines (quick runs; said in the report).")
 @click.option("--data", required=True, help="Prepared data folder.")
 @mask_options
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
@@ -236,7 +252,7 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 @click.option("--batch-size", type=POSITIVE, default=16, show_default=True, help="Slices per batch.")
 @click.option("--out", required=True, help="Output folder (must not exist unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
-def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, regime,
+def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, regime,
                  phase_seed, lam,
                  tune_lambda, cs_iterations, cs_backend, maps_kind, calib_width, dagan_compat_metrics, batch_size,
                  out, overwrite):
@@ -278,7 +294,10 @@ def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per
                          "--regime applies to single-coil data")
     if prepared.kspace is not None and calib:
         maps = (f"ESPIRiT ({calib}² calibration centre)", estimated_maps(data, split, prepared.kspace, calib))
-    names = list(baselines) + (["zero-filled-dc"] if dc and regime == "magnitude" else [])
+    names = list(baselines)
+    if run_dir is not None and not baselines and not no_baselines:
+        names, tune_lambda = _default_baselines(prepared.coils, regime), lam is None
+    names += ["zero-filled-dc"] if dc and regime == "magnitude" and prepared.coils == 0 else []
     recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, _echo, calib, cs_backend,
                                        regime, phase_seed)
     title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
@@ -287,6 +306,8 @@ def eval_command(baselines, run_dir, data, mask_kind, ratio, mask_seed, acs, per
 
         recons["model+dc" if dc else "model"] = load_run_reconstructor(run_dir, dc)
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
+    if no_baselines:
+        settings["baselines"] = "skipped (--no-baselines): no classical baseline beside the model"
     result = evaluate(data, spec, out, split, recons, batch_size, dagan_compat_metrics, overwrite, title, settings,
                       maps, regime, phase_seed)
     click.echo(format_table(result))

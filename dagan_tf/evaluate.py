@@ -176,5 +176,9 @@ def _write_outputs(folder: Path, result, per_slice, prepared, ranges, examples, 
         f"# {title}\n\n```\n{format_table(result)}\n```\n\n"
         f"Metric definitions: {result['metric_definitions']}; data range: {result['data_range']}; "
         f"k-space regime: {result['regime']}.\n"
-        f"Values are mean ± std over all slices of the split; per-volume means are in metrics.json.\n\n"
+        f"Values are mean ± std over all slices of the split; per-volume means are in metrics.json.\n"
+        + "".join(f"\n{line}\n" for line in result["warnings"])
+        + (f"\nClassical baselines: {result['reconstructor_settings']['baselines']}.\n"
+           if "baselines" in result["reconstructor_settings"] else "")
+        + "\n"
         f"![examples](examples.png)\n\nColumns: {columns}.\n")

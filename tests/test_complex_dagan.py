@@ -65,7 +65,7 @@ def complex_run(tmp_path_factory, real_slices):
 def test_complex_run_evaluates_exports_and_predicts(tmp_path, complex_run, real_slices):
     history = (complex_run / "history.csv").read_text().splitlines()
     assert len(history) == 2 and "val_psnr" in history[0]
-    result = run("eval", "--run", complex_run, "--data", real_slices, "--dc", "--out", tmp_path / "e")
+    result = run("eval", "--run", complex_run, "--no-baselines", "--data", real_slices, "--dc", "--out", tmp_path / "e")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["regime"] == "phase (seed 0)" and "model+dc" in metrics and "zero_filled_dc1" not in metrics

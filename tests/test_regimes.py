@@ -80,7 +80,7 @@ def test_regime_recorded_and_baseline_warning(tmp_path, trained_run, real_slices
         assert any(w.startswith(expected) for w in m["warnings"]) and expected in result.output
     else:
         assert m["warnings"] == []
-    magnitude = run("eval", "--run", trained_run, "--data", real_slices, "--out", tmp_path / "m")
+    magnitude = run("eval", "--run", trained_run, "--no-baselines", "--data", real_slices, "--out", tmp_path / "m")
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["regime"] == "magnitude"
 
 
@@ -96,3 +96,24 @@ def test_baseline_warning_names_the_strongest_baseline():
         "warning: wavelet reaches 53.00 dB here, above the model row's 43.10 dB",
         "warning: wavelet reaches 53.00 dB here, above the model+dc row's 46.75 dB"]
     assert baseline_warnings({"zero_filled": row(30.0), "model": row(31.0)}) == []
+
+
+def test_eval_of_a_run_puts_tuned_baselines_beside_it_and_caches_the_weights(tmp_path, trained_run, real_slices):
+    pytest.importorskip("sigpy", reason="the 'cs' extra (sigpy) is not installed")
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(real_slices, data)
+    first = run("eval", "--run", trained_run, "--data", data, "--cs-iterations", 5, "--out", tmp_path / "a")
+    assert first.exit_code == 0, first.output
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert {"zero_filled_dc1", "zero_filled_dc100", "tv", "wavelet", "model"} <= set(m)
+    assert m["reconstructor_settings"]["tv"]["lambda_source"] == "tuned on validation NMSE"
+    assert "tuning the tv weight" in first.output and (data / "baseline_lambdas.json").is_file()
+    second = run("eval", "--run", trained_run, "--data", data, "--cs-iterations", 5, "--out", tmp_path / "b")
+    assert "tuned before on this data, mask and regime (cached)" in second.output
+    again = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert again["reconstructor_settings"]["tv"]["lambda"] == m["reconstructor_settings"]["tv"]["lambda"]
+    assert again["tv"]["psnr"]["mean"] == pytest.approx(m["tv"]["psnr"]["mean"], rel=1e-4)
+    quick = run("eval", "--run", trained_run, "--no-baselines", "--data", data, "--out", tmp_path / "c")
+    assert "Classical baselines: skipped" in (tmp_path / "c" / "report.md").read_text()

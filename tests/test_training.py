@@ -117,7 +117,7 @@ def test_eval_run_with_dc_and_compat(tmp_path, trained_run, real_slices):
 
     for flags, name in (([], "plain"), (["--dc"], "dc"), (["--dagan-compat-metrics"], "compat")):
         out = tmp_path / name
-        result = CliRunner().invoke(main, ["eval", "--run", str(trained_run), "--data", str(real_slices),
+        result = CliRunner().invoke(main, ["eval", "--run", str(trained_run), "--no-baselines", "--data", str(real_slices),
                                            "--out", str(out)] + flags)
         assert result.exit_code == 0, result.output
         m = json.loads((out / "metrics.json").read_text())

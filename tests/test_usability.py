@@ -118,7 +118,7 @@ def test_eval_figure_and_dc_label(tmp_path, trained_run, real_slices):
     from PIL import Image
 
     out = tmp_path / "dc"
-    result = run("eval", "--run", trained_run, "--data", real_slices, "--out", out, "--dc")
+    result = run("eval", "--run", trained_run, "--no-baselines", "--data", real_slices, "--out", out, "--dc")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert "model+dc" in metrics and "model+dc" in result.output
