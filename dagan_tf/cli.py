@@ -25,6 +25,7 @@ TRUST_NOTE = ("A SavedModel runs its own graph: load only exports you trust; dag
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 RATIO = click.FloatRange(0, 1, min_open=True)
+MULTICOIL_MASK = ("vds1d", 0.25, 12)  # default mask of multi-coil data: R = 4 with 12 centre lines (cWGAN-AGB)
 
 
 class DaganCLI(click.Group):
@@ -75,7 +76,8 @@ def mask_options(fn):
     options = [
         click.option("--mask", "mask_kind", default=None,
                      help="Mask kind (gaussian1d, gaussian2d, poisson2d, vds1d, equispaced, random1d) "
-                          "or a DAGAN .mat mask file; with --run, defaults to the run's own mask."),
+                          "or a DAGAN .mat mask file; with --run, defaults to the run's own mask; on multi-coil "
+                          "data to vds1d 0.25 with 12 centre lines."),
         click.option("--ratio", type=RATIO, default=None,
                      help="Sampled fraction in (0, 1]; not with a .mat mask file (it has its own)."),
         click.option("--mask-seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the mask."),
@@ -97,10 +99,10 @@ def _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks):
     return spec
 
 
-def _check_prepared(data: str) -> None:
+def _check_prepared(data: str) -> dict:
     from dagan_tf.data.prepare import check_prepared
 
-    check_prepared(data)
+    return check_prepared(data)
 
 
 def _echo(text: str) -> None:
@@ -192,8 +194,9 @@ def masks_command(kind, ratio, size, acs, seed, out, png, overwrite):
 @click.option("--exclude", multiple=True, help="Skip files whose name matches this glob (repeatable).")
 @click.option("--slabs", type=POSITIVE, default=1, show_default=True,
               help="Cut each volume into K slabs counted as subjects (single-volume demos only).")
-@click.option("--coils", type=NON_NEGATIVE, default=0, show_default=True,
-              help="Simulate multi-coil k-space with this many birdcage coils (0: single-coil magnitude).")
+@click.option("--coils", type=NON_NEGATIVE, default=0, is_flag=False, flag_value=8, show_default=True,
+              help="Simulate multi-coil k-space with this many birdcage coils ('--coils' alone: 8; "
+                   "0: single-coil magnitude images).")
 @click.option("--noise-snr", type=click.FloatRange(0, min_open=True), default=None,
               help="With --coils: complex Gaussian noise, k-space RMS / noise standard deviation.")
 @click.option("--no-phase", is_flag=True, help="With --coils: no smooth random phase (real-valued images).")
@@ -265,10 +268,12 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
         raise DaganError("give --model BASELINE and/or --run RUN")
     if run_dir is None and dc:
         raise DaganError("--dc needs a trained model (--run); --model zero-filled-dc is the baseline")
-    if run_dir is None and mask_kind is None:
-        raise DaganError("--mask is required without --run")
     check_new_output(out, overwrite)
-    _check_prepared(data)
+    manifest = _check_prepared(data)
+    if run_dir is None and mask_kind is None:
+        if "multicoil" not in manifest:
+            raise DaganError("--mask is required without --run")
+        mask_kind, ratio, acs = MULTICOIL_MASK  # the cWGAN-AGB setting
     if run_dir is not None:
         if not (Path(run_dir) / "config.yaml").is_file():
             raise DaganError(f"{run_dir} is not a training run (no config.yaml)")

@@ -149,3 +149,18 @@ def test_multicoil_training_batches_share_the_batch_structure(multicoil_dir):
     np.testing.assert_array_equal(again["target"].numpy(), batch["target"].numpy())
     with pytest.raises(DaganError, match="augmentation"):
         training_dataset(train, 4, spec, augment=AugmentConfig())
+
+
+def test_multicoil_defaults_eight_coils_and_the_cwgan_mask(tmp_path):
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    for i in range(3):
+        write_nifti(folder / f"s{i}.nii.gz", phantom_volume(64, 4, seed=i))
+    out = tmp_path / "p"
+    assert run("prepare", folder, "--out", out, "--size", 64, "--split", "0.34,0.33,0.33", "--min-foreground",
+               0.05, "--coils").exit_code == 0
+    assert load_split(out, "test").coils == 8
+    result = run("eval", "--model", "zero-filled", "--data", out, "--maps", "true", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    mask = json.loads((tmp_path / "e" / "metrics.json").read_text())["mask"]
+    assert mask["kind"] == "vds1d" and mask["ratio"] == 0.25 and mask["sampled_fraction"] == 0.25
