@@ -138,7 +138,7 @@ def test_multicoil_training_batches_share_the_batch_structure(multicoil_dir):
     spec = MaskSpec("vds1d", 0.25, acs=6)
     ds, steps = training_dataset(train, 4, spec, seed=3, augment=None)
     batch = next(iter(ds))
-    assert set(batch) == {"zero_filled", "target", "mask", "kspace", "maps"}
+    assert set(batch) == {"zero_filled", "zero_filled_complex", "target", "mask", "kspace", "maps"}
     assert batch["kspace"].shape == (4, 4, 32, 32) and batch["maps"].shape == (4, 4, 32, 32)
     mask = spec.build((32, 32))
     np.testing.assert_array_equal(batch["mask"].numpy()[0], mask)
