@@ -8,6 +8,7 @@ errors come back at once.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -128,14 +129,14 @@ def _load_tensorflow() -> None:
     Python errors raised by the import are not affected.
     """
     if "tensorflow" in sys.modules or logging.getLogger().level <= logging.INFO:
-        import tensorflow  # noqa: F401
+        importlib.import_module("tensorflow")
         return
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        importlib.import_module("tensorflow")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

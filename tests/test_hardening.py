@@ -1,7 +1,6 @@
 """Bad input, damaged files and operating-system failures through the real CLI: one ``Error:`` line,
 a non-zero exit, nothing partial left behind and nothing previous destroyed."""
 import hashlib
-import os
 import shutil
 import signal
 import subprocess

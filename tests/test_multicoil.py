@@ -4,11 +4,9 @@ import json
 import h5py
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import phantom_volume, run, write_nifti
 from dagan_tf import kspace as ks
-from dagan_tf import metrics
 from dagan_tf.coils import birdcage_maps, simulate_coil_kspace, slice_rng, smooth_phase
 from dagan_tf.data.prepare import PrepareConfig, load_split, prepare
 from dagan_tf.data.readers import read_coil_kspace

@@ -81,6 +81,7 @@ def test_regime_recorded_and_baseline_warning(tmp_path, trained_run, real_slices
     else:
         assert m["warnings"] == []
     magnitude = run("eval", "--run", trained_run, "--no-baselines", "--data", real_slices, "--out", tmp_path / "m")
+    assert magnitude.exit_code == 0, magnitude.output
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["regime"] == "magnitude"
 
 
@@ -116,4 +117,5 @@ def test_eval_of_a_run_puts_tuned_baselines_beside_it_and_caches_the_weights(tmp
     assert again["reconstructor_settings"]["tv"]["lambda"] == m["reconstructor_settings"]["tv"]["lambda"]
     assert again["tv"]["psnr"]["mean"] == pytest.approx(m["tv"]["psnr"]["mean"], rel=1e-4)
     quick = run("eval", "--run", trained_run, "--no-baselines", "--data", data, "--out", tmp_path / "c")
+    assert quick.exit_code == 0 and "tuning" not in quick.output, quick.output
     assert "Classical baselines: skipped" in (tmp_path / "c" / "report.md").read_text()

@@ -4,7 +4,6 @@ import pty
 import select
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

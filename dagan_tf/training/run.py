@@ -20,7 +20,6 @@ import contextlib
 import logging
 import math
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Callable
