@@ -99,6 +99,10 @@ def test_nan_loss_stops_with_clear_message(tmp_path, real_slices, monkeypatch):
     with pytest.raises(DaganError, match="NaN/Inf"):
         train(run, tiny_config("pg"), real_slices, verbose=0)
     assert not run.exists(), "a run that failed before its first checkpoint is removed"
+    run.mkdir()  # a folder the user made: emptied again, not removed
+    with pytest.raises(DaganError, match="NaN/Inf"):
+        train(run, tiny_config("pg"), real_slices, verbose=0)
+    assert run.is_dir() and not any(run.iterdir())
 
 
 def test_recipe_errors(tmp_path, real_slices):

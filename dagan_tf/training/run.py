@@ -121,9 +121,11 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
     keras.utils.set_random_seed(t["seed"])
     if t["deterministic"]:
         tf.config.experimental.enable_op_determinism()
+    existed = work.exists()
     if not resume:
         if work != run_dir:
             shutil.rmtree(work, ignore_errors=True)  # a stale staging folder of an earlier overwrite
+            existed = False
         make_dir(work)
     if verbose is None:
         verbose = 0 if echo is _silent else (1 if sys.stdout.isatty() else 2)
@@ -134,7 +136,7 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         _raise_if_unfinished(state, work, run_dir)
     except BaseException:
         if not resume and not _has_checkpoint(work):
-            shutil.rmtree(work, ignore_errors=True)
+            _discard(work, keep_folder=existed)
         raise
     if work != run_dir:
         replace_path(work, run_dir)
@@ -151,6 +153,15 @@ def _raise_if_unfinished(state: RunState, work: Path, run_dir: Path) -> None:
         raise TrainingInterrupted(f"{state.interrupted}: {where}")
     if state.stopped_reason:
         raise DaganError(f"training stopped: {state.stopped_reason}; {where}")
+
+
+def _discard(work: Path, keep_folder: bool) -> None:
+    """Remove what a failed new run wrote: the folder, or only its contents when it existed (empty) before."""
+    if not keep_folder:
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    for child in work.iterdir():
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 
 def _has_checkpoint(work: Path) -> bool:
