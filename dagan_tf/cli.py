@@ -110,18 +110,6 @@ def _echo(text: str) -> None:
     click.echo(text)
 
 
-def _default_baselines(coils: int, regime: str) -> list[str]:
-    """The classical rows beside a model: the projection where valid (single-coil, magnitude regime) and,
-    with sigpy installed, TV and ℓ1-wavelet (SENSE too on multi-coil data)."""
-    import importlib.util
-
-    names = ["zero-filled-dc"] if regime == "magnitude" and not coils else []
-    if importlib.util.find_spec("sigpy") is None:
-        _echo("note: tv and wavelet baselines need sigpy (pip install 'dagan-tf[cs]'); not scored")
-        return names
-    return names + (["sense"] if coils else []) + ["tv", "wavelet"]
-
-
 def _load_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up log lines (oneDNN, CPU features) kept off standard error.
 
@@ -283,39 +271,15 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
         if mask_kind is None:
             mask_kind, ratio, mask_seed, acs, per_slice_masks = (d["mask"], d["ratio"], d["mask_seed"], d["acs"],
                                                                  d["per_sample_masks"])
-    regime = regime or "magnitude"
     spec = _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
     _load_tensorflow()
+    from dagan_tf.evaluate import evaluate_methods, format_table
 
-    from dagan_tf.baselines import build_baselines
-    from dagan_tf.evaluate import evaluate, format_table
-
-    from dagan_tf.coils import estimated_maps
-    from dagan_tf.data.prepare import load_split
-
-    maps, calib = None, calib_width if maps_kind == "espirit" else None
-    prepared = load_split(data, split)
-    if prepared.kspace is not None and regime == "phase":
-        raise DaganError(f"{data} holds multi-coil k-space, simulated (or measured) with its own phase; "
-                         "--regime applies to single-coil data")
-    if prepared.kspace is not None and calib:
-        maps = (f"ESPIRiT ({calib}² calibration centre)", estimated_maps(data, split, prepared.kspace, calib))
-    names = list(baselines)
-    if run_dir is not None and not baselines and not no_baselines:
-        names, tune_lambda = _default_baselines(prepared.coils, regime), lam is None
-    names += ["zero-filled-dc"] if dc and regime == "magnitude" and prepared.coils == 0 else []
-    recons, settings = build_baselines(names, data, spec, lam, cs_iterations, tune_lambda, _echo, calib, cs_backend,
-                                       regime, phase_seed)
-    title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
-    if run_dir is not None:
-        from dagan_tf.inference import load_run_reconstructor
-
-        recons["model+dc" if dc else "model"] = load_run_reconstructor(run_dir, dc)
-        title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
-    if no_baselines:
-        settings["baselines"] = "skipped (--no-baselines): no classical baseline beside the model"
-    result = evaluate(data, spec, out, split, recons, batch_size, dagan_compat_metrics, overwrite, title, settings,
-                      maps, regime, phase_seed)
+    result = evaluate_methods(
+        data, spec, out, split=split, run_dir=run_dir, dc=dc, baselines=list(baselines), no_baselines=no_baselines,
+        regime=regime or "magnitude", phase_seed=phase_seed, lam=lam, tune=tune_lambda, iterations=cs_iterations,
+        backend=cs_backend, calib_width=calib_width if maps_kind == "espirit" else None,
+        dagan_compat=dagan_compat_metrics, batch_size=batch_size, overwrite=overwrite, echo=_echo)
     click.echo(format_table(result))
     click.echo(f"written to {out}")
 

@@ -182,3 +182,56 @@ def _write_outputs(folder: Path, result, per_slice, prepared, ranges, examples, 
            if "baselines" in result["reconstructor_settings"] else "")
         + "\n"
         f"![examples](examples.png)\n\nColumns: {columns}.\n")
+
+
+def default_baselines(coils: int, regime: str, echo: Callable[[str], None]) -> list[str]:
+    """The classical rows beside a model: the projection where valid (single-coil, magnitude regime) and,
+    with sigpy installed, TV and ℓ1-wavelet (SENSE too on multi-coil data)."""
+    import importlib.util
+
+    names = ["zero-filled-dc"] if regime == "magnitude" and not coils else []
+    if importlib.util.find_spec("sigpy") is None:
+        echo("note: tv and wavelet baselines need sigpy (pip install 'dagan-tf[cs]'); not scored")
+        return names
+    return names + (["sense"] if coils else []) + ["tv", "wavelet"]
+
+
+def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=None, dc: bool = False,
+                     baselines: list[str] = (), no_baselines: bool = False, regime: str = "magnitude",
+                     phase_seed: int = 0, lam: float | None = None, tune: bool = False, iterations: int = 100,
+                     backend: str = "sigpy", calib_width: int | None = 24, dagan_compat: bool = False,
+                     batch_size: int = 16, overwrite: bool = False,
+                     echo: Callable[[str], None] = lambda _: None) -> dict:
+    """What ``dagan-tf eval`` does: a run (``run_dir``, with ``dc``) and classical ``baselines`` on ``split``.
+
+    A run without explicit baselines gets :func:`default_baselines` (tuned weights) unless
+    ``no_baselines``; ``dc`` adds the projection in the magnitude regime.  Multi-coil splits use
+    ESPIRiT maps (``calib_width``) or, with ``calib_width=None``, their true maps.
+    """
+    from dagan_tf.baselines import build_baselines
+    from dagan_tf.coils import estimated_maps
+
+    prepared = load_split(data, split)
+    if prepared.kspace is not None and regime == "phase":
+        raise DaganError(f"{data} holds multi-coil k-space, simulated (or measured) with its own phase; "
+                         "--regime applies to single-coil data")
+    maps = None
+    if prepared.kspace is not None and calib_width:
+        maps = (f"ESPIRiT ({calib_width}² calibration centre)",
+                estimated_maps(data, split, prepared.kspace, calib_width))
+    names = list(baselines)
+    if run_dir is not None and not baselines and not no_baselines:
+        names, tune = default_baselines(prepared.coils, regime, echo), lam is None
+    names += ["zero-filled-dc"] if dc and regime == "magnitude" and not prepared.coils else []
+    recons, settings = build_baselines(names, data, spec, lam, iterations, tune, echo, calib_width, backend,
+                                       regime, phase_seed)
+    title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
+    if run_dir is not None:
+        from dagan_tf.inference import load_run_reconstructor
+
+        recons["model+dc" if dc else "model"] = load_run_reconstructor(run_dir, dc)
+        title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
+    if no_baselines:
+        settings["baselines"] = "skipped (--no-baselines): no classical baseline beside the model"
+    return evaluate(data, spec, out, split, recons, batch_size, dagan_compat, overwrite, title, settings, maps,
+                    regime, phase_seed)
