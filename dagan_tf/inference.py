@@ -19,11 +19,13 @@ from dagan_tf.errors import DaganError
 from dagan_tf.models.layers import fold_batch_norm
 
 
-def load_run_generator(run_dir: str | Path, fold: bool = True):
+def load_run_generator(run_dir: str | Path, fold: bool = False):
     """``(generator, config)`` of a run, with its best weights (else the newest intact checkpoint).
 
-    With ``fold`` (the default) batch norms are folded into the convolutions before them
-    (:func:`dagan_tf.models.layers.fold_batch_norm`): the same outputs, one pass less per layer.
+    With ``fold`` batch norms are folded into the convolutions before them
+    (:func:`dagan_tf.models.layers.fold_batch_norm`): the same outputs within 1e-5.  Off by default:
+    on the development CPU the folded graph was no faster at batch 16 (104 ms/image either way) and
+    slower at batch 1 (185 vs 162 ms/image; ``scripts/bench_speed.py --inference-only``).
     Raises :class:`DaganError` for weights that are truncated or do not fit the run's config.
     """
     from dagan_tf.training.callbacks import checkpoints_newest_first

@@ -121,9 +121,8 @@ def main() -> None:
                                         "fraction_of_ceiling": rate * step_flops / 1e9 / ceiling}
     keras.mixed_precision.set_global_policy("float32")
     ceiling = conv_ceiling("float32")
-    unfolded = build_generator(args.size, args.width)
-    g = fold_batch_norm(unfolded)  # what eval, predict and export run
-    for name, net in (("inference", g), ("inference_unfolded", unfolded)):
+    g = build_generator(args.size, args.width)  # what eval, predict and export run
+    for name, net in (("inference", g), ("inference_folded", fold_batch_norm(g))):
         infer = tf.function(lambda t, net=net: net(t, training=False))
         for batch in (1, 16):
             x = tf.random.uniform((batch, args.size, args.size, 1))
