@@ -145,6 +145,9 @@ def test_multicoil_training_batches_share_the_batch_structure(multicoil_dir):
     np.testing.assert_allclose(batch["zero_filled"].numpy()[..., 0], combined, atol=1e-6)
     again = next(iter(training_dataset(train, 4, spec, seed=3, augment=None)[0]))
     np.testing.assert_array_equal(again["target"].numpy(), batch["target"].numpy())
+    estimated = np.broadcast_to(np.conj(train.maps), train.kspace.shape)  # any [N, C, H, W] maps, e.g. ESPIRiT's
+    other = next(iter(training_dataset(train, 4, spec, seed=3, augment=None, maps=estimated)[0]))
+    np.testing.assert_allclose(other["maps"].numpy(), np.conj(batch["maps"].numpy()))
     with pytest.raises(DaganError, match="augmentation"):
         training_dataset(train, 4, spec, augment=AugmentConfig())
 

@@ -89,15 +89,16 @@ def _gather_images(images: np.ndarray):
 
 def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
                      start_step: int = 0, augment: AugmentConfig | None = AugmentConfig(),
-                     with_kspace: bool = False, regime: str = "magnitude", complex_images: bool = False
-                     ) -> tuple[tf.data.Dataset, int]:
+                     with_kspace: bool = False, regime: str = "magnitude", complex_images: bool = False,
+                     maps: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
     """Endless training batches from global step ``start_step``; returns ``(dataset, batches_per_pass)``.
 
     Each pass over the data has ``N // batch_size`` full batches; batch ``s`` of the
     stream is the same whatever ``start_step`` the stream began at (``complex_images``: tuples of
     real/imaginary channels, for complex networks).  ``mask.per_sample`` draws a
     fresh seeded mask per image (numpy; costly for ``poisson2d``).  A multi-coil split gives
-    multi-coil batch dicts (module doc) of its stored k-space, without augmentation.
+    multi-coil batch dicts (module doc) of its stored k-space, without augmentation, with ``maps``
+    ``[1 or N, C, H, W]`` (default: the split's own; e.g. :func:`dagan_tf.coils.estimated_maps`).
     """
     _check_regime(regime)
     n, h, w = split.images.shape
@@ -121,9 +122,10 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
     if split.kspace is not None:
         if augment is not None:
             raise DaganError("augmentation of stored multi-coil k-space is not supported; set data.augment false")
-        if split.maps is None:
+        maps = split.maps if maps is None else maps
+        if maps is None:
             raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them first")
-        batch_of = _multicoil_batch(split, split.maps, gather)
+        batch_of = _multicoil_batch(split, maps, gather)
 
     def make_batch(step, indices):
         if split.kspace is not None:
