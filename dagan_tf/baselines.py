@@ -199,14 +199,10 @@ def _lambda_cache(data) -> dict:
 
 
 def _store_lambda(data, key: str, value: dict) -> None:
-    from dagan_tf.outputs import atomic_output_file
+    from dagan_tf.outputs import write_cache
 
     cache = {**_lambda_cache(data), key: value}
-    try:
-        with atomic_output_file(Path(data) / LAMBDA_CACHE, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(cache, indent=1))
-    except DaganError:
-        pass  # a read-only data folder: tune again next time
+    write_cache(Path(data) / LAMBDA_CACHE, lambda tmp: tmp.write_text(json.dumps(cache, indent=1)))
 
 
 def build_baselines(names: list[str], data, spec, lam: float | None = None, iterations: int = 100,

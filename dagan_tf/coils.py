@@ -113,7 +113,7 @@ def estimated_maps(folder, split: str, kspace: np.ndarray, calib_width: int = 24
     folder is read-only)."""
     from pathlib import Path
 
-    from dagan_tf.outputs import atomic_output_file
+    from dagan_tf.outputs import write_cache
     from dagan_tf.progress import progress
 
     cache = Path(folder) / f"{split}_maps_espirit{calib_width}.npy"
@@ -123,9 +123,5 @@ def estimated_maps(folder, split: str, kspace: np.ndarray, calib_width: int = 24
             return maps
     maps = np.stack([espirit_maps(np.asarray(k), calib_width)
                      for k in progress(kspace, f"ESPIRiT maps ({split})", len(kspace), "slices")])
-    try:
-        with atomic_output_file(cache, overwrite=True) as tmp:
-            np.save(tmp, maps)
-    except DaganError:
-        pass  # a read-only data folder: use the maps without caching them
+    write_cache(cache, lambda tmp: np.save(tmp, maps))  # not cached where the folder is read-only
     return maps

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from dagan_tf import kspace as ks
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc, as_complex_image
+from dagan_tf.inference import apply_dc, as_complex_image, network_input
 from dagan_tf.outputs import atomic_output_dir
 
 
@@ -52,10 +52,8 @@ class ReconstructionModule(tf.Module):
     def _serve_kspace(self, kspace_real, kspace_imag, mask):
         k0 = tf.complex(kspace_real, kspace_imag) * tf.cast(tf.complex(mask, tf.zeros_like(mask)), tf.complex64)
         image = ks.ifft2c(k0)
-        zero_filled = tf.abs(image)[..., None]
-        network_input = tf.stack([tf.math.real(image), tf.math.imag(image)], -1) if self.channels == 2 \
-            else zero_filled
-        return {"reconstruction": apply_dc(self._reconstruct(network_input), k0, mask), "zero_filled": zero_filled}
+        return {"reconstruction": apply_dc(self._reconstruct(network_input(image, self.channels)), k0, mask),
+                "zero_filled": tf.abs(image)[..., None]}
 
 
 def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False) -> Path:

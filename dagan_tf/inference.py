@@ -64,6 +64,14 @@ def as_complex_image(image: tf.Tensor) -> tf.Tensor:
     return tf.complex(image[..., 0], tf.zeros_like(image[..., 0]))
 
 
+def network_input(image: tf.Tensor, channels: int) -> tf.Tensor:
+    """A generator's input from a complex image ``[N, H, W]``: its magnitude ``[N, H, W, 1]`` (``channels=1``)
+    or its real and imaginary parts ``[N, H, W, 2]`` (``channels=2``)."""
+    if channels == 2:
+        return tf.stack([tf.math.real(image), tf.math.imag(image)], -1)
+    return tf.abs(image)[..., None]
+
+
 def apply_dc(image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor, maps: tf.Tensor | None = None) -> tf.Tensor:
     """Hard data consistency of ``[N, H, W, 1]`` magnitudes (or ``[N, H, W, 2]`` complex channels) with the
     measurements; the magnitude ``[N, H, W, 1]`` after.

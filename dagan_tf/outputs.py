@@ -25,6 +25,17 @@ from typing import Iterator
 from dagan_tf.errors import DaganError
 
 
+def write_cache(path: str | Path, write) -> bool:
+    """Best effort: ``write(tmp_path)`` then atomically to ``path``; False (nothing left) where that fails,
+    e.g. a read-only data folder.  For caches that can always be recomputed."""
+    try:
+        with atomic_output_file(path, overwrite=True) as tmp:
+            write(tmp)
+    except DaganError:
+        return False
+    return True
+
+
 def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

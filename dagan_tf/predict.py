@@ -25,7 +25,7 @@ from dagan_tf import kspace as ks
 from dagan_tf.data.prepare import fit_slices, normalise_volume
 from dagan_tf.data.readers import check_nifti_header, checked_kspace, read_volume
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc, as_complex_image
+from dagan_tf.inference import apply_dc, as_complex_image, network_input
 from dagan_tf.masks import MaskSpec
 from dagan_tf.outputs import atomic_output_file, check_new_output
 from dagan_tf.progress import Stage
@@ -46,10 +46,7 @@ class LoadedModel:
         """Magnitudes ``[N, S, S]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``."""
         if dc and self.with_dc is not None:
             return self.with_dc(kspace0, mask)[..., 0]
-        image = ks.ifft2c(kspace0)
-        inputs = tf.stack([tf.math.real(image), tf.math.imag(image)], -1) if self.channels == 2 \
-            else tf.abs(image)[..., None]
-        out = tf.cast(self.network(inputs), tf.float32)
+        out = tf.cast(self.network(network_input(ks.ifft2c(kspace0), self.channels)), tf.float32)
         return (apply_dc(out, kspace0, mask) if dc else tf.abs(as_complex_image(out))[..., None])[..., 0]
 
 

@@ -77,14 +77,9 @@ def _check_regime(regime: str) -> None:
 
 
 def _gather_images(images: np.ndarray):
-    def gather(indices):
-        return np.asarray(images[indices], dtype=np.float32)
-
-    def fn(indices):
-        out = tf.numpy_function(gather, [indices], tf.float32)
-        return tf.ensure_shape(out, [None, images.shape[1], images.shape[2]])[..., None]
-
-    return fn
+    """``indices -> images[indices][..., None]`` as float32 ``[B, H, W, 1]``."""
+    rows = _gather_rows(images, tf.float32)
+    return lambda indices: rows(indices)[..., None]
 
 
 def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
