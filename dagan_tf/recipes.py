@@ -94,7 +94,8 @@ DAGAN_SECTIONS = {
         "arch": Field("choice", "feature network", choices=("vgg16", "vgg19")),
         "layer": Field("str", "feature layer; the original's 'conv4' is block4_pool"),
         "weights": Field("str", "imagenet (download) | path to a .weights.h5 file | random (tests only)"),
-        "input_size": Field("int", "side the images are resized to before VGG", 32, 1024),
+        "input_size": Field("int", "side the images are resized to before VGG (null: their own size)", 32, 1024,
+                            nullable=True),
         "same_pooling": Field("bool", "'same' max pools as the original"),
         "target_prepro": Field("choice", "same = both branches alike; dagan = original min-max + 8-bit target",
                                choices=("same", "dagan")),
@@ -102,13 +103,64 @@ DAGAN_SECTIONS = {
 }
 
 
+CASCADE = {
+    "blocks": Field("int", "de-aliasing blocks n_c, each followed by data consistency", 1, 64),
+    "convs": Field("int", "convolutions per block n_d (the last back to 2 channels)", 2, 32),
+    "filters": Field("int", "filters of the inner convolutions", 1, 1024),
+    "residual": Field("bool", "x <- DC(x + CNN(x)) (Schlemper's D5C5); false = x <- DC(CNN(x)) (Seitzer's code)"),
+}
+
+RECNET_SECTIONS = {
+    "model": {"image_size": Field("int", "image side (prepared data size)", 8, 4096, multiple_of=4)},
+    "cascade": CASCADE,
+}
+
+REFINEMENT_SECTIONS = {
+    "model": {
+        "image_size": Field("int", "image side (prepared data size)", 8, 4096, multiple_of=4),
+        "width": Field("float", "filter multiplier of the refinement U-Net (1: 32/64/128)", 0, 4, low_open=True),
+        "part": Field("choice", "what is refined: real = RecNet's real channel (the code; real-valued images); "
+                                "magnitude = |RecNet| (phase-bearing data)", choices=("real", "magnitude")),
+        "scaled_input": Field("bool", "V sees RecNet's output scaled to (-1, 1) (the paper); false = raw (the code)"),
+    },
+    "cascade": {key: Field(f.kind, f.help + " (taken from the stage-1 run)", f.low, f.high)
+                for key, f in CASCADE.items()},
+    "stage1": {"run": Field("str", "the RecNet run folder to refine (required to train)", nullable=True)},
+    "discriminator": {
+        "layers": Field("int", "PatchGAN 4x4 convolutions (6: 64...1024, 1024; needs images >= 4·2^(layers-1))",
+                        2, 8),
+        "width": Field("float", "filter multiplier", 0, 4, low_open=True),
+        "dropout": Field("float", "channel dropout after the last three layers", 0, 1, high_open=True),
+        "real_label": Field("float", "one-sided label smoothing: the real label (0.9 = smoothing 0.1)", 0, 1,
+                            low_open=True),
+        "pool_size": Field("int", "experience-replay pool of generated images (0: off)", 0),
+        "pool_probability": Field("float", "probability of showing D a pooled image instead", 0, 1),
+    },
+    "loss": {
+        "adversarial": Field("float", "weight of BCE(D(x̂), 1)", 0),
+        "feature_matching": Field("float", "weight of the l1 feature matching", 0),
+        "vgg": Field("float", "weight of the VGG perceptual MSE", 0),
+        "penalty": Field("float", "weight of ||Δ||_1 (with normalise: its value at the first step)", 0),
+        "normalise": Field("bool", "the paper: divide each term by its first-step value (M, N, O, α); "
+                                   "false = the code's fixed weights"),
+    },
+    "vgg": DAGAN_SECTIONS["vgg"],
+}
+
+
 @dataclass(frozen=True)
 class Trainer:
     """A registered training scheme: its recipe sections and the module with ``build_trainer(config)``
-    (the compiled ``keras.Model`` trainer) and ``build_generator(config)`` (the inference network)."""
+    (the compiled ``keras.Model`` trainer) and ``build_generator(config)`` (the inference network);
+    optionally ``prepare_config(config, echo)`` (checks before a new run starts, e.g. a stage-1 run).
+
+    ``kspace_batches``: the trainer takes the k-space batch dicts of :mod:`dagan_tf.data.pipeline`
+    (``with_kspace=True``), else ``(zero_filled, target)`` tuples.
+    """
 
     sections: dict
     module: str
+    kspace_batches: bool = False
 
     @property
     def schema(self) -> dict:
@@ -121,6 +173,8 @@ class Trainer:
 
 TRAINERS: dict[str, Trainer] = {
     "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan"),
+    "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", kspace_batches=True),
+    "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", kspace_batches=True),
 }
 
 

@@ -11,7 +11,8 @@ from dagan_tf import recipes
 from dagan_tf.inference import apply_dc, as_complex_image, load_run_generator
 from dagan_tf.masks import make_mask
 from dagan_tf.models.dagan import build_generator
-from dagan_tf.training.cgan import frequency_loss, magnitude
+from dagan_tf.training.cgan import frequency_loss
+from dagan_tf.training.common import magnitude
 
 
 def complex_config(*extra):

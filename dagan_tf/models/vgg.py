@@ -1,10 +1,11 @@
 """Frozen VGG feature extractors for perceptual losses.
 
 ``VGGFeatures`` maps ``[N, H, W, 1]`` images in [0, 1] to features: bilinear
-resize to ``input_size`` (TF1 legacy, no half-pixel centres, as the original),
+resize to ``input_size`` (none when ``None``) (TF1 legacy, no half-pixel centres, as the original),
 ×255, tiled to 3 channels, ImageNet mean subtracted (caffe preprocessing; for
 grey images BGR and RGB orders coincide).  DAGAN's setting is VGG16 to
-``block4_pool`` on 244×244 with 'same' max-pooling (16×16×512).
+``block4_pool`` on 244×244 with 'same' max-pooling (16×16×512); Seitzer et al.'s is
+VGG19 to ``block5_conv4`` (relu5_4) on the image's own size with valid pooling.
 
 Weights: ``"imagenet"`` (Keras download), a local ``.h5`` path, or ``"random"``
 (only for tests; logs a warning).  Nothing else is accepted.
@@ -84,11 +85,18 @@ def dagan_target_prepro(images: tf.Tensor) -> tf.Tensor:
 class VGGFeatures:
     """Callable ``[N, H, W, 1]`` in [0, 1] -> VGG features (float32)."""
 
-    def __init__(self, arch="vgg16", layer="block4_pool", weights="imagenet", input_size=244, same_pooling=True):
+    def __init__(self, arch="vgg16", layer="block4_pool", weights="imagenet", input_size: int | None = 244,
+                 same_pooling=True):
         self.model = build_vgg_features(arch, layer, weights, same_pooling)
-        self.input_size = input_size
+        self.input_size = input_size  # None: the images' own size (no resize)
+
+    @classmethod
+    def from_recipe(cls, vgg: dict) -> "VGGFeatures":
+        """The extractor of a recipe's ``vgg`` section."""
+        return cls(vgg["arch"], vgg["layer"], str(vgg["weights"]), vgg["input_size"], vgg["same_pooling"])
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
-        x = legacy_bilinear_resize(tf.cast(images, tf.float32), self.input_size) * 255.0
+        x = tf.cast(images, tf.float32)
+        x = (x if self.input_size is None else legacy_bilinear_resize(x, self.input_size)) * 255.0
         x = tf.tile(x, [1, 1, 1, 3]) - tf.constant(CAFFE_MEAN_BGR)
         return tf.cast(self.model(x, training=False), tf.float32)

@@ -184,18 +184,24 @@ class TimeBudget(keras.callbacks.Callback):
 
 class ImageGrid(keras.callbacks.Callback):
     """TensorBoard image per epoch: the labelled comparison figure of :mod:`dagan_tf.figures`
-    (ground truth | zero-filled | error | model | error, PSNR/SSIM per image) for a fixed validation batch."""
+    (ground truth | zero-filled | error | model | error, PSNR/SSIM per image) for a fixed validation batch:
+    a ``(zero_filled, target)`` tuple (magnitudes, or complex channels) or a k-space batch dict, whatever
+    the trainer's ``reconstruct`` takes."""
 
-    def __init__(self, log_dir: str | Path, zero_filled: np.ndarray, target: np.ndarray, max_images: int = 4):
+    def __init__(self, log_dir: str | Path, batch, max_images: int = 4):
         super().__init__()
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
-        self.zero_filled = zero_filled[:max_images]  # the generator's input ([B, H, W, 1] or complex [B, H, W, 2])
-        self.target = np.sqrt(np.sum(np.square(target[:max_images]), axis=-1, keepdims=True))
+        if isinstance(batch, dict):
+            self.inputs = {key: value[:max_images] for key, value in batch.items()}
+            zero_filled, target = batch["zero_filled"], batch["target"]
+        else:
+            zero_filled, target = batch
+            self.inputs = zero_filled[:max_images]
+        self.zero_filled, self.target = (_magnitude(x[:max_images]) for x in (zero_filled, target))
 
     def on_epoch_end(self, epoch, logs=None):
-        recon = self.model.reconstruct(self.zero_filled).numpy()
-        shown = np.sqrt(np.sum(np.square(self.zero_filled), axis=-1, keepdims=True))
-        outputs = {"zero-filled": shown, "model": recon}
+        recon = self.model.reconstruct(self.inputs).numpy()
+        outputs = {"zero-filled": self.zero_filled, "model": recon}
         scores = {name: metrics.compute_all(self.target, image) for name, image in outputs.items()}
         rows = [FigureRow(f"validation {i}", self.target[i, ..., 0],
                           {name: image[i, ..., 0] for name, image in outputs.items()},
@@ -205,3 +211,8 @@ class ImageGrid(keras.callbacks.Callback):
         with self.writer.as_default():
             tf.summary.image("validation examples", figure[None], step=epoch)
         self.writer.flush()
+
+
+def _magnitude(images) -> np.ndarray:
+    """``[B, H, W, 1]`` magnitudes of ``[B, H, W, 1]`` magnitudes or ``[B, H, W, 2]`` real/imaginary channels."""
+    return np.sqrt(np.sum(np.square(np.asarray(images)), axis=-1, keepdims=True))

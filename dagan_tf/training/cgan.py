@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from dagan_tf import metrics as quality
 from dagan_tf.models.dagan import build_discriminator
 from dagan_tf.models.dagan import build_generator as build_unet
 from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
+from dagan_tf.training.common import QUALITY, bce_logits, magnitude, quality_metrics
 from dagan_tf.training.optimizers import TF1_ADAM_EPSILON, FusedAdam
 
 PIXEL_LOSSES = ("ratio", "mse")
@@ -73,20 +73,6 @@ def frequency_loss(target: tf.Tensor, output: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.square(tf.abs(fft(output)) - tf.abs(fft(target))))
 
 
-def magnitude(images: tf.Tensor) -> tf.Tensor:
-    """``[B, H, W, 1]`` magnitude of ``[B, H, W, 1]`` magnitudes (unchanged) or ``[B, H, W, 2]`` real/imaginary
-    channels (``√(re² + im² + 1e-12)``: finite gradients at 0), float32."""
-    images = tf.cast(images, tf.float32)
-    if images.shape[-1] == 1:
-        return images
-    return tf.sqrt(tf.reduce_sum(tf.square(images), axis=-1, keepdims=True) + 1e-12)
-
-
-def bce_logits(logits: tf.Tensor, label: float) -> tf.Tensor:
-    logits = tf.cast(logits, tf.float32)
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.fill(tf.shape(logits), label), logits))
-
-
 class ConditionalGAN(keras.Model):
     """Trains ``generator`` against ``discriminator``; ``call`` runs the generator only."""
 
@@ -104,7 +90,7 @@ class ConditionalGAN(keras.Model):
         self.loss_weights_ = weights
         self.pixel_kind = pixel_kind
         self.vgg_target_prepro = vgg_target_prepro
-        names = ("d_loss", "g_loss", "g_adversarial", "g_pixel", "g_frequency", "g_vgg", "nmse", "psnr", "ssim")
+        names = ("d_loss", "g_loss", "g_adversarial", "g_pixel", "g_frequency", "g_vgg", *QUALITY)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer, **kwargs):
@@ -178,11 +164,7 @@ class ConditionalGAN(keras.Model):
 
     def test_step(self, data):
         zero_filled, target = data
-        output, target = self.reconstruct(zero_filled), magnitude(target)
-        for name, values in (("nmse", quality.nmse(target, output)), ("psnr", quality.psnr(target, output)),
-                             ("ssim", quality.ssim(target, output))):
-            self.trackers[name].update_state(values)
-        return {name: self.trackers[name].result() for name in ("nmse", "psnr", "ssim")}
+        return quality_metrics(self.trackers, magnitude(target), self.reconstruct(zero_filled))
 
 
 def build_generator(config: dict) -> keras.Model:
@@ -197,8 +179,7 @@ def build_trainer(config: dict) -> ConditionalGAN:
     m, loss, vgg, t = config["model"], config["loss"], config["vgg"], config["train"]
     features = None
     if loss["vgg"]:
-        features = VGGFeatures(vgg["arch"], vgg["layer"], str(vgg["weights"]), vgg["input_size"],
-                               vgg["same_pooling"])
+        features = VGGFeatures.from_recipe(vgg)
     weights = LossWeights(loss["pixel"], loss["frequency"], loss["vgg"], loss["adversarial"])
     model = ConditionalGAN(build_generator(config), build_discriminator(m["image_size"], m["width"]),
                            features, weights, loss["pixel_kind"],

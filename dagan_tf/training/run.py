@@ -110,6 +110,9 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         if not (run_dir.exists() and any(run_dir.iterdir())):
             work = run_dir
         config = recipes.validate_config({**config, "data": {**config["data"], "folder": str(Path(data).resolve())}})
+        prepare_config = getattr(recipes.trainer_of(config).load(), "prepare_config", None)
+        if prepare_config is not None:
+            config = recipes.validate_config(prepare_config(config, echo))
     if epochs is not None:
         config["train"]["epochs"] = int(epochs)
     train_split, val_split = _check_data(config, resume, echo)
@@ -208,7 +211,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         return {}, state
     params = sum(int(np.prod(v.shape)) for v in model.generator.weights)
     d = config["data"]
-    echo(f"recipe {config['recipe']} ({config['trainer']}): {params / 1e6:.2f} M generator parameters, "
+    echo(f"recipe {config['recipe']} ({config['trainer']}): {params / 1e6:.3g} M generator parameters, "
          f"{config['model']['image_size']}² images, precision {precision}")
     echo(f"data {d['folder']}: {len(train_split.images)} training / {len(val_split.images)} validation slices; "
          f"mask {d['mask']}" + (f" ratio {d['ratio']}" if d["ratio"] is not None else "")
@@ -217,19 +220,19 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     if resume:
         echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
     augment = AugmentConfig(elastic_per_image=d["elastic_per_image"]) if d["augment"] else None
+    with_kspace = recipes.trainer_of(config).kspace_batches
     complex_images = config["model"].get("channels", 1) == 2
     train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
-                                   regime=d["regime"], complex_images=complex_images)
-    val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), regime=d["regime"],
-                                phase_seed=t["seed"], split_key=1, complex_images=complex_images)
-    zf, target = next(iter(val_ds))
+                                   with_kspace, d["regime"], complex_images)
+    val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
+                                regime=d["regime"], phase_seed=t["seed"], split_key=1, complex_images=complex_images)
     budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
     callbacks = [
         HalvingSchedule(t["lr"], t["lr_halve_every"]),
         state,
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
-        ImageGrid(work / "logs", zf.numpy(), target.numpy()),
+        ImageGrid(work / "logs", next(iter(val_ds))),
     ] + ([budget] if budget else [])
     with Signals(state):
         history = model.fit(train_ds, epochs=t["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps,
