@@ -117,7 +117,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     return result
 
 
-MODEL_ROWS = ("model", "model+dc")
+MODEL_ROWS = ("model", "model+dc", "stage1", "stage1+dc")
 
 
 def baseline_warnings(result: dict) -> list[str]:
@@ -227,9 +227,13 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
                                        regime, phase_seed)
     title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
     if run_dir is not None:
-        from dagan_tf.inference import load_run_reconstructor
+        from dagan_tf.inference import batch_reconstructor, load_run_generator
+        from dagan_tf.models.refinement import RefinedNetwork
 
-        recons["model+dc" if dc else "model"] = load_run_reconstructor(run_dir, dc)
+        generator, _ = load_run_generator(run_dir)
+        if isinstance(generator, RefinedNetwork):  # its stage-1 RecNet beside it, on the same slices
+            recons["stage1+dc" if dc else "stage1"] = batch_reconstructor(generator.recnet, dc)
+        recons["model+dc" if dc else "model"] = batch_reconstructor(generator, dc)
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
     if no_baselines:
         settings["baselines"] = "skipped (--no-baselines): no classical baseline beside the model"

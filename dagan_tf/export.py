@@ -5,6 +5,9 @@ Signatures (``H = W`` = the model's image size):
 * ``serving_default``: ``zero_filled`` float32 ``[N, H, W, 1]`` (magnitude in [0, 1]; for a
   complex generator ``[N, H, W, 2]``, the real and imaginary parts of the complex zero-filled
   image) -> ``reconstruction`` float32 ``[N, H, W, 1]`` (magnitude).
+* cascades (RecNet, refined networks): ``serving_default`` takes the k-space inputs of
+  ``from_kspace`` below (no data consistency added) -> ``reconstruction`` and, for a refined
+  network, ``refinement`` ``[N, H, W, 1]`` (what the refinement changed, λ·V in image units).
 * ``from_kspace``: ``kspace_real``, ``kspace_imag`` float32 ``[N, H, W]`` (centred
   undersampled k-space, zero off the mask, of an image scaled to [0, 1]) and ``mask``
   float32 ``[N, H, W]`` -> ``reconstruction`` ``[N, H, W, 1]`` after hard data
@@ -24,36 +27,58 @@ import tensorflow as tf
 
 from dagan_tf import kspace as ks
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc, as_complex_image, network_input
+from dagan_tf.inference import apply_dc, as_complex_image, main_output, network_input, run_network
+from dagan_tf.models.recnet import network_inputs, takes_kspace
 from dagan_tf.outputs import atomic_output_dir
 
 
+def _kspace_planes(size: int) -> list[tf.TensorSpec]:
+    plane = [None, size, size]
+    return [tf.TensorSpec(plane, tf.float32, name="kspace_real"), tf.TensorSpec(plane, tf.float32, name="kspace_imag"),
+            tf.TensorSpec(plane, tf.float32, name="mask")]
+
+
+def _kspace(kspace_real, kspace_imag, mask) -> tf.Tensor:
+    """Complex ``[N, H, W]`` k-space, zero off the mask."""
+    return tf.complex(kspace_real, kspace_imag) * tf.cast(tf.complex(mask, tf.zeros_like(mask)), tf.complex64)
+
+
 class ReconstructionModule(tf.Module):
-    """Serving wrapper of a generator ``[N, S, S, C] -> [N, S, S, C]`` (C = 1 magnitude, 2 complex)."""
+    """Serving wrapper of a generator: an image network ``[N, S, S, C] -> [N, S, S, C]`` (C = 1 magnitude,
+    2 complex) or a k-space cascade (:func:`dagan_tf.models.recnet.takes_kspace`)."""
 
     def __init__(self, generator: keras.Model):
         super().__init__(name="dagan_reconstruction")
         self.generator = generator
-        size, self.channels = generator.input_shape[1], generator.input_shape[-1]
-        image = tf.TensorSpec([None, size, size, self.channels], tf.float32, name="zero_filled")
-        plane = [None, size, size]
-        self.serving_default = tf.function(self._serve, input_signature=[image])
-        self.from_kspace = tf.function(self._serve_kspace, input_signature=[
-            tf.TensorSpec(plane, tf.float32, name="kspace_real"),
-            tf.TensorSpec(plane, tf.float32, name="kspace_imag"),
-            tf.TensorSpec(plane, tf.float32, name="mask")])
+        self.cascade = takes_kspace(generator)
+        if self.cascade:
+            size, self.channels = generator.input["zero_filled"].shape[1], 2
+            self.serving_default = tf.function(self._serve_cascade, input_signature=_kspace_planes(size))
+        else:
+            size, self.channels = generator.input_shape[1], generator.input_shape[-1]
+            image = tf.TensorSpec([None, size, size, self.channels], tf.float32, name="zero_filled")
+            self.serving_default = tf.function(self._serve, input_signature=[image])
+        self.from_kspace = tf.function(self._serve_kspace, input_signature=_kspace_planes(size))
 
-    def _reconstruct(self, zero_filled):
-        return tf.cast(self.generator(zero_filled, training=False), tf.float32)
+    def _outputs(self, output) -> dict[str, tf.Tensor]:
+        """``reconstruction`` magnitude ``[N, S, S, 1]`` (and a refined network's ``refinement`` map)."""
+        result = {"reconstruction": tf.abs(as_complex_image(main_output(output)))[..., None]}
+        if isinstance(output, dict) and "refinement" in output:
+            result["refinement"] = tf.cast(output["refinement"], tf.float32)
+        return result
 
     def _serve(self, zero_filled):
-        return {"reconstruction": tf.abs(as_complex_image(self._reconstruct(zero_filled)))[..., None]}
+        return self._outputs(self.generator(zero_filled, training=False))
+
+    def _serve_cascade(self, kspace_real, kspace_imag, mask):
+        return self._outputs(self.generator(network_inputs(_kspace(kspace_real, kspace_imag, mask), mask),
+                                            training=False))
 
     def _serve_kspace(self, kspace_real, kspace_imag, mask):
-        k0 = tf.complex(kspace_real, kspace_imag) * tf.cast(tf.complex(mask, tf.zeros_like(mask)), tf.complex64)
+        k0 = _kspace(kspace_real, kspace_imag, mask)
         image = ks.ifft2c(k0)
-        return {"reconstruction": apply_dc(self._reconstruct(network_input(image, self.channels)), k0, mask),
-                "zero_filled": tf.abs(image)[..., None]}
+        out = main_output(run_network(self.generator, network_input(image, self.channels), k0, mask))
+        return {"reconstruction": apply_dc(out, k0, mask), "zero_filled": tf.abs(image)[..., None]}
 
 
 def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False) -> Path:
@@ -65,18 +90,23 @@ def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = 
     return Path(out)
 
 
+KSPACE_INPUTS = {"kspace_real", "kspace_imag", "mask"}
+
+
 def check_export_signatures(signatures, path) -> None:
-    """Raise unless ``signatures`` are this package's (``serving_default`` and ``from_kspace``, named tensors)."""
-    expected = {"serving_default": {"zero_filled"}, "from_kspace": {"kspace_real", "kspace_imag", "mask"}}
-    for name, inputs in expected.items():
-        if name not in signatures or set(signatures[name].structured_input_signature[1]) != inputs:
+    """Raise unless ``signatures`` are this package's: ``serving_default`` taking ``zero_filled`` (image networks)
+    or the k-space planes (cascades), and ``from_kspace``."""
+    expected = {"serving_default": ({"zero_filled"}, KSPACE_INPUTS), "from_kspace": (KSPACE_INPUTS,)}
+    for name, choices in expected.items():
+        if name not in signatures or set(signatures[name].structured_input_signature[1]) not in choices:
             raise DaganError(f"{path} is not a dagan-tf export (no signature {name} with inputs "
-                             f"{', '.join(sorted(inputs))}); load only exports you trust")
+                             f"{' or '.join(', '.join(sorted(c)) for c in choices)}); load only exports you trust")
 
 
-def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int, int, Callable]:
-    """``(reconstruct, image_size, channels, from_kspace)`` of an exported SavedModel: ``serving_default``
-    as a function of the zero-filled input, and the ``from_kspace`` signature.
+def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tf.Tensor], int, Callable]:
+    """``(network, image_size, from_kspace)`` of an exported SavedModel: ``serving_default`` as a function of
+    centred undersampled k-space ``[N, S, S]`` (complex) and mask ``[N, S, S]`` -> magnitude ``[N, S, S, 1]``,
+    and the ``from_kspace`` signature.
 
     The signatures are checked before anything runs.  A SavedModel executes its
     own graph: load only exports you trust.
@@ -87,6 +117,20 @@ def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor], tf.Tensor], int
         raise DaganError(f"cannot load the SavedModel {path}: {str(exc).splitlines()[0][:200]} (corrupt?)") from None
     check_export_signatures(loaded.signatures, path)
     signature = loaded.signatures["serving_default"]
-    shape = signature.structured_input_signature[1]["zero_filled"].shape
-    return ((lambda x: signature(zero_filled=x)["reconstruction"]), int(shape[1]), int(shape[-1]),
-            loaded.signatures["from_kspace"])
+    inputs = signature.structured_input_signature[1]
+    if "zero_filled" in inputs:
+        channels = int(inputs["zero_filled"].shape[-1])
+
+        def network(kspace0, mask):
+            return signature(zero_filled=network_input(ks.ifft2c(kspace0), channels))["reconstruction"]
+    else:
+        def network(kspace0, mask):
+            return signature(**kspace_planes(kspace0, mask))["reconstruction"]
+    size = int(next(iter(inputs.values())).shape[1])
+    return network, size, loaded.signatures["from_kspace"]
+
+
+def kspace_planes(kspace0: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The ``kspace_real``, ``kspace_imag`` and ``mask`` inputs of the k-space signatures."""
+    return {"kspace_real": tf.math.real(kspace0), "kspace_imag": tf.math.imag(kspace0),
+            "mask": tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(kspace0))}

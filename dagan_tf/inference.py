@@ -17,6 +17,8 @@ from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.errors import DaganError
 from dagan_tf.models.layers import fold_batch_norm
+from dagan_tf.models.recnet import network_inputs, takes_kspace
+from dagan_tf.models.refinement import RefinedNetwork
 
 
 def load_run_generator(run_dir: str | Path, fold: bool = False):
@@ -46,14 +48,19 @@ def load_run_generator(run_dir: str | Path, fold: bool = False):
         except Exception as exc:  # h5py OSError (truncated), ValueError (shapes), KeyError (layers)
             raise DaganError(f"cannot load {best}: {str(exc).splitlines()[0][:200]} "
                              "(truncated, or not trained with this config.yaml?)") from None
-        return (fold_batch_norm(generator) if fold else generator), config
+        return _folded(generator, fold), config
     for path in checkpoints_newest_first(run_dir / "checkpoints"):
         try:
             tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
-            return (fold_batch_norm(generator) if fold else generator), config
+            return _folded(generator, fold), config
         except Exception:  # a damaged checkpoint: try the next older one
             continue
     raise DaganError(f"{run_dir} has no trained weights yet (no best.weights.h5, no intact checkpoint)")
+
+
+def _folded(generator, fold: bool):
+    """``generator`` with its batch norms folded when ``fold`` (functional networks; a refined network as is)."""
+    return fold_batch_norm(generator) if fold and not isinstance(generator, RefinedNetwork) else generator
 
 
 def as_complex_image(image: tf.Tensor) -> tf.Tensor:
@@ -91,17 +98,41 @@ def batch_arguments(batch: dict) -> tuple:
     return batch["zero_filled"], batch["kspace"], batch["mask"], batch.get("maps")
 
 
+def main_output(output) -> tf.Tensor:
+    """A network's reconstruction (float32): the output itself, or the ``reconstruction`` entry of a dict
+    output (e.g. the refined network's, which also returns its ``refinement`` map)."""
+    return tf.cast(output["reconstruction"] if isinstance(output, dict) else output, tf.float32)
+
+
+def run_network(generator, zero_filled: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor):
+    """The raw output of ``generator`` for one single-coil batch: a cascade (:func:`takes_kspace`) gets the
+    k-space ``kspace0 [N, H, W]`` and ``mask [N, H, W]``, an image network ``zero_filled [N, H, W, C]``."""
+    if takes_kspace(generator):
+        return generator(network_inputs(kspace0, mask), training=False)
+    return generator(zero_filled, training=False)
+
+
 def batch_reconstructor(generator, dc: bool) -> Callable[[dict], tf.Tensor]:
     """A function of an evaluation batch dict (``zero_filled`` or, for a complex generator,
-    ``zero_filled_complex``; ``kspace``, ``mask``, ``maps``) -> reconstructed magnitude ``[B, H, W, 1]``."""
-    key = "zero_filled_complex" if generator.input_shape[-1] == 2 else "zero_filled"
+    ``zero_filled_complex``; ``kspace``, ``mask``, ``maps``) -> reconstructed magnitude ``[B, H, W, 1]``.
+
+    Cascades take single-coil k-space only.
+    """
+    cascade = takes_kspace(generator)
+    key = "zero_filled_complex" if cascade or generator.input_shape[-1] == 2 else "zero_filled"
 
     def reconstruct(zero_filled, kspace0, mask, maps):
-        out = tf.cast(generator(zero_filled, training=False), tf.float32)
+        out = main_output(run_network(generator, zero_filled, kspace0, mask))
         return apply_dc(out, kspace0, mask, maps) if dc else tf.abs(as_complex_image(out))[..., None]
 
     run = tf.function(reconstruct, reduce_retracing=True, autograph=False)  # dc is a Python constant
-    return lambda batch: run(batch[key], *batch_arguments(batch)[1:])
+
+    def call(batch):
+        if cascade and batch.get("maps") is not None:
+            raise DaganError("this network is a single-coil k-space cascade; the split holds multi-coil k-space")
+        return run(batch[key], *batch_arguments(batch)[1:])
+
+    return call
 
 
 def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[dict], tf.Tensor]:

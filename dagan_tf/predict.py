@@ -38,15 +38,14 @@ class LoadedModel:
     """A generator from an export or a run: ``reconstruct`` maps undersampled centred k-space to magnitudes."""
 
     size: int
-    channels: int  # 1: magnitude network input; 2: complex (real/imaginary channels)
-    network: Callable[[tf.Tensor], tf.Tensor]  # [N, S, S, C] -> output (exports: the magnitude)
+    network: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (kspace0 [N, S, S], mask) -> output [N, S, S, C]
     with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
 
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
         """Magnitudes ``[N, S, S]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``."""
         if dc and self.with_dc is not None:
             return self.with_dc(kspace0, mask)[..., 0]
-        out = tf.cast(self.network(network_input(ks.ifft2c(kspace0), self.channels)), tf.float32)
+        out = tf.cast(self.network(kspace0, mask), tf.float32)
         return (apply_dc(out, kspace0, mask) if dc else tf.abs(as_complex_image(out))[..., None])[..., 0]
 
 
@@ -54,22 +53,21 @@ def load_model(path: str | Path) -> LoadedModel:
     """The generator of an export folder (signatures checked first) or a run folder."""
     path = Path(path)
     if (path / "saved_model.pb").is_file():
-        from dagan_tf.export import load_export
+        from dagan_tf.export import kspace_planes, load_export
 
-        serve, size, channels, from_kspace = load_export(path)
-
-        def with_dc(kspace0, mask):
-            masks = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(kspace0))
-            return from_kspace(kspace_real=tf.math.real(kspace0), kspace_imag=tf.math.imag(kspace0),
-                               mask=masks)["reconstruction"]
-
-        return LoadedModel(size, channels, serve, with_dc)
+        network, size, from_kspace = load_export(path)
+        return LoadedModel(size, network, lambda k0, m: from_kspace(**kspace_planes(k0, m))["reconstruction"])
     if (path / "config.yaml").is_file():
-        from dagan_tf.inference import load_run_generator
+        from dagan_tf.inference import load_run_generator, main_output, run_network
 
         generator, config = load_run_generator(path)
-        return LoadedModel(config["model"]["image_size"], config["model"]["channels"],
-                           lambda x: generator(x, training=False))
+        channels = config["model"].get("channels", 1)
+
+        def network(kspace0, mask):
+            zero_filled = network_input(ks.ifft2c(kspace0), channels)
+            return main_output(run_network(generator, zero_filled, kspace0, mask))
+
+        return LoadedModel(config["model"]["image_size"], network)
     raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
 
 

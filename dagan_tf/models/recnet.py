@@ -95,4 +95,5 @@ def build_recnet(image_size: int, blocks: int = 3, convs: int = 3, filters: int 
         if residual:
             y = layers.Add(dtype="float32", name=f"block{b}_residual")([x, y])
         x = KSpaceDataConsistency(dtype="float32", name=f"block{b}_dc")([y, kspace0, mask])
-    return keras.Model({"zero_filled": zero_filled, "kspace": kspace0, "mask": mask}, x, name=name)
+    # keys in sorted order: the order tf.nest (tf.function, SavedModel) gives dicts back in
+    return keras.Model({"kspace": kspace0, "mask": mask, "zero_filled": zero_filled}, x, name=name)
