@@ -189,9 +189,16 @@ def masks_command(kind, ratio, size, acs, seed, out, png, overwrite):
 @click.option("--noise-snr", type=click.FloatRange(0, min_open=True), default=None,
               help="With --coils: complex Gaussian noise, k-space RMS / noise standard deviation.")
 @click.option("--no-phase", is_flag=True, help="With --coils: no smooth random phase (real-valued images).")
+@click.option("--labels", multiple=True, metavar="FILE|DIR|GLOB",
+              help="Label volumes to pair with the images (for the SIS): the same .npz/.mat file (key --label-key) "
+                   "or a file named like the image plus a suffix (sub1_seg.nii.gz for sub1.nii.gz). Repeatable.")
+@click.option("--label-key", default="seg", show_default=True, help="Key of the label array in .npz/.mat files.")
+@click.option("--label-merge", type=click.Choice(["freesurfer"]), default=None,
+              help="Merge label values into classes (freesurfer: background, CSF, cortical grey, white, deep grey).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
 def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, normalise, volume_index, key,
-                    subject_regex, exclude, slabs, coils, noise_snr, no_phase, overwrite):
+                    subject_regex, exclude, slabs, coils, noise_snr, no_phase, labels, label_key, label_merge,
+                    overwrite):
     """Prepare 2-D slices from MRI volumes (NIfTI, DICOM folders, HDF5, npy/npz, mat, PNG)."""
     _load_tensorflow()
     from dagan_tf.data.prepare import PrepareConfig, prepare
@@ -199,7 +206,8 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
     config = PrepareConfig(size=size, split=_parse_split(split_text), seed=seed, min_foreground=min_foreground,
                            fit=fit, normalise=normalise, volume_index=volume_index, key=key,
                            subject_regex=subject_regex, exclude=tuple(exclude), slabs=slabs, coils=coils,
-                           noise_snr=noise_snr, phase=not no_phase)
+                           noise_snr=noise_snr, phase=not no_phase, labels=tuple(labels), label_key=label_key,
+                           label_merge=label_merge)
     manifest = prepare(list(sources), out, config, overwrite)
     for split, c in manifest["counts"].items():
         click.echo(f"{split:5s}: {c['subjects']:4d} subjects {c['slices']:6d} slices")
@@ -244,10 +252,13 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 @click.option("--batch-size", type=POSITIVE, default=16, show_default=True, help="Slices per batch.")
 @click.option("--out", required=True, help="Output folder (must not exist unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
-def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split, dc, regime,
-                 phase_seed, lam,
-                 tune_lambda, cs_iterations, cs_backend, maps_kind, calib_width, dagan_compat_metrics, batch_size,
-                 out, overwrite):
+@click.option("--sis", "sis_run", default=None, metavar="SEG_RUN",
+              help="Add the semantic interpretability score with this segmenter run (the split needs --labels).")
+@click.option("--sis-class", "sis_classes", type=POSITIVE, multiple=True,
+              help="Score only this class with --sis (repeatable; default: every foreground class).")
+def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split,
+                 dc, regime, phase_seed, lam, tune_lambda, cs_iterations, cs_backend, maps_kind, calib_width,
+                 dagan_compat_metrics, batch_size, out, overwrite, sis_run, sis_classes):
     """Score zero-filled, classical baselines and a trained run on a whole split, on the same k-space;
     writes metrics.json, per_slice.csv, examples.png and report.md."""
     from dagan_tf import recipes
@@ -259,6 +270,12 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
         raise DaganError("--dc needs a trained model (--run); --model zero-filled-dc is the baseline")
     check_new_output(out, overwrite)
     manifest = _check_prepared(data)
+    if sis_classes and sis_run is None:
+        raise DaganError("--sis-class needs --sis SEG_RUN")
+    if sis_run is not None and not (Path(sis_run) / "config.yaml").is_file():
+        raise DaganError(f"--sis {sis_run} is not a training run (no config.yaml)")
+    if sis_run is not None and "labels" not in manifest:
+        raise DaganError(f"--sis needs label maps in {data}; prepare it with --labels")
     if run_dir is None and mask_kind is None:
         if "multicoil" not in manifest:
             raise DaganError("--mask is required without --run")
@@ -279,7 +296,8 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
         data, spec, out, split=split, run_dir=run_dir, dc=dc, baselines=list(baselines), no_baselines=no_baselines,
         regime=regime or "magnitude", phase_seed=phase_seed, lam=lam, tune=tune_lambda, iterations=cs_iterations,
         backend=cs_backend, calib_width=calib_width if maps_kind == "espirit" else None,
-        dagan_compat=dagan_compat_metrics, batch_size=batch_size, overwrite=overwrite, echo=_echo)
+        dagan_compat=dagan_compat_metrics, batch_size=batch_size, overwrite=overwrite, sis_run=sis_run,
+        sis_classes=list(sis_classes) or None, echo=_echo)
     click.echo(format_table(result))
     click.echo(f"written to {out}")
 

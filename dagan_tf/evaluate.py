@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import json
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +39,50 @@ Reconstructor = Callable[[dict], tf.Tensor]
 N_EXAMPLES = 4
 
 
+@dataclass
+class SISScorer:
+    """Semantic interpretability score (Seitzer et al.): per class ``k`` (background excluded), the mean Dice
+    of the segmenter on a reconstruction over the slices where ``k`` is in the ground-truth labels, divided
+    by the same mean on the fully sampled images; SIS is the mean over ``classes``."""
+
+    segment: Callable[[tf.Tensor], np.ndarray]  # images [B, H, W, 1] in [0, 1] -> labels [B, H, W]
+    classes: list[int]
+    segmenter: str
+
+    def scores(self, dice: dict[str, np.ndarray], result: dict) -> dict:
+        """Add ``sis`` to each row of ``result`` from per-slice Dice ``[N, K]`` (``dice["ground_truth"]``
+        included); the SIS settings."""
+        with warnings.catch_warnings():  # a class absent from every slice gives NaN, skipped by the means
+            warnings.simplefilter("ignore", RuntimeWarning)
+            reference = np.nanmean(dice["ground_truth"], axis=0)
+            for name, values in dice.items():
+                if name != "ground_truth":
+                    result[name]["sis"] = float(np.nanmean(np.nanmean(values, axis=0) / reference))
+        return {"segmenter": self.segmenter, "classes": self.classes,
+                "ground_truth_dice": float(np.nanmean(reference)) if np.isfinite(reference).any() else None,
+                "ground_truth_dice_per_class": dict(zip(map(str, self.classes), map(float, reference))),
+                "definition": "mean Dice on the reconstruction / mean Dice on the ground truth, per class over the "
+                              "slices where it is present, background ignored, averaged over classes "
+                              + ", ".join(map(str, self.classes))}
+
+
+def sis_scorer(seg_run: str | Path, classes: list[int] | None = None) -> SISScorer:
+    """The :class:`SISScorer` of a segmenter run (``recipe segmenter``); ``classes`` default: all foreground."""
+    from dagan_tf.inference import load_run_generator
+
+    generator, config = load_run_generator(seg_run)
+    if config["trainer"] != "segmentation":
+        raise DaganError(f"--sis {seg_run} is a {config['recipe']} run; it needs a segmenter run "
+                         "('dagan-tf train --recipe segmenter')")
+    n = config["model"]["classes"]
+    bad = [k for k in classes or [] if not 0 < k < n]
+    if bad:
+        raise DaganError(f"--sis-class {bad[0]} is not a foreground class of {seg_run} (1..{n - 1})")
+    segment = tf.function(lambda x: tf.argmax(generator(x, training=False), axis=-1), reduce_retracing=True)
+    return SISScorer(lambda images: segment(tf.cast(images, tf.float32)).numpy(), list(classes or range(1, n)),
+                     str(seg_run))
+
+
 def zero_filled(batch: dict) -> tf.Tensor:
     return batch["zero_filled"]
 
@@ -45,14 +91,15 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
              reconstructors: dict[str, Reconstructor] | None = None, batch_size: int = 16,
              dagan_compat: bool = False, overwrite: bool = False, title: str = "zero-filled evaluation",
              settings: dict | None = None, maps: tuple[str, np.ndarray] | None = None,
-             regime: str = "magnitude", phase_seed: int = 0) -> dict:
+             regime: str = "magnitude", phase_seed: int = 0, sis: "SISScorer | None" = None) -> dict:
     """Score zero-filled and each of ``reconstructors`` (name -> reconstructor) on every slice of ``split``.
 
     ``settings`` (e.g. the baselines' regularisation weights) are recorded in the
     result.  ``maps`` = ``(description, [1 or N, C, H, W])`` replaces a multi-coil split's own
     sensitivities (e.g. ESPIRiT estimates).  ``regime`` (``magnitude`` or ``phase``, with
     ``phase_seed``) says how single-coil k-space is simulated (:mod:`dagan_tf.data.pipeline`);
-    multi-coil splits carry their own.  Returns the metrics dict (also written to ``out/metrics.json``),
+    multi-coil splits carry their own.  ``sis`` adds the semantic interpretability score of every
+    reconstruction (:class:`SISScorer`; the split needs label maps).  Returns the metrics dict (also written to ``out/metrics.json``),
     with ``warnings`` where a classical baseline scores above the model.
     """
     check_new_output(out, overwrite)
@@ -60,6 +107,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     mask.validate()
     shape = prepared.images.shape[1:]
     masks = evaluation_masks(prepared, mask)
+    if sis is not None and prepared.labels is None:
+        raise DaganError(f"--sis needs label maps in the {split} split of {data}; prepare it with --labels")
     if masks.shape[1:] != shape:
         raise DaganError(f"mask shape {masks.shape[1:]} differs from the image shape {shape}")
     recons: dict[str, Reconstructor] = {"zero_filled": zero_filled, **(reconstructors or {})}
@@ -69,6 +118,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     example_idx = set(np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist())
     examples: dict[int, dict[str, np.ndarray]] = {}
     seconds = {name: 0.0 for name in recons}
+    dice = {name: [] for name in ("ground_truth", *recons)}
     start = 0
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
         for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1],
@@ -85,6 +135,10 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
                 values = metrics.compute_all(batch["target"], image, ranges[start:start + b], dagan_compat)
                 for m in metrics.METRIC_NAMES:
                     per_slice[name][m].append(values[m])
+            if sis is not None:
+                truth = np.asarray(prepared.labels[start:start + b])
+                for name, image in (("ground_truth", batch["target"]), *outputs.items()):
+                    dice[name].append(metrics.dice_per_class(sis.segment(image), truth, sis.classes))
             for i in range(b):
                 if start + i in example_idx:
                     examples[start + i] = {"target": batch["target"][i, ..., 0].numpy(),
@@ -94,6 +148,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     per_slice = {name: {m: np.concatenate(v) for m, v in d.items()} for name, d in per_slice.items()}
     result = {name: {**metrics.summary_json(values, prepared.subjects), "ms_per_slice": 1000 * seconds[name] / n}
               for name, values in per_slice.items()}
+    if sis is not None:
+        result["sis"] = sis.scores({name: np.concatenate(d) for name, d in dice.items()}, result)
     fractions = [sampled_fraction(m) for m in masks]
     result.update({
         "n_slices": int(n),
@@ -136,15 +192,21 @@ def format_table(result: dict) -> str:
     """Plain-text table: one row per reconstruction, mean ± std per metric."""
     names = [k for k, v in result.items() if isinstance(v, dict) and "psnr" in v]
     width = max(12, *(len(name) for name in names))
-    lines = [f"{'':{width}s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s} {'ms/slice':>9s}"]
+    with_sis = "sis" in result
+    lines = [f"{'':{width}s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s} {'ms/slice':>9s}"
+             + (f" {'SIS':>6s}" if with_sis else "")]
     for name in names:
         r = result[name]
         lines.append(f"{name:{width}s} {r['nmse']['mean']:>10.5f} ± {r['nmse']['std']:<7.5f} "
                      f"{r['psnr']['mean']:>8.3f} ± {r['psnr']['std']:<6.3f} "
-                     f"{r['ssim']['mean']:>8.4f} ± {r['ssim']['std']:<6.4f} {r.get('ms_per_slice', 0):>9.2f}")
+                     f"{r['ssim']['mean']:>8.4f} ± {r['ssim']['std']:<6.4f} {r.get('ms_per_slice', 0):>9.2f}"
+                     + (f" {r['sis']:>6.3f}" if with_sis else ""))
     lines.append(f"slices: {result['n_slices']}  subjects: {result['n_subjects']}  split: {result['split']}  "
                  f"mask: {result['mask']['kind']} (sampled fraction {result['mask']['sampled_fraction']:.4f})  "
                  f"regime: {result.get('regime', 'magnitude')}")
+    if with_sis:
+        lines.append(f"SIS: {result['sis']['definition']}; segmenter {result['sis']['segmenter']}, Dice on the "
+                     f"ground truth {result['sis']['ground_truth_dice']}")
     lines += result.get("warnings", [])
     return "\n".join(lines)
 
@@ -200,7 +262,7 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
                      baselines: list[str] = (), no_baselines: bool = False, regime: str = "magnitude",
                      phase_seed: int = 0, lam: float | None = None, tune: bool = False, iterations: int = 100,
                      backend: str = "sigpy", calib_width: int | None = 24, dagan_compat: bool = False,
-                     batch_size: int = 16, overwrite: bool = False,
+                     batch_size: int = 16, overwrite: bool = False, sis_run=None, sis_classes=None,
                      echo: Callable[[str], None] = lambda _: None) -> dict:
     """What ``dagan-tf eval`` does: a run (``run_dir``, with ``dc``) and classical ``baselines`` on ``split``.
 
@@ -237,5 +299,6 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
     if no_baselines:
         settings["baselines"] = "skipped (--no-baselines): no classical baseline beside the model"
+    sis = None if sis_run is None else sis_scorer(sis_run, sis_classes)
     return evaluate(data, spec, out, split, recons, batch_size, dagan_compat, overwrite, title, settings, maps,
-                    regime, phase_seed)
+                    regime, phase_seed, sis)

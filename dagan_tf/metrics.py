@@ -151,3 +151,15 @@ def summary_json(per_slice: dict[str, np.ndarray], subjects: np.ndarray) -> dict
         vol = np.array(list(per_volume(values, subjects).values()))
         out[name] = {**summarise(values).as_dict(), "per_volume": summarise(vol).as_dict()}
     return out
+
+
+def dice_per_class(predicted: np.ndarray, truth: np.ndarray, classes) -> np.ndarray:
+    """Hard Dice ``2|P∩T| / (|P| + |T|)`` per slice and class: ``[N, len(classes)]`` from label maps
+    ``[N, H, W]``; NaN where the class is absent from ``truth`` (such slices do not count)."""
+    out = np.full((len(truth), len(classes)), np.nan)
+    for j, k in enumerate(classes):
+        p, t = predicted == k, truth == k
+        overlap, sizes = np.sum(p & t, axis=(1, 2)), np.sum(p, axis=(1, 2)) + np.sum(t, axis=(1, 2))
+        present = np.any(t, axis=(1, 2))
+        out[present, j] = 2.0 * overlap[present] / sizes[present]
+    return out

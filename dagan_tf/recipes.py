@@ -147,6 +147,18 @@ REFINEMENT_SECTIONS = {
     "vgg": DAGAN_SECTIONS["vgg"],
 }
 
+SEGMENTER_SECTIONS = {
+    "model": {
+        "image_size": Field("int", "image side (prepared data size)", 8, 4096, multiple_of=4),
+        "width": Field("float", "filter multiplier of the U-Net (1: 32/64/128)", 0, 4, low_open=True),
+        "classes": Field("int", "classes including background (taken from the prepared labels)", 2, 256),
+    },
+    "loss": {
+        "cross_entropy": Field("float", "weight of the pixel-wise cross-entropy", 0),
+        "dice": Field("float", "weight of 1 - mean soft Dice over the foreground classes", 0),
+    },
+}
+
 
 @dataclass(frozen=True)
 class Trainer:
@@ -154,13 +166,16 @@ class Trainer:
     (the compiled ``keras.Model`` trainer) and ``build_generator(config)`` (the inference network);
     optionally ``prepare_config(config, echo)`` (checks before a new run starts, e.g. a stage-1 run).
 
-    ``kspace_batches``: the trainer takes the k-space batch dicts of :mod:`dagan_tf.data.pipeline`
-    (``with_kspace=True``), else ``(zero_filled, target)`` tuples.
+    ``batches`` (:data:`BATCH_KINDS`): ``images`` = ``(zero_filled, target)`` tuples, ``kspace`` = the
+    k-space batch dicts of :mod:`dagan_tf.data.pipeline` (``with_kspace=True``), ``labels`` =
+    ``(image, labels)`` of fully sampled images and their label maps.  ``monitor`` (minimised) picks
+    ``best.weights.h5`` and drives early stopping.
     """
 
     sections: dict
     module: str
-    kspace_batches: bool = False
+    batches: str = "images"
+    monitor: str = "val_nmse"
 
     @property
     def schema(self) -> dict:
@@ -173,9 +188,12 @@ class Trainer:
 
 TRAINERS: dict[str, Trainer] = {
     "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan"),
-    "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", kspace_batches=True),
-    "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", kspace_batches=True),
+    "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", batches="kspace"),
+    "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", batches="kspace"),
+    "segmentation": Trainer(SEGMENTER_SECTIONS, "dagan_tf.training.segmentation", batches="labels",
+                            monitor="val_dice_loss"),
 }
+BATCH_KINDS = ("images", "kspace", "labels")
 
 
 def recipe_dir():

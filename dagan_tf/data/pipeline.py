@@ -102,11 +102,6 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         raise DaganError(f"batch size {batch_size} exceeds the {n} training slices")
     fixed_mask = None if mask.per_sample else tf.constant(mask.build((h, w)))
 
-    def epoch_batches(epoch):
-        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
-        batches = tf.data.Dataset.from_tensor_slices(perm[: steps * batch_size]).batch(batch_size)
-        return batches.enumerate().map(lambda i, idx: (epoch * steps + i, idx))
-
     def per_sample_masks(step):
         def draw(step_value):
             rng = np.random.SeedSequence([seed, int(step_value)]).generate_state(batch_size)
@@ -137,9 +132,43 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         return _simulate(target, m, with_kspace, phase, complex_images)
 
     training_phases = _phases(seed, TRAINING_PHASE_STREAM, (h, w))
-    passes = tf.data.Dataset.counter(start_step // steps).flat_map(epoch_batches).skip(start_step % steps)
-    ds = passes.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = _index_stream(n, batch_size, seed, start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def _index_stream(n: int, batch_size: int, seed: int, start_step: int) -> tf.data.Dataset:
+    """Endless ``(global step, indices [batch_size])`` from ``start_step``: each pass over ``n`` items is a
+    stateless shuffle seeded by ``(seed, pass)`` cut into ``n // batch_size`` full batches."""
+    steps = n // batch_size
+
+    def epoch_batches(epoch):
+        perm = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=[seed, epoch])
+        batches = tf.data.Dataset.from_tensor_slices(perm[: steps * batch_size]).batch(batch_size)
+        return batches.enumerate().map(lambda i, idx: (epoch * steps + i, idx))
+
+    return tf.data.Dataset.counter(start_step // steps).flat_map(epoch_batches).skip(start_step % steps)
+
+
+def segmentation_dataset(split: PreparedSplit, batch_size: int, seed: int = 0, start_step: int | None = 0
+                         ) -> tf.data.Dataset:
+    """``(images [B, H, W, 1] float32 in [0, 1], labels [B, H, W] int32)`` of fully sampled slices and their
+    label maps: endless shuffled batches from global step ``start_step`` (as :func:`training_dataset`), or
+    with ``start_step=None`` every slice once, in order."""
+    if split.labels is None:
+        raise DaganError("this split has no label maps; prepare the data with --labels")
+    n = split.images.shape[0]
+    if start_step is not None and n < batch_size:
+        raise DaganError(f"batch size {batch_size} exceeds the {n} slices")
+    images, labels = _gather_images(split.images), _gather_rows(split.labels, tf.int32)
+
+    def make_batch(indices):
+        return images(indices), labels(indices)
+
+    if start_step is None:
+        return tf.data.Dataset.range(n).batch(batch_size).map(make_batch).prefetch(tf.data.AUTOTUNE)
+    ds = _index_stream(n, batch_size, seed, start_step).map(lambda _, idx: make_batch(idx),
+                                                              num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def evaluation_masks(split: PreparedSplit, mask: MaskSpec) -> np.ndarray:

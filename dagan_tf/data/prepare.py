@@ -5,6 +5,7 @@ Layout of a prepared directory (no pickle anywhere)::
     manifest.json          sources, subjects per split, slice counts, settings
     train_images.npy       float32 [N, S, S] in [0, 1]
     train_slices.csv       index, subject, source, slice (the source's axial slice index), one row per image
+    train_labels.npy       uint8 [N, S, S] label maps aligned with the images (only with ``labels``)
     val_images.npy / val_slices.csv / test_images.npy / test_slices.csv
 
 Normalisation is per volume: ``minmax`` (default) maps ``[min, max] -> [0, 1]``;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import glob
 import json
 import logging
 import re
@@ -64,6 +66,9 @@ class PrepareConfig:
     coils: int = 0
     noise_snr: float | None = None
     phase: bool = True
+    labels: tuple[str, ...] = field(default_factory=tuple)  # label volumes (files, folders, globs)
+    label_key: str = "seg"  # the label array's key in .npz/.mat files
+    label_merge: str | None = None  # a LABEL_MERGES name
 
     def validate(self) -> None:
         if len(self.split) != 3 or any(s < 0 for s in self.split) or not np.isclose(sum(self.split), 1.0):
@@ -82,6 +87,10 @@ class PrepareConfig:
             raise DaganError(f"--coils must be >= 0 and --noise-snr > 0, got {self.coils}, {self.noise_snr}")
         if self.noise_snr is not None and not self.coils:
             raise DaganError("--noise-snr needs --coils")
+        if self.label_merge is not None and self.label_merge not in LABEL_MERGES:
+            raise DaganError(f"--label-merge must be one of {', '.join(LABEL_MERGES)}, got {self.label_merge!r}")
+        if self.label_merge is not None and not self.labels:
+            raise DaganError("--label-merge needs --labels")
         if self.subject_regex:
             try:
                 re.compile(self.subject_regex)
@@ -106,23 +115,25 @@ def normalise_volume(data: np.ndarray, mode: str, source: str) -> np.ndarray | N
     return ((data - lo) / (hi - lo)).astype(np.float32)
 
 
-def fit_slices(slices: np.ndarray, size: int, mode: str) -> np.ndarray:
+def fit_slices(slices: np.ndarray, size: int, mode: str, labels: bool = False) -> np.ndarray:
     """``[X, Y, Z]`` slices -> ``[Z, size, size]``.
 
     ``resize``: scale so the longer in-plane side is ``size`` (bilinear with
     anti-aliasing, aspect ratio kept), then zero-pad the other side, centred.
-    ``pad-crop``: centre zero-pad / crop without scaling.
+    ``pad-crop``: centre zero-pad / crop without scaling.  ``labels``: integer label
+    maps, resampled nearest-neighbour, returned as uint8 (images: float32 clipped to [0, 1]).
     """
     import tensorflow as tf
 
-    images = np.transpose(slices, (2, 0, 1))[..., None]  # [Z, X, Y, 1]
+    images = np.transpose(slices, (2, 0, 1))[..., None].astype(np.float32)  # [Z, X, Y, 1]
     h, w = images.shape[1:3]
     if mode == "resize" and (h, w) != (size, size):
         scale = size / max(h, w)
         new = (max(1, round(h * scale)), max(1, round(w * scale)))
-        images = tf.image.resize(images, new, method="bilinear", antialias=True).numpy()
-    out = tf.image.resize_with_crop_or_pad(images, size, size).numpy()
-    return np.clip(out[..., 0], 0.0, 1.0).astype(np.float32)
+        images = (tf.image.resize(images, new, method="nearest") if labels
+                  else tf.image.resize(images, new, method="bilinear", antialias=True)).numpy()
+    out = tf.image.resize_with_crop_or_pad(images, size, size).numpy()[..., 0]
+    return np.rint(out).astype(np.uint8) if labels else np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
 def foreground_fraction(images: np.ndarray) -> np.ndarray:
@@ -173,15 +184,60 @@ def _slabs(slices: np.ndarray, n: int, gap: int = SLAB_GAP) -> list[slice]:
             if bounds[k + 1] > bounds[k] + (gap if k else 0)]
 
 
-def load_slices(volume: Volume, config: PrepareConfig) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(slices [Z, S, S], axial indices [Z])`` of one volume: normalised, fitted, with foreground
-    ≥ ``min_foreground``; ``None`` for a constant volume."""
+def load_slices(volume: Volume, config: PrepareConfig, labels: np.ndarray | None = None):
+    """``(slices [Z, S, S], axial indices [Z], label slices [Z, S, S] uint8 or None)`` of one volume:
+    normalised, fitted, with foreground ≥ ``min_foreground``; ``None`` for a constant volume.
+    ``labels`` is the volume's label map (same shape), fitted nearest-neighbour."""
     data = normalise_volume(volume.data, config.normalise, volume.source)
     if data is None:
         return None
     images = fit_slices(data, config.size, config.fit)
     kept = np.flatnonzero(foreground_fraction(images) >= config.min_foreground)
-    return images[kept], kept
+    label_slices = None if labels is None else fit_slices(labels, config.size, config.fit, labels=True)[kept]
+    return images[kept], kept, label_slices
+
+
+# FreeSurfer aseg labels -> 1 CSF, 2 cortical grey matter, 3 white matter, 4 deep grey matter; others 0.
+FREESURFER_CLASSES = {
+    1: (4, 5, 14, 15, 24, 31, 43, 44, 63, 72),  # ventricles, CSF, choroid plexus
+    2: (3, 8, 42, 47),  # cerebral and cerebellar cortex
+    3: (2, 7, 16, 28, 41, 46, 60, 77, 85, 251, 252, 253, 254, 255),  # white matter, brainstem, ventral DC, CC
+    4: (10, 11, 12, 13, 17, 18, 26, 49, 50, 51, 52, 53, 54, 58),  # thalamus, basal ganglia, hippocampus, amygdala
+}
+LABEL_MERGES = {"freesurfer": ("background", "CSF", "cortical grey matter", "white matter", "deep grey matter")}
+
+
+def merge_labels(labels: np.ndarray, merge: str | None) -> np.ndarray:
+    """Integer label volume -> uint8 classes: unchanged (values must be 0..255) or merged (``freesurfer``)."""
+    values = np.rint(labels)
+    if values.min() < 0 or values.max() > 255 or not np.allclose(values, labels):
+        raise ValueError("labels must be integers in 0..255")
+    values = values.astype(np.uint8)
+    if merge is None:
+        return values
+    table = np.zeros(256, np.uint8)
+    for cls, members in FREESURFER_CLASSES.items():
+        table[list(members)] = cls
+    return table[values]
+
+
+def _label_volume(image_path: Path, label_paths: list[Path], image: Volume, config: PrepareConfig) -> np.ndarray:
+    """The label map paired with ``image``: the same file (an .npz/.mat with ``label_key``) or the label file
+    whose name starts with the image's name (``sub1_seg.nii.gz`` for ``sub1.nii.gz``)."""
+    stem = subject_id(image_path)
+    matches = [p for p in label_paths if p == image_path or (p != image_path and subject_id(p).startswith(stem))]
+    if not matches:
+        raise DaganError(f"no label volume for {image_path} among --labels (expected {stem}*)")
+    path = matches[0]
+    volume = read_volume(path, config.volume_index,
+                         config.label_key if path.suffix.lower() in (".npz", ".mat", ".h5", ".hdf5") else None)
+    if volume.data.shape != image.data.shape:
+        raise DaganError(f"label volume {path} has shape {volume.data.shape}, its image {image_path} "
+                         f"{image.data.shape}")
+    try:
+        return merge_labels(volume.data, config.label_merge)
+    except ValueError as exc:
+        raise DaganError(f"label volume {path}: {exc}") from None
 
 
 def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrite: bool = False) -> dict:
@@ -197,18 +253,24 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrit
         raise DaganError("sources mix measured multi-coil k-space and magnitude images; prepare them separately")
     if any(measured) and config.coils:
         raise DaganError("--coils simulates coils from magnitude images; these sources have measured coil k-space")
+    label_paths = find_sources([m for pattern in config.labels for m in (sorted(glob.glob(pattern)) or [pattern])]) \
+        if config.labels else []
+    if label_paths and any(measured):
+        raise DaganError("--labels pairs label maps with image volumes, not with measured k-space")
     per_subject: dict[str, list[tuple]] = {}
     for path in progress(paths, "prepare", len(paths), "volumes"):
         if measured[0]:
             subject, loaded = subject_id(path), load_coil_slices(path, config)
+            loaded = loaded if loaded is None else (*loaded[:2], None, *loaded[2:])
         else:
             volume = read_volume(path, config.volume_index, config.key)
-            subject, loaded = _subject_of(volume, config.subject_regex), load_slices(volume, config)
+            labels = _label_volume(path, label_paths, volume, config) if label_paths else None
+            subject, loaded = _subject_of(volume, config.subject_regex), load_slices(volume, config, labels)
             loaded = loaded if loaded is None else (*loaded, None, None)
         if loaded is None:
             log.warning("skipping %s: the volume is constant (all zero?)", path)
             continue
-        slices, axial, kspace, maps = loaded
+        slices, axial, label_slices, kspace, maps = loaded
         if len(slices) == 0:
             log.warning("skipping %s: no slice has %.0f%% foreground", path, 100 * config.min_foreground)
             continue
@@ -216,7 +278,8 @@ def prepare(sources: list[str], out: str | Path, config: PrepareConfig, overwrit
             name = subject if config.slabs == 1 else f"{subject}-slab{k}"
             per_subject.setdefault(name, []).append((str(path), slices[slab], axial[slab],
                                                      None if kspace is None else kspace[slab],
-                                                     None if maps is None else maps[slab]))
+                                                     None if maps is None else maps[slab],
+                                                     None if label_slices is None else label_slices[slab]))
     if not per_subject:
         raise DaganError("no usable slices: every volume was empty or constant")
     splits = assign_splits(list(per_subject), config.split, config.seed)
@@ -229,17 +292,21 @@ def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sour
     entries = [e for parts in per_subject.values() for e in parts]
     measured = entries[0][3] is not None
     for split, subjects in splits.items():
-        rows, arrays, kspaces, maps = [], [], [], []
+        rows, arrays, kspaces, maps, labels = [], [], [], [], []
         for subject in subjects:
-            for source, slices, axial, kspace, coil_maps in per_subject[subject]:
+            for source, slices, axial, kspace, coil_maps, label_slices in per_subject[subject]:
                 for k in axial:
                     rows.append((len(rows), subject, source, int(k)))
                 arrays.append(slices)
                 kspaces.append(kspace)
                 maps.append(coil_maps)
+                labels.append(label_slices)
         size = config.size
         images = np.concatenate(arrays) if arrays else np.zeros((0, size, size), np.float32)
         np.save(folder / f"{split}_images.npy", images)
+        if config.labels:
+            np.save(folder / f"{split}_labels.npy", np.concatenate(labels) if labels
+                    else np.zeros((0, size, size), np.uint8))
         if config.coils:
             _write_coil_kspace(folder, split, images, config)
         elif measured:
@@ -264,6 +331,12 @@ def _write_splits(folder: Path, splits, per_subject, config: PrepareConfig, sour
         else "per volume: x / max",
         "value_range": [0.0, 1.0],
     }
+    if config.labels:
+        names = LABEL_MERGES.get(config.label_merge)
+        manifest["labels"] = {
+            "classes": len(names) if names else int(max(int(np.max(e[5], initial=0)) for e in entries)) + 1,
+            "names": list(names) if names else None, "merge": config.label_merge,
+            "resampling": "nearest-neighbour, aligned with the image slices", "key": config.label_key}
     if measured:
         manifest["multicoil"] = {
             "regime": "measured", "coils": int(entries[0][3].shape[1]),
@@ -351,6 +424,7 @@ class PreparedSplit:
     slice_numbers: np.ndarray
     kspace: np.ndarray | None = None
     maps: np.ndarray | None = None
+    labels: np.ndarray | None = None  # uint8 [N, S, S] class per pixel (prepare --labels)
 
     @property
     def coils(self) -> int:
@@ -403,7 +477,13 @@ def load_split(folder: str | Path, split: str) -> PreparedSplit:
                 maps.shape[1:] != kspace.shape[1:] or maps.shape[0] not in (1, n) or not np.iscomplexobj(maps))):
             raise DaganError(f"{folder}: {split}_kspace.npy {kspace.shape} / {split}_maps.npy {maps.shape} do not "
                              f"match {split}_images.npy {images.shape} (complex [N, C, S, S] and [1 or N, C, S, S])")
-    return PreparedSplit(images, subjects, sources, slice_numbers, kspace, maps)
+    labels = None
+    if (folder / f"{split}_labels.npy").is_file():
+        labels = _load_array(folder / f"{split}_labels.npy")
+        if labels.shape != images.shape or labels.dtype != np.uint8:
+            raise DaganError(f"{folder}: {split}_labels.npy {labels.dtype} {labels.shape} does not match "
+                             f"{split}_images.npy {images.shape} (uint8 [N, S, S])")
+    return PreparedSplit(images, subjects, sources, slice_numbers, kspace, maps, labels)
 
 
 def _load_array(path: Path) -> np.ndarray:

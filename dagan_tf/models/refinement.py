@@ -79,9 +79,10 @@ def _conv_bn_lrelu(x, filters, name):
     return LeakyReLU(0.1, name=f"{name}_lrelu")(x)
 
 
-def build_refinement_unet(image_size: int, in_channels: int = 2, width: float = 1.0,
+def build_refinement_unet(image_size: int, in_channels: int = 2, width: float = 1.0, out_channels: int = 1,
                           name: str = "refinement_unet") -> keras.Model:
-    """V: ``[N, S, S, in_channels] -> Δ [N, S, S, 1]`` (module doc); ``width`` multiplies the filters."""
+    """V: ``[N, S, S, in_channels] -> Δ [N, S, S, out_channels]`` (module doc); ``width`` multiplies the
+    filters.  Also the SIS segmenter's U-Net (``out_channels`` = classes, logits)."""
     if image_size % 4:
         raise ValueError(f"the refinement U-Net needs an image size divisible by 4, got {image_size}")
     f = [max(1, round(n * width)) for n in ENCODER + DECODER]
@@ -98,7 +99,7 @@ def build_refinement_unet(image_size: int, in_channels: int = 2, width: float = 
         x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], up])
         x = _conv_bn_lrelu(_conv_bn_lrelu(x, f[len(ENCODER) + i], f"dec{level}_conv0"), f[len(ENCODER) + i],
                            f"dec{level}_conv1")
-    delta = layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Orthogonal(2 ** 0.5), bias_initializer="zeros",
+    delta = layers.Conv2D(out_channels, 1, kernel_initializer=keras.initializers.Orthogonal(2 ** 0.5), bias_initializer="zeros",
                           dtype="float32", name="head")(x)
     return keras.Model(inputs, delta, name=name)
 

@@ -4,7 +4,7 @@ Run folder::
 
     config.yaml         the resolved recipe (with the data folder), commented
     checkpoints/        tf.train checkpoints (trainer state, optimizers, epoch, early-stopping state)
-    best.weights.h5     generator weights with the best validation NMSE
+    best.weights.h5     generator weights with the best validation score (the trainer's monitor, e.g. NMSE)
     history.csv         per-epoch logs (appended on resume)
     logs/               TensorBoard: losses, metrics, learning rate, image grid
 
@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from dagan_tf import recipes
 from dagan_tf.data.augment import AugmentConfig
-from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks, training_dataset
+from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks, segmentation_dataset, training_dataset
 from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
 from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
@@ -193,7 +193,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
          fraction):
     t = config["train"]
     model = build_trainer(config)
-    state = RunState(work, t["patience"]).attach(model)
+    state = RunState(work, t["patience"], recipes.trainer_of(config).monitor).attach(model)
     first_epoch = 0
     if resume:
         first_epoch, skipped = state.restore()
@@ -219,21 +219,27 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     echo(f"{steps} steps per epoch of batch {t['batch_size']}, up to {t['epochs']} epochs; run folder {work}")
     if resume:
         echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
-    augment = AugmentConfig(elastic_per_image=d["elastic_per_image"]) if d["augment"] else None
-    with_kspace = recipes.trainer_of(config).kspace_batches
-    complex_images = config["model"].get("channels", 1) == 2
-    train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
-                                   with_kspace, d["regime"], complex_images)
-    val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
-                                regime=d["regime"], phase_seed=t["seed"], split_key=1, complex_images=complex_images)
+    trainer = recipes.trainer_of(config)
+    if trainer.batches == "labels":
+        train_ds = segmentation_dataset(train_split, t["batch_size"], t["seed"], first_epoch * steps)
+        val_ds = segmentation_dataset(val_split, t["val_batch_size"], start_step=None)
+    else:
+        augment = AugmentConfig(elastic_per_image=d["elastic_per_image"]) if d["augment"] else None
+        with_kspace = trainer.batches == "kspace"
+        complex_images = config["model"].get("channels", 1) == 2
+        train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
+                                       with_kspace, d["regime"], complex_images)
+        val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
+                                    regime=d["regime"], phase_seed=t["seed"], split_key=1,
+                                    complex_images=complex_images)
     budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
     callbacks = [
         HalvingSchedule(t["lr"], t["lr_halve_every"]),
         state,
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
-        ImageGrid(work / "logs", next(iter(val_ds))),
-    ] + ([budget] if budget else [])
+    ] + ([ImageGrid(work / "logs", next(iter(val_ds)))] if trainer.batches != "labels" else []) \
+        + ([budget] if budget else [])
     with Signals(state):
         history = model.fit(train_ds, epochs=t["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps,
                             validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
@@ -243,5 +249,5 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     elif not state.interrupted and not state.stopped_reason:
         best = float(state.best.numpy())
         echo(f"training ended after epoch {int(state.next_epoch.numpy())}"
-             + (f"; best validation NMSE {best:.5g}" if math.isfinite(best) else ""))
+             + (f"; best {state.monitor} {best:.5g}" if math.isfinite(best) else ""))
     return history.history, state

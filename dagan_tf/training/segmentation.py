@@ -1,0 +1,109 @@
+"""The segmenter behind the semantic interpretability score (SIS, Seitzer et al. 2018), as a ``keras.Model``.
+
+A small 2-D U-Net (:func:`dagan_tf.models.refinement.build_refinement_unet` with one input
+channel and ``classes`` logits) trained on fully sampled images ``[B, H, W, 1]`` in [0, 1]
+and their label maps ``[B, H, W]`` (``prepare --labels``) with
+``w_ce·cross-entropy + w_dice·(1 − mean soft Dice over the foreground classes)``.
+``test_step`` reports the hard Dice (argmax) averaged over the foreground classes present
+in the batch and ``dice_loss = 1 − dice``, which picks ``best.weights.h5``.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from dagan_tf.data.prepare import check_prepared
+from dagan_tf.errors import DaganError
+from dagan_tf.models.refinement import build_refinement_unet
+from dagan_tf.training.optimizers import FusedAdam
+
+
+def soft_dice(probabilities: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Mean over foreground classes of the batch soft Dice ``2Σpq / (Σp + Σq)``; ``probabilities``
+    ``[B, H, W, K]``, integer ``labels [B, H, W]``; classes absent from prediction and truth count 1."""
+    onehot = tf.one_hot(labels, tf.shape(probabilities)[-1])[..., 1:]
+    p = probabilities[..., 1:]
+    overlap = tf.reduce_sum(p * onehot, axis=[0, 1, 2])
+    sizes = tf.reduce_sum(p, axis=[0, 1, 2]) + tf.reduce_sum(onehot, axis=[0, 1, 2])
+    return tf.reduce_mean((2.0 * overlap + 1e-6) / (sizes + 1e-6))
+
+
+def hard_dice(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+    """Mean over the foreground classes present in ``labels`` of the argmax Dice over the batch."""
+    classes = tf.shape(logits)[-1]
+    predicted = tf.one_hot(tf.argmax(logits, axis=-1, output_type=tf.int32), classes)[..., 1:]
+    truth = tf.one_hot(labels, classes)[..., 1:]
+    overlap = tf.reduce_sum(predicted * truth, axis=[0, 1, 2])
+    sizes = tf.reduce_sum(predicted, axis=[0, 1, 2]) + tf.reduce_sum(truth, axis=[0, 1, 2])
+    present = tf.reduce_sum(truth, axis=[0, 1, 2]) > 0
+    return tf.reduce_mean(tf.boolean_mask(2.0 * overlap / tf.maximum(sizes, 1.0), present))
+
+
+class Segmenter(keras.Model):
+    """Trains ``generator`` (image -> class logits) with cross-entropy and soft Dice."""
+
+    def __init__(self, generator: keras.Model, cross_entropy: float = 1.0, dice: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.generator, self.w_ce, self.w_dice = generator, cross_entropy, dice
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "dice", "dice_loss")}
+
+    def compile(self, optimizer, **kwargs):
+        super().compile(**kwargs)
+        self.g_optimizer = optimizer
+        optimizer.build(self.generator.trainable_variables)
+
+    @property
+    def optimizers(self):
+        return [self.g_optimizer]
+
+    def checkpoint_objects(self) -> dict:
+        return {"generator": self.generator, "g_optimizer": self.g_optimizer}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, images, training=False):
+        return self.generator(images, training=training)
+
+    def train_step(self, data):
+        images, labels = data
+        with tf.GradientTape() as tape:
+            logits = tf.cast(self.generator(images, training=True), tf.float32)
+            ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            loss = self.w_ce * ce + self.w_dice * (1.0 - soft_dice(tf.nn.softmax(logits), labels))
+        variables = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.trackers["loss"].update_state(loss)
+        return {"loss": self.trackers["loss"].result()}
+
+    def test_step(self, data):
+        images, labels = data
+        dice = hard_dice(tf.cast(self.generator(images, training=False), tf.float32), labels)
+        self.trackers["dice"].update_state(dice)
+        self.trackers["dice_loss"].update_state(1.0 - dice)
+        return {name: self.trackers[name].result() for name in ("dice", "dice_loss")}
+
+
+def build_generator(config: dict) -> keras.Model:
+    """The segmentation U-Net ``[N, S, S, 1] -> logits [N, S, S, classes]``."""
+    m = config["model"]
+    return build_refinement_unet(m["image_size"], 1, m["width"], m["classes"], name="segmenter")
+
+
+def prepare_config(config: dict, echo=lambda _: None) -> dict:
+    """Take ``model.classes`` from the prepared data's labels (an error when it has none)."""
+    folder = config["data"]["folder"]
+    labels = check_prepared(folder).get("labels")
+    if not labels:
+        raise DaganError(f"{folder} has no label maps; prepare it with --labels to train a segmenter")
+    if labels["classes"] != config["model"]["classes"]:
+        echo(f"model.classes {config['model']['classes']} -> {labels['classes']} to match the labels in {folder}")
+    return {**config, "model": {**config["model"], "classes": int(labels["classes"])}}
+
+
+def build_trainer(config: dict) -> Segmenter:
+    t, loss = config["train"], config["loss"]
+    model = Segmenter(build_generator(config), loss["cross_entropy"], loss["dice"])
+    model.compile(optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
+    return model
