@@ -12,6 +12,7 @@ Outputs (written atomically into ``out``)::
     examples.png   titled rows: ground truth | zero-filled | error [| model | error], error maps on
                    one fixed scale with a colour bar, per-image PSNR/SSIM (:mod:`dagan_tf.figures`)
     report.md      the table and settings
+    refinement_<name>.png   for a refined network: its example slices beside the change λ·V(x)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from dagan_tf import metrics
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
 from dagan_tf.data.prepare import SPLITS, load_split
 from dagan_tf.errors import DaganError
-from dagan_tf.figures import ERROR_MAX, FigureRow, comparison_figure, write_png
+from dagan_tf.figures import ERROR_MAX, FigureRow, change_figure, comparison_figure, write_png
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import atomic_output_dir, check_new_output
 from dagan_tf.progress import Stage
@@ -119,6 +120,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     examples: dict[int, dict[str, np.ndarray]] = {}
     seconds = {name: 0.0 for name in recons}
     dice = {name: [] for name in ("ground_truth", *recons)}
+    changes: dict[str, list[np.ndarray]] = {}
     start = 0
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
         for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1],
@@ -129,7 +131,11 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
                 if start == 0 and getattr(fn, "warm_up", True):
                     fn(batch)  # warm-up: the first call traces the graph
                 started = time.perf_counter()
-                outputs[name] = fn(batch).numpy()
+                output = fn(batch)
+                if isinstance(output, dict):  # a refined network: its image and what the refinement changed
+                    changes.setdefault(name, []).append(output["refinement"].numpy()[..., 0])
+                    output = output["image"]
+                outputs[name] = output.numpy()
                 seconds[name] += time.perf_counter() - started
             for name, image in outputs.items():
                 values = metrics.compute_all(batch["target"], image, ranges[start:start + b], dagan_compat)
@@ -148,6 +154,10 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     per_slice = {name: {m: np.concatenate(v) for m, v in d.items()} for name, d in per_slice.items()}
     result = {name: {**metrics.summary_json(values, prepared.subjects), "ms_per_slice": 1000 * seconds[name] / n}
               for name, values in per_slice.items()}
+    for name, maps_ in changes.items():
+        magnitude = np.abs(np.concatenate(maps_))
+        result[name]["refinement"] = {"mean_abs": float(magnitude.mean()), "max_abs": float(magnitude.max()),
+                                      "meaning": "|λ·V(x)|, what the refinement changed, in image units"}
     if sis is not None:
         result["sis"] = sis.scores({name: np.concatenate(d) for name, d in dice.items()}, result)
     fractions = [sampled_fraction(m) for m in masks]
@@ -170,6 +180,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     result["warnings"] = baseline_warnings(result)
     with atomic_output_dir(out, overwrite) as tmp:
         _write_outputs(tmp, result, per_slice, prepared, ranges, examples, list(recons), title)
+        for name, maps_ in changes.items():
+            _write_change_figure(tmp / f"refinement_{name}.png", np.concatenate(maps_), examples, name, prepared)
     return result
 
 
@@ -243,7 +255,16 @@ def _write_outputs(folder: Path, result, per_slice, prepared, ranges, examples, 
         + (f"\nClassical baselines: {result['reconstructor_settings']['baselines']}.\n"
            if "baselines" in result["reconstructor_settings"] else "")
         + "\n"
-        f"![examples](examples.png)\n\nColumns: {columns}.\n")
+        f"![examples](examples.png)\n\nColumns: {columns}.\n"
+        + "".join(f"\n![what the refinement of {n} changed](refinement_{n}.png)\n" for n in names
+                  if "refinement" in result[n]))
+
+
+def _write_change_figure(path: Path, change: np.ndarray, examples, name: str, prepared) -> None:
+    """The example slices' refined images beside what the refinement changed."""
+    rows = [(f"{prepared.subjects[i]}\nslice {prepared.slice_numbers[i]}", images[name], change[i])
+            for i, images in sorted(examples.items())]
+    write_png(path, change_figure(rows, f"{name}: what the refinement changed"))
 
 
 def default_baselines(coils: int, regime: str, echo: Callable[[str], None]) -> list[str]:

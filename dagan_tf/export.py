@@ -19,6 +19,7 @@ variable is stored once (Keras' ``model.export`` stores them twice).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -84,7 +85,10 @@ class ReconstructionModule(tf.Module):
 def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False) -> Path:
     """Write the SavedModel (atomically) and return its folder."""
     module = ReconstructionModule(generator)
-    with atomic_output_dir(out, overwrite) as tmp:
+    with atomic_output_dir(out, overwrite) as tmp, warnings.catch_warnings():
+        # tracing a cascade's Keras call for the SavedModel makes Keras compare a tracked copy of the input
+        # dict with the plain one and warn that their "structure" differs; the keys and shapes are the same
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serving_default,
                                                           "from_kspace": module.from_kspace})
     return Path(out)
@@ -105,8 +109,9 @@ def check_export_signatures(signatures, path) -> None:
 
 def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tf.Tensor], int, Callable]:
     """``(network, image_size, from_kspace)`` of an exported SavedModel: ``serving_default`` as a function of
-    centred undersampled k-space ``[N, S, S]`` (complex) and mask ``[N, S, S]`` -> magnitude ``[N, S, S, 1]``,
-    and the ``from_kspace`` signature.
+    centred undersampled k-space ``[N, S, S]`` (complex) and mask ``[N, S, S]`` -> its outputs
+    (``reconstruction`` magnitude ``[N, S, S, 1]``, and ``refinement`` for refined networks), and the
+    ``from_kspace`` signature.
 
     The signatures are checked before anything runs.  A SavedModel executes its
     own graph: load only exports you trust.
@@ -122,10 +127,10 @@ def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tf.T
         channels = int(inputs["zero_filled"].shape[-1])
 
         def network(kspace0, mask):
-            return signature(zero_filled=network_input(ks.ifft2c(kspace0), channels))["reconstruction"]
+            return signature(zero_filled=network_input(ks.ifft2c(kspace0), channels))
     else:
         def network(kspace0, mask):
-            return signature(**kspace_planes(kspace0, mask))["reconstruction"]
+            return signature(**kspace_planes(kspace0, mask))
     size = int(next(iter(inputs.values())).shape[1])
     return network, size, loaded.signatures["from_kspace"]
 

@@ -75,6 +75,40 @@ def comparison_figure(rows: list[FigureRow], title: str = "", error_max: float =
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def change_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str = "",
+                  tile_inches: float = 1.9) -> np.ndarray:
+    """What a refinement changed: per row ``(label, reconstruction [H, W], change [H, W])`` the image and the
+    signed change on one symmetric scale (blue negative, red positive, one colour bar); RGB ``uint8``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scale = max(float(np.max(np.abs(change))) for _, _, change in rows) or 1.0
+    width, height = tile_inches * 2.1 + 1.4, tile_inches * len(rows) + 0.7
+    fig = Figure(figsize=(width, height), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(len(rows), 3, width_ratios=[1, 1, 0.08], wspace=0.04, hspace=0.06,
+                            left=0.45 / width, right=1 - 0.8 / width, top=1 - 0.6 / height, bottom=0.1 / height)
+    shown = None
+    for r, (label, image, change) in enumerate(rows):
+        for c, (tile, kwargs) in enumerate(((image, dict(cmap="gray", vmin=0, vmax=1)),
+                                            (change, dict(cmap="RdBu_r", vmin=-scale, vmax=scale)))):
+            ax = fig.add_subplot(grid[r, c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            drawn = ax.imshow(np.clip(tile, 0, 1) if c == 0 else tile, interpolation="nearest", **kwargs)
+            shown = drawn if c == 1 else shown
+            if r == 0:
+                ax.set_title(("refined reconstruction", "change λ·V (image units)")[c], fontsize=9)
+            if c == 0:
+                ax.set_ylabel("\n".join(_shorten(line) for line in label.splitlines()), fontsize=8)
+    bar = fig.colorbar(shown, cax=fig.add_subplot(grid[:, 2]))
+    bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def _shorten(text: str, limit: int = 24) -> str:
     """``text`` cut to its last ``limit`` characters (subject ids end in what tells them apart)."""
     return text if len(text) <= limit else "…" + text[-(limit - 1):]

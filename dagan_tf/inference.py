@@ -114,7 +114,8 @@ def run_network(generator, zero_filled: tf.Tensor, kspace0: tf.Tensor, mask: tf.
 
 def batch_reconstructor(generator, dc: bool) -> Callable[[dict], tf.Tensor]:
     """A function of an evaluation batch dict (``zero_filled`` or, for a complex generator,
-    ``zero_filled_complex``; ``kspace``, ``mask``, ``maps``) -> reconstructed magnitude ``[B, H, W, 1]``.
+    ``zero_filled_complex``; ``kspace``, ``mask``, ``maps``) -> reconstructed magnitude ``[B, H, W, 1]``,
+    or for a refined network ``{"image": …, "refinement": λ·V [B, H, W, 1]}``.
 
     Cascades take single-coil k-space only.
     """
@@ -122,8 +123,10 @@ def batch_reconstructor(generator, dc: bool) -> Callable[[dict], tf.Tensor]:
     key = "zero_filled_complex" if cascade or generator.input_shape[-1] == 2 else "zero_filled"
 
     def reconstruct(zero_filled, kspace0, mask, maps):
-        out = main_output(run_network(generator, zero_filled, kspace0, mask))
-        return apply_dc(out, kspace0, mask, maps) if dc else tf.abs(as_complex_image(out))[..., None]
+        raw = run_network(generator, zero_filled, kspace0, mask)
+        out = main_output(raw)
+        image = apply_dc(out, kspace0, mask, maps) if dc else tf.abs(as_complex_image(out))[..., None]
+        return {"image": image, "refinement": raw["refinement"]} if isinstance(raw, dict) else image
 
     run = tf.function(reconstruct, reduce_retracing=True, autograph=False)  # dc is a Python constant
 

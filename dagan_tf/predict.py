@@ -25,7 +25,7 @@ from dagan_tf import kspace as ks
 from dagan_tf.data.prepare import fit_slices, normalise_volume
 from dagan_tf.data.readers import check_nifti_header, checked_kspace, read_volume
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc, as_complex_image, network_input
+from dagan_tf.inference import apply_dc, as_complex_image, main_output, network_input
 from dagan_tf.masks import MaskSpec
 from dagan_tf.outputs import atomic_output_file, check_new_output
 from dagan_tf.progress import Stage
@@ -38,15 +38,21 @@ class LoadedModel:
     """A generator from an export or a run: ``reconstruct`` maps undersampled centred k-space to magnitudes."""
 
     size: int
-    network: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]  # (kspace0 [N, S, S], mask) -> output [N, S, S, C]
+    # (kspace0 [N, S, S], mask) -> output [N, S, S, C], or {"reconstruction", "refinement"} (refined networks)
+    network: Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict]
     with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
 
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
-        """Magnitudes ``[N, S, S]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``."""
+        """``[N, S, S, K]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``: the magnitude,
+        and for a refined network (K = 2) what the refinement changed (λ·V, image units)."""
+        raw = self.network(kspace0, mask)
+        change = [tf.cast(raw["refinement"], tf.float32)] if isinstance(raw, dict) and "refinement" in raw else []
         if dc and self.with_dc is not None:
-            return self.with_dc(kspace0, mask)[..., 0]
-        out = tf.cast(self.network(kspace0, mask), tf.float32)
-        return (apply_dc(out, kspace0, mask) if dc else tf.abs(as_complex_image(out))[..., None])[..., 0]
+            image = self.with_dc(kspace0, mask)
+        else:
+            out = main_output(raw)
+            image = apply_dc(out, kspace0, mask) if dc else tf.abs(as_complex_image(out))[..., None]
+        return tf.concat([image, *change], axis=-1)
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -55,33 +61,39 @@ def load_model(path: str | Path) -> LoadedModel:
     if (path / "saved_model.pb").is_file():
         from dagan_tf.export import kspace_planes, load_export
 
-        network, size, from_kspace = load_export(path)
+        network, size, from_kspace = load_export(path)  # network: all outputs of serving_default
         return LoadedModel(size, network, lambda k0, m: from_kspace(**kspace_planes(k0, m))["reconstruction"])
     if (path / "config.yaml").is_file():
-        from dagan_tf.inference import load_run_generator, main_output, run_network
+        from dagan_tf.inference import load_run_generator, run_network
 
         generator, config = load_run_generator(path)
         channels = config["model"].get("channels", 1)
 
         def network(kspace0, mask):
-            zero_filled = network_input(ks.ifft2c(kspace0), channels)
-            return main_output(run_network(generator, zero_filled, kspace0, mask))
+            return run_network(generator, network_input(ks.ifft2c(kspace0), channels), kspace0, mask)
 
         return LoadedModel(config["model"]["image_size"], network)
     raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
 
 
 def _unfit(images: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
-    """Inverse of :func:`fit_slices` for ``[Z, size, size]`` -> ``[Z, h, w]``."""
+    """Inverse of :func:`fit_slices` for ``[Z, size, size, K]`` -> ``[Z, h, w, K]``."""
     h, w = shape
     scale = size / max(h, w)
     inner = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = tf.image.resize_with_crop_or_pad(images[..., None], *inner)
-    return tf.image.resize(x, (h, w), method="bilinear", antialias=True).numpy()[..., 0]
+    x = tf.image.resize_with_crop_or_pad(images, *inner)
+    return tf.image.resize(x, (h, w), method="bilinear", antialias=True).numpy()
+
+
+def refinement_path(out: Path) -> Path:
+    """Where ``predict`` writes a refined network's change map beside ``out`` (``x.nii.gz`` -> ``x_refinement.nii.gz``)."""
+    name = out.name
+    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else out.suffix
+    return out.with_name(f"{name[:len(name) - len(suffix)]}_refinement{suffix}")
 
 
 def _reconstruct(model: LoadedModel, kspace0: np.ndarray, mask: np.ndarray, dc: bool) -> np.ndarray:
-    """Magnitudes ``[Z, S, S]`` of ``kspace0 [Z, S, S]`` (undersampled) in batches, with progress."""
+    """``[Z, S, S, K]`` (:meth:`LoadedModel.reconstruct`) of ``kspace0 [Z, S, S]`` (undersampled) in batches."""
     out = []
     with Stage("predict", len(kspace0), "slices") as stage:
         for i in range(0, len(kspace0), BATCH):
@@ -94,7 +106,8 @@ def _reconstruct(model: LoadedModel, kspace0: np.ndarray, mask: np.ndarray, dc: 
 
 def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask: MaskSpec | None = None,
                    dc: bool = False, overwrite: bool = False, echo: Callable[[str], None] = lambda _: None) -> Path:
-    """Reconstruct ``source`` with ``model`` into the NIfTI file ``out`` (written atomically).
+    """Reconstruct ``source`` with ``model`` into the NIfTI file ``out`` (written atomically); a refined
+    network's change map λ·V goes to :func:`refinement_path` (same geometry and intensity scale).
 
     ``echo`` is told when slices are resampled to the model's size and back.
     """
@@ -110,8 +123,13 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
         volume, affine, header = _predict_kspace(loaded, source, dc), np.eye(4), None
     else:
         volume, affine, header = _predict_image(loaded, source, mask, dc, echo)
+    if volume.shape[-1] == 2:
+        change_out = check_new_output(refinement_path(out), overwrite)
+        with atomic_output_file(change_out, overwrite) as tmp:
+            nib.save(nib.Nifti1Image(volume[..., 1].astype(np.float32), affine, header), str(tmp))
+        echo(f"written {change_out} (what the refinement changed, λ·V, in the output's intensity units)")
     with atomic_output_file(out, overwrite) as tmp:
-        nib.save(nib.Nifti1Image(volume.astype(np.float32), affine, header), str(tmp))
+        nib.save(nib.Nifti1Image(volume[..., 0].astype(np.float32), affine, header), str(tmp))
     return out
 
 
@@ -140,9 +158,9 @@ def _predict_image(model: LoadedModel, source: Path, mask: MaskSpec, dc: bool, e
     m = mask.build((size, size))
     kspace0, _ = ks.undersample(slices, m)
     recon = _reconstruct(model, kspace0.numpy(), m, dc)
-    recon = np.transpose(_unfit(recon, data.shape[:2], size), (1, 2, 0))
+    recon = np.transpose(_unfit(recon, data.shape[:2], size), (1, 2, 0, 3))  # [X, Y, Z, K]
     lo, hi = float(data.min()), float(data.max())
-    result = recon * (hi - lo) + lo
+    result = recon * (hi - lo) + np.array([lo, 0.0])[:recon.shape[-1]]  # a change map has no offset
     if to_ras is not None:
         back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
                                                nib.orientations.io_orientation(affine))
@@ -171,4 +189,4 @@ def _predict_kspace(model: LoadedModel, source: Path, dc: bool) -> np.ndarray:
         raise DaganError(f"{source} mask shape {mask.shape} does not match k-space {kspace0.shape}")
     scale = float(np.abs(ks.ifft2c(kspace0 * mask).numpy()).max()) or 1.0
     recon = _reconstruct(model, kspace0 * mask / scale, mask, dc)
-    return np.transpose(recon * scale, (1, 2, 0))
+    return np.transpose(recon * scale, (1, 2, 0, 3))

@@ -181,6 +181,7 @@ def test_eval_export_predict_of_a_refinement_run(tmp_path, real_slices, refineme
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"zero_filled", "stage1", "model"} <= set(metrics)
+    assert metrics["model"]["refinement"]["max_abs"] > 0 and (out / "refinement_model.png").is_file()
     # λ is small after 2 epochs: the refined network stays within a hair of its RecNet
     assert abs(metrics["model"]["psnr"]["mean"] - metrics["stage1"]["psnr"]["mean"]) < 0.5
 
@@ -207,4 +208,8 @@ def test_eval_export_predict_of_a_refinement_run(tmp_path, real_slices, refineme
                      "--mask", "gaussian1d", "--ratio", "0.3")
         assert result.exit_code == 0, result.output
         volumes[name] = nib.load(str(tmp_path / f"{name}.nii.gz")).get_fdata()
+        volumes[f"{name} change"] = nib.load(str(tmp_path / f"{name}_refinement.nii.gz")).get_fdata()
     np.testing.assert_allclose(volumes["export"], volumes["run"], atol=1e-3 * np.abs(volumes["run"]).max())
+    np.testing.assert_allclose(volumes["export change"], volumes["run change"],
+                               atol=1e-3 * np.abs(volumes["run"]).max())
+    assert np.abs(volumes["run change"]).max() > 0 and volumes["run change"].shape == volumes["run"].shape
