@@ -6,7 +6,14 @@ batch 1 and 16; the export size against the parameter bytes; and the GFLOP/s
 of a large 3×3 convolution measured in the same run, so every figure is also a
 fraction of that ceiling.
 
-Usage: python scripts/bench_speed.py [--size 256] [--width 1.0] [--batch 8] [--steps 4] [--vgg-weights FILE]
+``--networks seitzer`` measures the two-stage refinement instead: RecNet (stage 1;
+its FFT data-consistency layers are timed but not counted as FLOPs), the refinement
+U-Net, the PatchGAN and the VGG of the perceptual term (VGG16 ``block5_conv3`` with
+the local weights: no VGG19 weights exist offline here), training images/s of both
+trainers and inference ms/image of RecNet and of the refined network.
+
+Usage: python scripts/bench_speed.py [--networks dagan|seitzer] [--size 256] [--width 1.0] [--batch 8]
+       [--steps 4] [--vgg-weights FILE]
 """
 from __future__ import annotations
 
@@ -78,7 +85,122 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--vgg-weights", default=str(SHARED_VGG) if SHARED_VGG.exists() else "random")
     parser.add_argument("--inference-only", action="store_true", help="Skip the training measurements.")
+    parser.add_argument("--networks", choices=("dagan", "seitzer"), default="dagan")
     args = parser.parse_args()
+    report = machine_report()
+    report.update({"size": args.size, "width": args.width, "batch": args.batch})
+    (seitzer_report if args.networks == "seitzer" else dagan_report)(args, report)
+    print(json.dumps(report, indent=2))
+
+
+def machine_report() -> dict:
+    """CPU model, cores, SIMD flags and the precision ``auto`` picks here."""
+    from dagan_tf.hardware import NATIVE_BF16_CPU_FLAGS, cpu_info, resolve_precision
+
+    cpu_model, cpu_flags = cpu_info()
+    return {"cpu": {"model": cpu_model, "cores": os.cpu_count(),
+                    "simd_flags": sorted(f for f in cpu_flags if f.startswith(("avx", "amx", "fma"))),
+                    "native_bf16": sorted(set(NATIVE_BF16_CPU_FLAGS) & cpu_flags)},
+            "precision_auto": resolve_precision("auto")}
+
+
+def inference_report(name: str, network, inputs_of, flops: float, size: int, ceiling: float, report: dict) -> None:
+    """``report[name_batch{1,16}]``: ms/image, GFLOP/s and fraction of ``ceiling`` of ``network(inputs_of(b))``."""
+    infer = tf.function(lambda t: network(t, training=False))
+    for batch in (1, 16):
+        x = inputs_of(batch, size)
+        seconds = timed(lambda: tf.nest.map_structure(lambda t: t.numpy(), infer(x)), 5 if batch == 1 else 3)
+        report[f"{name}_batch{batch}"] = {"ms_per_image": 1000 * seconds / batch,
+                                          "gflop_per_s": batch * flops / seconds / 1e9,
+                                          "fraction_of_ceiling": batch * flops / seconds / 1e9 / ceiling}
+
+
+def seitzer_report(args, report: dict) -> None:
+    """RecNet and the refinement GAN (module doc)."""
+    import shutil
+
+    from dagan_tf import kspace as ks
+    from dagan_tf import recipes
+    from dagan_tf.models.recnet import build_recnet, network_inputs
+    from dagan_tf.models.refinement import RefinedNetwork, build_patch_discriminator, build_refinement_unet
+    from dagan_tf.training.run import build_trainer
+
+    size = args.size
+    recnet, unet = build_recnet(size), build_refinement_unet(size, width=args.width)
+    d = build_patch_discriminator(6, args.width, image_size=size)
+    vgg_config = recipes.apply_overrides(recipes.load_recipe("refinement"), [
+        f"model.image_size={size}", "vgg.arch=vgg16", "vgg.layer=block5_conv3", f"vgg.weights={args.vgg_weights}"])
+    from dagan_tf.models.vgg import VGGFeatures
+
+    vgg = VGGFeatures.from_recipe(vgg_config["vgg"])
+    flops = {"RecNet": forward_flops(recnet), "refinement U-Net": forward_flops(unet), "PatchGAN": forward_flops(d),
+             "VGG": vgg_flops_per_image(vgg.model, size)}
+    report["gflop_per_image"] = {k: v / 1e9 for k, v in flops.items()}
+    report["params_M"] = {"RecNet": recnet.count_params() / 1e6, "refinement U-Net": unet.count_params() / 1e6,
+                          "PatchGAN": d.count_params() / 1e6}
+    # RecNet step: forward + backward (3×). Refinement step per image: RecNet forward, U-Net fwd/bwd (3×),
+    # D on real, fake and pooled fake fwd/bwd for D (3×3) plus the input gradient for G (2×), VGG on the
+    # target and the fake with the fake's gradient (3×).
+    steps = {"recnet": 3 * flops["RecNet"],
+             "refinement": flops["RecNet"] + 3 * flops["refinement U-Net"] + 11 * flops["PatchGAN"]
+             + 3 * flops["VGG"]}
+    report["train_gflop_per_image"] = {k: v / 1e9 for k, v in steps.items()}
+    rng = np.random.default_rng(0)
+    mask = (rng.random((size, size)) < 0.3).astype(np.float32)
+
+    def kspace_batch(batch, size):
+        image = rng.random((batch, size, size)).astype(np.float32)
+        k0, zf = ks.undersample(image, mask)
+        return {"kspace": k0, "mask": tf.broadcast_to(mask, k0.shape), "target": image[..., None],
+                "zero_filled": tf.abs(zf)[..., None],
+                "target_complex": tf.stack([image, np.zeros_like(image)], -1)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stage1 = Path(tmp) / "recnet"
+        overrides = [f"model.image_size={size}", "train.epochs=1", "train.steps_per_epoch=1", "train.batch_size=1",
+                     "train.val_batch_size=1", "data.ratio=0.3"]
+        for precision in () if args.inference_only else ("float32", "mixed_bfloat16"):
+            keras.mixed_precision.set_global_policy(precision)
+            ceiling = conv_ceiling("float32" if precision == "float32" else "bfloat16")
+            for name in ("recnet", "refinement"):
+                config = recipes.apply_overrides(recipes.load_recipe(name), overrides + (
+                    [] if name == "recnet" else [f"stage1.run={stage1}", f"model.width={args.width}",
+                                                 f"discriminator.width={args.width}", "vgg.arch=vgg16",
+                                                 "vgg.layer=block5_conv3", f"vgg.weights={args.vgg_weights}"]))
+                if name == "refinement":
+                    from dagan_tf.training.refinement import prepare_config
+
+                    config = prepare_config(config)
+                model = build_trainer(config)
+                batch = kspace_batch(args.batch, size)
+                step = tf.function(model.train_step)
+                seconds = timed(lambda: float(next(iter(step(batch).values()))), args.steps)
+                rate = args.batch / seconds
+                report[f"train_{name}_{precision}"] = {
+                    "images_per_s": rate, "gflop_per_s": rate * steps[name] / 1e9,
+                    "conv3x3_ceiling_gflop_per_s": ceiling, "fraction_of_ceiling": rate * steps[name] / 1e9 / ceiling}
+                if name == "recnet" and not stage1.exists():  # a stage-1 run folder for the refinement trainer
+                    keras.mixed_precision.set_global_policy("float32")
+                    stage1.mkdir()
+                    (stage1 / "config.yaml").write_text(recipes.dump(config))
+                    build_recnet(size).save_weights(str(stage1 / "best.weights.h5"))
+                    keras.mixed_precision.set_global_policy(precision)
+        shutil.rmtree(stage1, ignore_errors=True)
+    keras.mixed_precision.set_global_policy("float32")
+    ceiling = conv_ceiling("float32")
+
+    def inputs(batch, size):
+        b = kspace_batch(batch, size)
+        return network_inputs(b["kspace"], b["mask"])
+
+    refined = RefinedNetwork(build_recnet(size), build_refinement_unet(size, width=args.width))
+    inference_report("inference_recnet", build_recnet(size), inputs, flops["RecNet"], size, ceiling, report)
+    inference_report("inference_refined", refined, inputs, flops["RecNet"] + flops["refinement U-Net"], size,
+                     ceiling, report)
+
+
+def dagan_report(args, report: dict) -> None:
+    """The DAGAN generator, discriminator and VGG (module doc)."""
 
     from dagan_tf import recipes
     from dagan_tf.export import export_generator
@@ -86,14 +208,6 @@ def main() -> None:
     from dagan_tf.models.layers import fold_batch_norm
     from dagan_tf.training.run import build_trainer
 
-    from dagan_tf.hardware import NATIVE_BF16_CPU_FLAGS, cpu_info, resolve_precision
-
-    cpu_model, cpu_flags = cpu_info()
-    report: dict = {"size": args.size, "width": args.width, "batch": args.batch,
-                    "cpu": {"model": cpu_model, "cores": os.cpu_count(),
-                            "simd_flags": sorted(f for f in cpu_flags if f.startswith(("avx", "amx", "fma"))),
-                            "native_bf16": sorted(set(NATIVE_BF16_CPU_FLAGS) & cpu_flags)},
-                    "precision_auto": resolve_precision("auto")}
     g, d = build_generator(args.size, args.width), build_discriminator(args.size, args.width)
     config = recipes.apply_overrides(recipes.load_recipe("ppgr"), [
         f"model.image_size={args.size}", f"model.width={args.width}", f"vgg.weights={args.vgg_weights}"])
@@ -123,13 +237,8 @@ def main() -> None:
     ceiling = conv_ceiling("float32")
     g = build_generator(args.size, args.width)  # what eval, predict and export run
     for name, net in (("inference", g), ("inference_folded", fold_batch_norm(g))):
-        infer = tf.function(lambda t, net=net: net(t, training=False))
-        for batch in (1, 16):
-            x = tf.random.uniform((batch, args.size, args.size, 1))
-            seconds = timed(lambda: infer(x).numpy(), 5 if batch == 1 else 3)
-            report[f"{name}_batch{batch}"] = {
-                "ms_per_image": 1000 * seconds / batch, "gflop_per_s": batch * g_flops / seconds / 1e9,
-                "fraction_of_ceiling": batch * g_flops / seconds / 1e9 / ceiling}
+        inference_report(name, net, lambda batch, size: tf.random.uniform((batch, size, size, 1)), g_flops,
+                         args.size, ceiling, report)
     report["batch1_over_batch16"] = (report["inference_batch1"]["ms_per_image"]
                                      / report["inference_batch16"]["ms_per_image"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +246,6 @@ def main() -> None:
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         param_bytes = sum(int(np.prod(w.shape)) * 4 for w in g.weights)
         report["export"] = {"bytes": size, "parameter_bytes": param_bytes, "ratio": size / param_bytes}
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -178,13 +178,12 @@ class RefinedNetwork(keras.Model):
 
 
 def build_patch_discriminator(n_layers: int = 6, width: float = 1.0, dropout: float = 0.5,
-                              name: str = "patch_discriminator") -> keras.Model:
-    """PatchGAN ``[N, S, S, 1]`` magnitudes -> ``[features…, logits [N, P, P, 1]]`` (module doc).
-
-    Needs ``S / 2^(n_layers − 1) ≥ 4`` (128² for the paper's six layers).
+                              image_size: int | None = None, name: str = "patch_discriminator") -> keras.Model:
+    """PatchGAN ``[N, S, S, 1]`` magnitudes -> ``[features…, logits [N, P, P, 1]]`` (module doc); any ``S``
+    unless ``image_size`` fixes it.  Needs ``S / 2^(n_layers − 1) ≥ 4`` (128² for the paper's six layers).
     """
     init = keras.initializers.RandomNormal(0.0, 0.02)
-    inputs = keras.Input((None, None, 1), name="image")
+    inputs = keras.Input((image_size, image_size, 1), name="image")
     x, features = inputs, []
     for i in range(n_layers):
         filters = max(1, round(min(64 * 2 ** i, 1024) * width))
