@@ -30,7 +30,7 @@ import tensorflow as tf
 from dagan_tf.models.dagan import build_discriminator
 from dagan_tf.models.dagan import build_generator as build_unet
 from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
-from dagan_tf.training.common import QUALITY, bce_logits, magnitude, quality_metrics
+from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
 from dagan_tf.training.optimizers import TF1_ADAM_EPSILON, FusedAdam
 
 PIXEL_LOSSES = ("ratio", "mse")
@@ -73,52 +73,22 @@ def frequency_loss(target: tf.Tensor, output: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.square(tf.abs(fft(output)) - tf.abs(fft(target))))
 
 
-class ConditionalGAN(keras.Model):
+class ConditionalGAN(TrainerModel):
     """Trains ``generator`` against ``discriminator``; ``call`` runs the generator only."""
 
     def __init__(self, generator: keras.Model, discriminator: keras.Model, features=None,
                  weights: LossWeights = LossWeights(), pixel_kind: str = "ratio", vgg_target_prepro=None,
                  **kwargs):
-        super().__init__(**kwargs)
+        names = ("d_loss", "g_loss", "g_adversarial", "g_pixel", "g_frequency", "g_vgg", *QUALITY)
+        super().__init__(generator, names, discriminator, **kwargs)
         if pixel_kind not in PIXEL_LOSSES:
             raise ValueError(f"pixel loss {pixel_kind!r} not in {PIXEL_LOSSES}")
         if weights.vgg and features is None:
             raise ValueError("a VGG loss weight needs a feature extractor")
-        self.generator = generator
-        self.discriminator = discriminator
         self.features = features
         self.loss_weights_ = weights
         self.pixel_kind = pixel_kind
         self.vgg_target_prepro = vgg_target_prepro
-        names = ("d_loss", "g_loss", "g_adversarial", "g_pixel", "g_frequency", "g_vgg", *QUALITY)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-
-    def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer, **kwargs):
-        super().compile(**kwargs)
-        self.g_optimizer = g_optimizer
-        self.d_optimizer = d_optimizer
-
-    def build_optimizers(self) -> None:
-        """Create the optimizer slots now (needed before restoring a checkpoint)."""
-        self.g_optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
-
-    @property
-    def optimizers(self) -> list[keras.optimizers.Optimizer]:
-        """Optimizers whose learning rate the schedule sets."""
-        return [self.g_optimizer, self.d_optimizer]
-
-    def checkpoint_objects(self) -> dict:
-        """Everything a checkpoint must hold to resume training exactly."""
-        return {"generator": self.generator, "discriminator": self.discriminator,
-                "g_optimizer": self.g_optimizer, "d_optimizer": self.d_optimizer}
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def call(self, inputs, training=False):
-        return self.generator(inputs, training=training)
 
     def reconstruct(self, zero_filled: tf.Tensor) -> tf.Tensor:
         """The magnitude ``[B, H, W, 1]`` of the generator's output in inference mode."""
@@ -186,5 +156,4 @@ def build_trainer(config: dict) -> ConditionalGAN:
                            dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
     model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=TF1_ADAM_EPSILON),
                   d_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=TF1_ADAM_EPSILON))
-    model.build_optimizers()
     return model

@@ -1,6 +1,8 @@
-"""Pieces every trainer shares: magnitudes of network outputs, the BCE on logits, validation quality metrics."""
+"""Pieces every trainer shares: the base trainer model, magnitudes of network outputs, the BCE on logits,
+validation quality metrics."""
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 from dagan_tf import metrics as quality
@@ -29,3 +31,46 @@ def quality_metrics(trackers: dict, target: tf.Tensor, output: tf.Tensor) -> dic
     for name, fn in zip(QUALITY, (quality.nmse, quality.psnr, quality.ssim)):
         trackers[name].update_state(fn(target, output))
     return {name: trackers[name].result() for name in QUALITY}
+
+
+class TrainerModel(keras.Model):
+    """Base of every trainer: what the shared run machinery (:mod:`dagan_tf.training.run`) uses.
+
+    ``generator`` is the network inference uses (its weights go to ``best.weights.h5``); ``trackers``
+    the mean metrics by name; ``compile`` sets ``g_optimizer`` (and ``d_optimizer`` for GANs) and builds
+    their slots so a checkpoint can be restored before the first step.  ``call`` runs the generator.
+    """
+
+    def __init__(self, generator: keras.Model, tracker_names, discriminator: keras.Model | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.generator, self.discriminator = generator, discriminator
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in tracker_names}
+        self.g_optimizer = self.d_optimizer = None
+
+    def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer | None = None,
+                **kwargs):
+        super().compile(**kwargs)
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        g_optimizer.build(self.generator.trainable_variables)
+        if d_optimizer is not None:
+            d_optimizer.build(self.discriminator.trainable_variables)
+
+    @property
+    def optimizers(self) -> list[keras.optimizers.Optimizer]:
+        """Optimizers whose learning rate the schedule sets."""
+        return [o for o in (self.g_optimizer, self.d_optimizer) if o is not None]
+
+    def checkpoint_objects(self) -> dict:
+        """Everything a checkpoint must hold to resume training exactly (subclasses add their state)."""
+        objects = {"generator": self.generator, "g_optimizer": self.g_optimizer}
+        if self.discriminator is not None:
+            objects.update(discriminator=self.discriminator, d_optimizer=self.d_optimizer)
+        return objects
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, inputs, training=False):
+        return self.generator(inputs, training=training)

@@ -33,7 +33,7 @@ from dagan_tf.models.recnet import build_recnet
 from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminator, build_refinement_unet,
                                         min_discriminator_size)
 from dagan_tf.models.vgg import VGGFeatures
-from dagan_tf.training.common import QUALITY, bce_logits, magnitude, quality_metrics
+from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
 from dagan_tf.training.optimizers import FusedAdam
 from dagan_tf.training.supervised import batch_inputs
 
@@ -124,42 +124,21 @@ def feature_matching(real_features: list[tf.Tensor], fake_features: list[tf.Tens
                      for r, f in zip(real_features, fake_features)]) / len(real_features)
 
 
-class RefinementGAN(keras.Model):
+class RefinementGAN(TrainerModel):
     """Trains the refinement U-Net and λ of ``generator`` (a :class:`RefinedNetwork`) against a PatchGAN."""
 
     def __init__(self, generator: RefinedNetwork, discriminator: keras.Model, features: VGGFeatures | None,
                  weights: RefinementWeights, normalise: bool, pool: ImagePool, real_label: float = 0.9, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(generator, ("d_loss", "g_loss", *TERMS, "lambda", *QUALITY), discriminator, **kwargs)
         if weights.vgg and features is None:
             raise ValueError("a VGG loss weight needs a feature extractor")
-        self.generator, self.discriminator, self.features = generator, discriminator, features
-        self.weights_ = weights
+        self.features, self.weights_ = features, weights
         self.normaliser = LossNormaliser() if normalise else None
         self.pool, self.real_label = pool, real_label
-        names = ("d_loss", "g_loss", *TERMS, "lambda", *QUALITY)
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
-
-    def compile(self, g_optimizer, d_optimizer, **kwargs):
-        super().compile(**kwargs)
-        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        g_optimizer.build(self.generator.trainable_variables)
-        d_optimizer.build(self.discriminator.trainable_variables)
-
-    @property
-    def optimizers(self):
-        return [self.g_optimizer, self.d_optimizer]
 
     def checkpoint_objects(self) -> dict:
-        objects = {"generator": self.generator, "discriminator": self.discriminator, "g_optimizer": self.g_optimizer,
-                   "d_optimizer": self.d_optimizer, "image_pool": self.pool}
+        objects = {**super().checkpoint_objects(), "image_pool": self.pool}
         return objects | ({"loss_normaliser": self.normaliser} if self.normaliser is not None else {})
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def call(self, inputs, training=False):
-        return self.generator(inputs, training=training)
 
     def reconstruct(self, batch: dict) -> tf.Tensor:
         """Magnitude ``[B, H, W, 1]`` of the refined reconstruction of a k-space batch dict."""

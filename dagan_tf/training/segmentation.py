@@ -15,6 +15,7 @@ import tensorflow as tf
 from dagan_tf.data.prepare import check_prepared
 from dagan_tf.errors import DaganError
 from dagan_tf.models.refinement import build_refinement_unet
+from dagan_tf.training.common import TrainerModel
 from dagan_tf.training.optimizers import FusedAdam
 
 
@@ -39,32 +40,12 @@ def hard_dice(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.boolean_mask(2.0 * overlap / tf.maximum(sizes, 1.0), present))
 
 
-class Segmenter(keras.Model):
+class Segmenter(TrainerModel):
     """Trains ``generator`` (image -> class logits) with cross-entropy and soft Dice."""
 
     def __init__(self, generator: keras.Model, cross_entropy: float = 1.0, dice: float = 1.0, **kwargs):
-        super().__init__(**kwargs)
-        self.generator, self.w_ce, self.w_dice = generator, cross_entropy, dice
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", "dice", "dice_loss")}
-
-    def compile(self, optimizer, **kwargs):
-        super().compile(**kwargs)
-        self.g_optimizer = optimizer
-        optimizer.build(self.generator.trainable_variables)
-
-    @property
-    def optimizers(self):
-        return [self.g_optimizer]
-
-    def checkpoint_objects(self) -> dict:
-        return {"generator": self.generator, "g_optimizer": self.g_optimizer}
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def call(self, images, training=False):
-        return self.generator(images, training=training)
+        super().__init__(generator, ("loss", "dice", "dice_loss"), **kwargs)
+        self.w_ce, self.w_dice = cross_entropy, dice
 
     def train_step(self, data):
         images, labels = data
@@ -105,5 +86,5 @@ def prepare_config(config: dict, echo=lambda _: None) -> dict:
 def build_trainer(config: dict) -> Segmenter:
     t, loss = config["train"], config["loss"]
     model = Segmenter(build_generator(config), loss["cross_entropy"], loss["dice"])
-    model.compile(optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
+    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
     return model

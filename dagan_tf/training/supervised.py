@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf.models.recnet import build_recnet, network_inputs
-from dagan_tf.training.common import QUALITY, magnitude, quality_metrics
+from dagan_tf.training.common import QUALITY, TrainerModel, magnitude, quality_metrics
 from dagan_tf.training.optimizers import FusedAdam
 
 def batch_inputs(batch: dict) -> dict[str, tf.Tensor]:
@@ -21,31 +21,11 @@ def batch_inputs(batch: dict) -> dict[str, tf.Tensor]:
     return network_inputs(batch["kspace"], batch["mask"])
 
 
-class SupervisedCascade(keras.Model):
+class SupervisedCascade(TrainerModel):
     """Trains ``generator`` (a cascade) with the MSE loss; ``call`` runs it."""
 
     def __init__(self, generator: keras.Model, **kwargs):
-        super().__init__(**kwargs)
-        self.generator = generator
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", *QUALITY)}
-
-    def compile(self, optimizer: keras.optimizers.Optimizer, **kwargs):
-        super().compile(**kwargs)
-        self.g_optimizer = optimizer
-
-    @property
-    def optimizers(self) -> list[keras.optimizers.Optimizer]:
-        return [self.g_optimizer]
-
-    def checkpoint_objects(self) -> dict:
-        return {"generator": self.generator, "g_optimizer": self.g_optimizer}
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
-
-    def call(self, inputs, training=False):
-        return self.generator(inputs, training=training)
+        super().__init__(generator, ("loss", *QUALITY), **kwargs)
 
     def reconstruct(self, batch: dict) -> tf.Tensor:
         """Magnitude ``[B, H, W, 1]`` of the network's output for a k-space batch dict, inference mode."""
@@ -74,6 +54,5 @@ def build_trainer(config: dict) -> SupervisedCascade:
     """The compiled trainer (Adam with the recipe's learning rate and β1, β2 0.999, ε 1e-8), optimizer built."""
     t = config["train"]
     model = SupervisedCascade(build_generator(config))
-    model.compile(optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
-    model.g_optimizer.build(model.generator.trainable_variables)
+    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
     return model
