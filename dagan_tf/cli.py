@@ -21,6 +21,13 @@ from dagan_tf.errors import DaganError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+REGIME_OPTION = click.option(
+    "--regime", type=click.Choice(["magnitude", "phase"]), default=None,
+    help="Single-coil k-space simulation: of the real image (magnitude, the papers') or of "
+         "image·exp(i·smooth random phase) (phase). Default: the run's, else magnitude.")
+PHASE_SEED_OPTION = click.option(
+    "--phase-seed", type=click.IntRange(min=0), default=0, show_default=True,
+    help="Seed of the phase regime's per-slice phases (the same slices get the same phases).")
 TRUST_NOTE = ("A SavedModel runs its own graph: load only exports you trust; dagan-tf checks that an export "
               "carries its signatures before running it.")
 POSITIVE = click.IntRange(min=1)
@@ -229,11 +236,8 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
               help="Split to score (every slice of it).")
 @click.option("--dc", is_flag=True, help="Apply data consistency to the network output (row 'model+dc'); "
                                          "adds the zero-filled-dc baseline (magnitude regime).")
-@click.option("--regime", type=click.Choice(["magnitude", "phase"]), default=None,
-              help="Single-coil k-space simulation: of the real image (magnitude, the papers') or of "
-                   "image·exp(i·smooth random phase) (phase). Default: the run's, else magnitude.")
-@click.option("--phase-seed", type=NON_NEGATIVE, default=0, show_default=True,
-              help="Seed of the phase regime's per-slice phases (the same slices get the same phases).")
+@REGIME_OPTION
+@PHASE_SEED_OPTION
 @click.option("--lam", type=click.FloatRange(0), default=None,
               help="Regularisation weight of sense/tv/wavelet (default: --tune-lambda, else 0 for sense, "
                    "0.001 for tv and wavelet).")
@@ -398,8 +402,10 @@ def export_command(run_dir, out, overwrite):
 @click.option("--mask-seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the mask.")
 @click.option("--acs", type=NON_NEGATIVE, default=None, help="Fully sampled centre lines / block side.")
 @click.option("--dc", is_flag=True, help="Apply data consistency to the network output.")
+@REGIME_OPTION
+@PHASE_SEED_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (only once the new one is complete).")
-def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, dc, overwrite):
+def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, dc, regime, phase_seed, overwrite):
     from dagan_tf.outputs import check_new_output
 
     check_new_output(out, overwrite)
@@ -414,7 +420,7 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
     _load_tensorflow()
     from dagan_tf.predict import predict_volume
 
-    predict_volume(model_path, source, out, spec, dc, overwrite, echo=_echo)
+    predict_volume(model_path, source, out, spec, dc, overwrite, regime, phase_seed, echo=_echo)
     click.echo(f"written {out}")
 
 

@@ -41,6 +41,7 @@ class LoadedModel:
     # (kspace0 [N, S, S], mask) -> output [N, S, S, C], or {"reconstruction", "refinement"} (refined networks)
     network: Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict]
     with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
+    regime: str = "magnitude"  # the k-space simulation a run was trained in (exports: magnitude)
 
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
         """``[N, S, S, K]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``: the magnitude,
@@ -72,7 +73,7 @@ def load_model(path: str | Path) -> LoadedModel:
         def network(kspace0, mask):
             return run_network(generator, network_input(ks.ifft2c(kspace0), channels), kspace0, mask)
 
-        return LoadedModel(config["model"]["image_size"], network)
+        return LoadedModel(config["model"]["image_size"], network, regime=config["data"]["regime"])
     raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
 
 
@@ -105,11 +106,14 @@ def _reconstruct(model: LoadedModel, kspace0: np.ndarray, mask: np.ndarray, dc: 
 
 
 def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask: MaskSpec | None = None,
-                   dc: bool = False, overwrite: bool = False, echo: Callable[[str], None] = lambda _: None) -> Path:
+                   dc: bool = False, overwrite: bool = False, regime: str | None = None, phase_seed: int = 0,
+                   echo: Callable[[str], None] = lambda _: None) -> Path:
     """Reconstruct ``source`` with ``model`` into the NIfTI file ``out`` (written atomically); a refined
     network's change map λ·V goes to :func:`refinement_path` (same geometry and intensity scale).
 
-    ``echo`` is told when slices are resampled to the model's size and back.
+    Image input is undersampled in ``regime`` (default: a run's own, else ``magnitude``): ``phase``
+    simulates the k-space of ``slice·exp(iφ)`` with the smooth phase of ``(phase_seed, slice index)``
+    (:mod:`dagan_tf.data.pipeline`).  ``echo`` is told when slices are resampled and which regime is used.
     """
     out = check_new_output(out, overwrite)
     source = Path(source)
@@ -120,9 +124,14 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
         mask.validate()
     loaded = load_model(model)
     if is_kspace:
+        if regime is not None:
+            raise DaganError("--regime applies to image input; k-space input carries its own phase")
         volume, affine, header = _predict_kspace(loaded, source, dc), np.eye(4), None
     else:
-        volume, affine, header = _predict_image(loaded, source, mask, dc, echo)
+        regime = regime or loaded.regime
+        if regime == "phase":
+            echo(f"phase regime: k-space simulated from each slice times a smooth random phase (seed {phase_seed})")
+        volume, affine, header = _predict_image(loaded, source, mask, dc, echo, regime, phase_seed)
     if volume.shape[-1] == 2:
         change_out = check_new_output(refinement_path(out), overwrite)
         with atomic_output_file(change_out, overwrite) as tmp:
@@ -133,7 +142,8 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
     return out
 
 
-def _predict_image(model: LoadedModel, source: Path, mask: MaskSpec, dc: bool, echo):
+def _predict_image(model: LoadedModel, source: Path, mask: MaskSpec, dc: bool, echo, regime: str = "magnitude",
+                   phase_seed: int = 0):
     size = model.size
     if source.name.lower().endswith((".nii", ".nii.gz")):
         try:
@@ -156,6 +166,12 @@ def _predict_image(model: LoadedModel, source: Path, mask: MaskSpec, dc: bool, e
         echo(f"resampling {data.shape[0]}×{data.shape[1]} slices to the model's {size}×{size} and back")
     slices = fit_slices(normalised, size, "resize")  # [Z, S, S]
     m = mask.build((size, size))
+    if regime == "phase":
+        from dagan_tf.coils import phase_maps
+        from dagan_tf.data.pipeline import PREDICT_PHASE_STREAM
+
+        phase = phase_maps(phase_seed, PREDICT_PHASE_STREAM, np.arange(len(slices)), (size, size))
+        slices = slices * np.exp(1j * phase).astype(np.complex64)
     kspace0, _ = ks.undersample(slices, m)
     recon = _reconstruct(model, kspace0.numpy(), m, dc)
     recon = np.transpose(_unfit(recon, data.shape[:2], size), (1, 2, 0, 3))  # [X, Y, Z, K]

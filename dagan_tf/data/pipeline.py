@@ -35,6 +35,7 @@ from dagan_tf.masks import MaskSpec
 
 REGIMES = ("magnitude", "phase")
 TRAINING_PHASE_STREAM = 3  # phase keys (seed, stream, ...): streams 0-2 are the splits, 3 the training stream
+PREDICT_PHASE_STREAM = 4  # ... and 4 the slices of a volume given to predict
 
 
 def _channels(z: tf.Tensor) -> tf.Tensor:
