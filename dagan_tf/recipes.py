@@ -50,6 +50,8 @@ DATA = {
     "per_sample_masks": Field("bool", "a fresh mask per training image (the original uses one fixed mask)"),
     "augment": Field("bool", "flips, rotation, shift, zoom, brightness and elastic deformation"),
     "elastic_per_image": Field("bool", "one elastic field per image; false = the original's one per batch"),
+    "patch_size": Field("int", "train on random patches of this side, cut after undersampling the whole slice "
+                               "(null: whole slices)", 8, 4096, nullable=True),
     "regime": Field("choice", "k-space simulation: magnitude = of the real image (the papers'); phase = of "
                               "image·exp(i·smooth random phase), fresh per example", choices=("magnitude", "phase"),
                     default="magnitude"),
@@ -81,6 +83,12 @@ DAGAN_SECTIONS = {
         "refine": Field("bool", "output = ramp(G(x) + x) (PPGR)"),
         "channels": Field("int", "1 = magnitude in and out (the paper); 2 = complex DAGAN (real and imaginary "
                                     "parts; use with data.regime: phase)", 1, 2, default=1),
+        "arch": Field("choice", "generator: unet = DAGAN's U-Net; resnet = the SRGAN-style ResNet (hybrid-loss thesis)",
+                      choices=("unet", "resnet"), default="unet"),
+        "blocks": Field("int", "residual blocks of the resnet generator (B)", 1, 64, default=16),
+        "discriminator": Field("choice", "dagan = DAGAN's (fixed image size); srgan = SRGAN's eight convolutions "
+                                         "with global pooling (any size, patches)", choices=("dagan", "srgan"),
+                               default="dagan"),
     },
     "loss": {
         "pixel": Field("float", "weight of the pixel loss (g_alpha)", 0),
@@ -99,6 +107,8 @@ DAGAN_SECTIONS = {
         "same_pooling": Field("bool", "'same' max pools as the original"),
         "target_prepro": Field("choice", "same = both branches alike; dagan = original min-max + 8-bit target",
                                choices=("same", "dagan")),
+        "feature_scale": Field("float", "features are multiplied by this before the MSE (SRGAN: 1/12.75)", 0,
+                               low_open=True, default=1.0),
     },
 }
 
@@ -236,6 +246,13 @@ def validate_config(config, source: str = "recipe") -> dict:
             raise DaganError(f"{source}: data.per_sample_masks needs a mask kind, not the file {d['mask']}")
     elif d["ratio"] is None:
         raise DaganError(f"{source}: data.ratio is required for mask kind {d['mask']}")
+    patch = d.get("patch_size")
+    if patch is not None:
+        if trainer_of(config).batches != "images":
+            raise DaganError(f"{source}: data.patch_size applies to image-to-image trainers, not {config['trainer']}")
+        if patch > config["model"]["image_size"] or config["model"].get("discriminator") != "srgan":
+            raise DaganError(f"{source}: data.patch_size {patch} needs model.discriminator srgan (any size) and "
+                             f"at most model.image_size {config['model']['image_size']}")
     if config.get("loss", {}).get("vgg") and config.get("vgg", {}).get("weights") not in ("imagenet", "random") \
             and not os.path.isfile(str(config["vgg"]["weights"])):
         raise DaganError(f"{source}: vgg.weights must be 'imagenet', 'random' or an existing file, "

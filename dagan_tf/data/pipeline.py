@@ -86,7 +86,7 @@ def _gather_images(images: np.ndarray):
 def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
                      start_step: int = 0, augment: AugmentConfig | None = AugmentConfig(),
                      with_kspace: bool = False, regime: str = "magnitude", complex_images: bool = False,
-                     maps: np.ndarray | None = None) -> tuple[tf.data.Dataset, int]:
+                     maps: np.ndarray | None = None, patch_size: int | None = None) -> tuple[tf.data.Dataset, int]:
     """Endless training batches from global step ``start_step``; returns ``(dataset, batches_per_pass)``.
 
     Each pass over the data has ``N // batch_size`` full batches; batch ``s`` of the
@@ -95,9 +95,14 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
     fresh seeded mask per image (numpy; costly for ``poisson2d``).  A multi-coil split gives
     multi-coil batch dicts (module doc) of its stored k-space, without augmentation, with ``maps``
     ``[1 or N, C, H, W]`` (default: the split's own; e.g. :func:`dagan_tf.coils.estimated_maps`).
+    ``patch_size`` cuts each ``(zero_filled, target)`` pair at one random location after the whole slice was
+    undersampled (:func:`random_crops`; never undersample a crop).
     """
     _check_regime(regime)
     n, h, w = split.images.shape
+    if patch_size is not None and (with_kspace or split.kspace is not None or patch_size > min(h, w)):
+        raise DaganError(f"patch training needs single-coil image pairs and a patch ({patch_size}) no larger "
+                         f"than the {h}×{w} slices")
     steps = n // batch_size
     if steps == 0:
         raise DaganError(f"batch size {batch_size} exceeds the {n} training slices")
@@ -130,11 +135,35 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         if regime == "phase":
             keys = tf.stack([tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64)], axis=1)
             phase = training_phases(keys)
-        return _simulate(target, m, with_kspace, phase, complex_images)
+        pair = _simulate(target, m, with_kspace, phase, complex_images)
+        if patch_size is None:
+            return pair
+        return random_crops(pair, patch_size, tf.stack([tf.constant(seed, tf.int64), step]))
 
     training_phases = _phases(seed, TRAINING_PHASE_STREAM, (h, w))
     ds = _index_stream(n, batch_size, seed, start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+CROP_STREAM = 7  # stateless key of the patch offsets, folded into (seed, step)
+
+
+def random_crops(images: tuple[tf.Tensor, ...], size: int, key: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """The same random ``size × size`` window of every image ``b`` of each ``[B, H, W, C]`` tensor in
+    ``images``; offsets uniform over the valid positions, a pure function of ``key`` (``[2]`` int)."""
+    first = images[0]
+    b, h, w = tf.shape(first)[0], first.shape[1], first.shape[2]
+    keys = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(tf.cast(key, tf.int64), CROP_STREAM), 2)
+    rows = tf.random.stateless_uniform([b], keys[0], 0, h - size + 1, dtype=tf.int32)
+    cols = tf.random.stateless_uniform([b], keys[1], 0, w - size + 1, dtype=tf.int32)
+    window = tf.range(size)
+
+    def crop(x):
+        x = tf.gather(x, rows[:, None] + window, axis=1, batch_dims=1)
+        return tf.gather(x, cols[:, None] + window, axis=2, batch_dims=1)
+
+    return tuple(crop(x) for x in images)
 
 
 def _index_stream(n: int, batch_size: int, seed: int, start_step: int) -> tf.data.Dataset:

@@ -41,7 +41,8 @@ def _bn(name: str) -> FusedBatchNorm:
                           gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02))
 
 
-def _width(filters: int, width: float) -> int:
+def scaled_filters(filters: int, width: float) -> int:
+    """``filters`` times the width multiplier, at least 1."""
     return max(1, int(round(filters * width)))
 
 
@@ -73,7 +74,7 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
     x_in = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs) if channels == 1 else inputs
     skips, x = [], x_in
     for level in range(1, depth + 1):
-        x = GemmConv2D(_width(ENCODER_FILTERS[level - 1], width), name=f"conv{level}", **conv_kw)(x)
+        x = GemmConv2D(scaled_filters(ENCODER_FILTERS[level - 1], width), name=f"conv{level}", **conv_kw)(x)
         if 1 < level < depth:
             x = _bn(f"conv{level}_bn")(x)
         x = LeakyReLU(0.2, name=f"conv{level}_lrelu")(x)
@@ -81,7 +82,7 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
     for level in range(depth - 1, -1, -1):
         if level < depth - 1:
             x = layers.Concatenate(name=f"concat{level + 1}")([x, skips[level]])
-        x = GemmConv2DTranspose(_width(DECODER_FILTERS[level], width), name=f"deconv{level}", **conv_kw)(x)
+        x = GemmConv2DTranspose(scaled_filters(DECODER_FILTERS[level], width), name=f"deconv{level}", **conv_kw)(x)
         x = _bn(f"deconv{level}_bn")(x)
         x = layers.ReLU(name=f"deconv{level}_relu")(x)
     x = layers.Conv2D(channels, 1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="out")(x)
@@ -99,7 +100,7 @@ def build_discriminator(image_size: int = 256, width: float = 1.0, name: str = "
     n_strided = min(len(DISCRIMINATOR_FILTERS), unet_depth(image_size))
 
     def conv(t, filters, kernel, strides, label, bias=False):
-        return GemmConv2D(_width(filters, width), kernel, strides=strides, padding="same", use_bias=bias,
+        return GemmConv2D(scaled_filters(filters, width), kernel, strides=strides, padding="same", use_bias=bias,
                           kernel_initializer=w_init, name=label)(t)
 
     inputs = keras.Input((image_size, image_size, 1), name="image")

@@ -86,17 +86,19 @@ class VGGFeatures:
     """Callable ``[N, H, W, 1]`` in [0, 1] -> VGG features (float32)."""
 
     def __init__(self, arch="vgg16", layer="block4_pool", weights="imagenet", input_size: int | None = 244,
-                 same_pooling=True):
+                 same_pooling=True, feature_scale: float = 1.0):
         self.model = build_vgg_features(arch, layer, weights, same_pooling)
         self.input_size = input_size  # None: the images' own size (no resize)
+        self.feature_scale = feature_scale  # SRGAN rescales the features by 1/12.75
 
     @classmethod
     def from_recipe(cls, vgg: dict) -> "VGGFeatures":
         """The extractor of a recipe's ``vgg`` section."""
-        return cls(vgg["arch"], vgg["layer"], str(vgg["weights"]), vgg["input_size"], vgg["same_pooling"])
+        return cls(vgg["arch"], vgg["layer"], str(vgg["weights"]), vgg["input_size"], vgg["same_pooling"],
+                   vgg.get("feature_scale", 1.0))
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
         x = tf.cast(images, tf.float32)
         x = (x if self.input_size is None else legacy_bilinear_resize(x, self.input_size)) * 255.0
         x = tf.tile(x, [1, 1, 1, 3]) - tf.constant(CAFFE_MEAN_BGR)
-        return tf.cast(self.model(x, training=False), tf.float32)
+        return tf.cast(self.model(x, training=False), tf.float32) * self.feature_scale

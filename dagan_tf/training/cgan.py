@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from dagan_tf.models.dagan import build_discriminator
 from dagan_tf.models.dagan import build_generator as build_unet
+from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
 from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
 from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
 from dagan_tf.training.optimizers import TF1_ADAM_EPSILON, FusedAdam
@@ -137,10 +138,14 @@ class ConditionalGAN(TrainerModel):
         return quality_metrics(self.trackers, magnitude(target), self.reconstruct(zero_filled))
 
 
-def build_generator(config: dict) -> keras.Model:
-    """The recipe's U-Net generator ``[N, S, S, C] -> [N, S, S, C]`` (in the current dtype policy);
-    ``C = model.channels`` (1 magnitude, 2 complex)."""
+def build_generator(config: dict, any_size: bool = False) -> keras.Model:
+    """The recipe's generator ``[N, S, S, C] -> [N, S, S, C]`` (in the current dtype policy), DAGAN's U-Net or
+    the SRGAN ResNet (``model.arch``); ``C = model.channels`` (1 magnitude, 2 complex).  ``any_size``: the
+    ResNet takes any ``S`` (patch training; the same weights)."""
     m = config["model"]
+    if m["arch"] == "resnet":
+        return build_resnet_generator(None if any_size else m["image_size"], m["width"], m["blocks"], m["refine"],
+                                      m["channels"])
     return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"], channels=m["channels"])
 
 
@@ -151,7 +156,10 @@ def build_trainer(config: dict) -> ConditionalGAN:
     if loss["vgg"]:
         features = VGGFeatures.from_recipe(vgg)
     weights = LossWeights(loss["pixel"], loss["frequency"], loss["vgg"], loss["adversarial"])
-    model = ConditionalGAN(build_generator(config), build_discriminator(m["image_size"], m["width"]),
+    discriminator = build_srgan_discriminator(m["width"]) if m["discriminator"] == "srgan" \
+        else build_discriminator(m["image_size"], m["width"])
+    patches = config["data"]["patch_size"] is not None
+    model = ConditionalGAN(build_generator(config, any_size=patches), discriminator,
                            features, weights, loss["pixel_kind"],
                            dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
     model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=TF1_ADAM_EPSILON),

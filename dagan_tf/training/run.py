@@ -228,7 +228,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         with_kspace = trainer.batches == "kspace"
         complex_images = config["model"].get("channels", 1) == 2
         train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
-                                       with_kspace, d["regime"], complex_images)
+                                       with_kspace, d["regime"], complex_images, patch_size=d["patch_size"])
         val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
                                     regime=d["regime"], phase_seed=t["seed"], split_key=1,
                                     complex_images=complex_images)
