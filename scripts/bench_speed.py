@@ -6,7 +6,10 @@ batch 1 and 16; the export size against the parameter bytes; and the GFLOP/s
 of a large 3×3 convolution measured in the same run, so every figure is also a
 fraction of that ceiling.
 
-``--networks seitzer`` measures the two-stage refinement instead: RecNet (stage 1;
+``--networks srgan`` measures the hybrid-loss SRGAN: the ResNet-16 generator at 96² (its training
+patches) and at ``--size``, the SRGAN discriminator and the VGG of its content loss (VGG16
+``block5_conv3`` with the local weights, the stand-in for VGG19 here), training images/s on
+96² patches (batch 16) and whole-slice inference.  ``--networks seitzer`` measures the two-stage refinement instead: RecNet (stage 1;
 its FFT data-consistency layers are timed but not counted as FLOPs), the refinement
 U-Net, the PatchGAN and the VGG of the perceptual term (VGG16 ``block5_conv3`` with
 the local weights: no VGG19 weights exist offline here), training images/s of both
@@ -85,11 +88,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--vgg-weights", default=str(SHARED_VGG) if SHARED_VGG.exists() else "random")
     parser.add_argument("--inference-only", action="store_true", help="Skip the training measurements.")
-    parser.add_argument("--networks", choices=("dagan", "seitzer"), default="dagan")
+    parser.add_argument("--networks", choices=("dagan", "seitzer", "srgan"), default="dagan")
     args = parser.parse_args()
     report = machine_report()
     report.update({"size": args.size, "width": args.width, "batch": args.batch})
-    (seitzer_report if args.networks == "seitzer" else dagan_report)(args, report)
+    {"dagan": dagan_report, "seitzer": seitzer_report, "srgan": srgan_report}[args.networks](args, report)
     print(json.dumps(report, indent=2))
 
 
@@ -197,6 +200,44 @@ def seitzer_report(args, report: dict) -> None:
     inference_report("inference_recnet", build_recnet(size), inputs, flops["RecNet"], size, ceiling, report)
     inference_report("inference_refined", refined, inputs, flops["RecNet"] + flops["refinement U-Net"], size,
                      ceiling, report)
+
+
+def srgan_report(args, report: dict) -> None:
+    """The SRGAN-style generator and discriminator (module doc)."""
+    from dagan_tf import recipes
+    from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
+    from dagan_tf.training.run import build_trainer
+
+    patch, size = 96, args.size
+    flops = {f"G {patch}²": forward_flops(build_resnet_generator(patch, args.width)),
+             f"G {size}²": forward_flops(build_resnet_generator(size, args.width))}
+    d = build_srgan_discriminator(args.width, image_size=patch)
+    config = recipes.apply_overrides(recipes.load_recipe("srgan-hybrid"), [
+        f"model.image_size={size}", f"model.width={args.width}", "vgg.arch=vgg16", "vgg.layer=block5_conv3",
+        f"vgg.weights={args.vgg_weights}"])
+    d_flops = forward_flops(d)
+    flops[f"D {patch}²"] = d_flops
+    model = build_trainer(config)
+    flops[f"VGG {patch}²"] = vgg_flops_per_image(model.features.model, patch)
+    report["gflop_per_image"] = {k: v / 1e9 for k, v in flops.items()}
+    report["params_M"] = {"G": model.generator.count_params() / 1e6, "D": d.count_params() / 1e6}
+    step_flops = 4 * flops[f"G {patch}²"] + 8 * d_flops + 3 * flops[f"VGG {patch}²"]  # as the DAGAN step
+    report["train_gflop_per_image"] = step_flops / 1e9
+    for precision in () if args.inference_only else ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(precision)
+        ceiling = conv_ceiling("float32" if precision == "float32" else "bfloat16")
+        model = build_trainer(config)
+        x = tf.random.uniform((16, patch, patch, 1))
+        step = tf.function(model.train_step)
+        seconds = timed(lambda: step((x, x))["g_loss"].numpy(), args.steps)
+        rate = 16 / seconds
+        report[f"train_{precision}"] = {"images_per_s": rate, "gflop_per_s": rate * step_flops / 1e9,
+                                        "conv3x3_ceiling_gflop_per_s": ceiling,
+                                        "fraction_of_ceiling": rate * step_flops / 1e9 / ceiling}
+    keras.mixed_precision.set_global_policy("float32")
+    inference_report("inference", build_resnet_generator(size, args.width),
+                     lambda batch, size: tf.random.uniform((batch, size, size, 1)), flops[f"G {size}²"], size,
+                     conv_ceiling("float32"), report)
 
 
 def dagan_report(args, report: dict) -> None:

@@ -58,9 +58,11 @@ def build_resnet_generator(image_size: int | None = None, width: float = 1.0, bl
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_srgan_discriminator(width: float = 1.0, name: str = "discriminator") -> keras.Model:
-    """SRGAN discriminator ``[N, S, S, 1]`` images in [0, 1], any ``S`` ≥ 16 -> logits ``[N, 1]`` (float32)."""
-    inputs = keras.Input((None, None, 1), name="image")
+def build_srgan_discriminator(width: float = 1.0, image_size: int | None = None,
+                              name: str = "discriminator") -> keras.Model:
+    """SRGAN discriminator ``[N, S, S, 1]`` images in [0, 1], any ``S`` ≥ 16 (or ``image_size``) -> logits
+    ``[N, 1]`` (float32)."""
+    inputs = keras.Input((image_size, image_size, 1), name="image")
     x = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs)
     for i, filters in enumerate(DISCRIMINATOR_FILTERS):
         x = layers.Conv2D(scaled_filters(filters, width), 3, strides=2 if i % 2 else 1, padding="same", name=f"d{i}")(x)
