@@ -424,6 +424,54 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
     click.echo(f"written {out}")
 
 
+@main.command("compare")
+@click.argument("models", nargs=-1)
+@click.option("--baseline", "baselines", multiple=True, type=click.Choice(["tv", "wavelet"]),
+              help="Classical baseline to add, its weight tuned on the validation split (repeatable).")
+@click.option("--data", required=True, help="Prepared data folder (single-coil).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--mask", "mask_kind", default=None, help="One mask for all (default: the runs' own, which must agree).")
+@click.option("--ratio", type=RATIO, default=None, help="Sampled fraction with --mask.")
+@click.option("--mask-seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --mask.")
+@click.option("--acs", type=NON_NEGATIVE, default=None, help="Centre lines / block side of --mask.")
+@click.option("--per-slice-masks", is_flag=True, help="With --mask: a seeded mask per slice.")
+@click.option("--dc", is_flag=True, help="Data consistency on every network's output (and the projection "
+                                         "baselines in the magnitude regime).")
+@click.option("--regime", type=click.Choice(["phase", "magnitude", "both"]), default="phase", show_default=True,
+              help="k-space simulation: phase-bearing (realistic), magnitude (the papers'), or both (two tables).")
+@PHASE_SEED_OPTION
+@click.option("--reference", default=None, help="Method the paired statistics compare against (default: the first).")
+@click.option("--sis", "sis_run", default=None, metavar="SEG_RUN", help="Add the SIS with this segmenter run.")
+@click.option("--cache", "cache_dir", default=None, help="Reconstruction cache folder (default: ~/.cache/dagan-tf).")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write cached reconstructions.")
+@click.option("--out", required=True, help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
+def compare_command(models, baselines, data, split, mask_kind, ratio, mask_seed, acs, per_slice_masks, dc, regime,
+                    phase_seed, reference, sis_run, cache_dir, no_cache, out, overwrite):
+    """Every run or export (and baseline) on the same slices, masks and metrics, with paired statistics."""
+    from dagan_tf.outputs import check_new_output
+
+    check_new_output(out, overwrite)
+    _check_prepared(data)
+    if not models and not baselines:
+        raise DaganError("give at least one run or export (or --baseline)")
+    for path in models:
+        if not Path(path).exists():
+            raise DaganError(f"path not found: {path}")
+    if sis_run is not None and not (Path(sis_run) / "config.yaml").is_file():
+        raise DaganError(f"--sis {sis_run} is not a training run (no config.yaml)")
+    spec = None if mask_kind is None else _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
+    _load_tensorflow()
+    from dagan_tf.compare import compare, default_cache_dir
+
+    cache = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
+    summary = compare(list(models), data, out, list(baselines), split, spec, dc, regime, reference, sis_run, cache,
+                      phase_seed, overwrite=overwrite, echo=_echo)
+    for reg in summary:
+        click.echo(f"{reg} regime: {Path(out) / reg / 'comparison.md'}")
+    click.echo(f"written to {out}")
+
+
 @main.command("demo")
 @click.option("--out", required=True, help="Output folder for the prepared data, run and reports.")
 @click.option("--size", type=click.IntRange(min=16), default=128, show_default=True, help="Image side for the demo.")

@@ -92,7 +92,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
              reconstructors: dict[str, Reconstructor] | None = None, batch_size: int = 16,
              dagan_compat: bool = False, overwrite: bool = False, title: str = "zero-filled evaluation",
              settings: dict | None = None, maps: tuple[str, np.ndarray] | None = None,
-             regime: str = "magnitude", phase_seed: int = 0, sis: "SISScorer | None" = None) -> dict:
+             regime: str = "magnitude", phase_seed: int = 0, sis: "SISScorer | None" = None,
+             example_indices: list[int] | None = None) -> dict:
     """Score zero-filled and each of ``reconstructors`` (name -> reconstructor) on every slice of ``split``.
 
     ``settings`` (e.g. the baselines' regularisation weights) are recorded in the
@@ -100,7 +101,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     sensitivities (e.g. ESPIRiT estimates).  ``regime`` (``magnitude`` or ``phase``, with
     ``phase_seed``) says how single-coil k-space is simulated (:mod:`dagan_tf.data.pipeline`);
     multi-coil splits carry their own.  ``sis`` adds the semantic interpretability score of every
-    reconstruction (:class:`SISScorer`; the split needs label maps).  Returns the metrics dict (also written to ``out/metrics.json``),
+    reconstruction (:class:`SISScorer`; the split needs label maps).  ``example_indices`` picks the
+    slices of ``examples.png`` (default: evenly spaced).  Returns the metrics dict (also written to ``out/metrics.json``),
     with ``warnings`` where a classical baseline scores above the model.
     """
     check_new_output(out, overwrite)
@@ -116,7 +118,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     ranges = metrics.volume_data_ranges(np.asarray(prepared.images), prepared.subjects)
     per_slice = {name: {m: [] for m in metrics.METRIC_NAMES} for name in recons}
     n = len(prepared.subjects)
-    example_idx = set(np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist())
+    example_idx = set(example_indices if example_indices is not None
+                      else np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist())
     examples: dict[int, dict[str, np.ndarray]] = {}
     seconds = {name: 0.0 for name in recons}
     dice = {name: [] for name in ("ground_truth", *recons)}

@@ -9,7 +9,8 @@ Elements are ``(zero_filled, target)``, both ``[B, H, W, 1]`` float32 (target in
 [0, 1], zero-filled magnitude not clipped), or with ``with_kspace=True`` a dict
 with ``zero_filled``, ``target``, ``mask [B, H, W]``, ``kspace [B, H, W]``
 (complex64, centred, undersampled), and the complex images as real/imaginary
-channels: ``zero_filled_complex`` and ``target_complex`` ``[B, H, W, 2]``.
+channels: ``zero_filled_complex`` and ``target_complex`` ``[B, H, W, 2]``; evaluation batches
+also carry the slice numbers ``index [B]`` (int64).
 
 Regimes (:data:`REGIMES`) say how single-coil k-space is simulated from the
 magnitude images: ``magnitude`` (the papers' setting: k-space of the real,
@@ -238,8 +239,9 @@ def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
     def make_batch(indices):
         target = gather(indices)
         m = masks[0] if masks.shape[0] == 1 else tf.gather(masks, indices)
-        return _simulate(target, m, with_kspace, phases(tf.gather(index, indices)) if regime == "phase" else None,
-                         complex_images)
+        out = _simulate(target, m, with_kspace, phases(tf.gather(index, indices)) if regime == "phase" else None,
+                        complex_images)
+        return {**out, "index": indices} if with_kspace else out
 
     ds = tf.data.Dataset.range(n).batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -273,7 +275,7 @@ def _multicoil_dataset(split: PreparedSplit, batch_size: int, masks: tf.Tensor, 
     make_batch = _multicoil_batch(split, maps, gather)
 
     def batch(indices):
-        return make_batch(indices, masks if masks.shape[0] == 1 else tf.gather(masks, indices))
+        return {**make_batch(indices, masks if masks.shape[0] == 1 else tf.gather(masks, indices)), "index": indices}
 
     ds = tf.data.Dataset.range(split.images.shape[0]).batch(batch_size).map(batch)
     return ds.prefetch(tf.data.AUTOTUNE)

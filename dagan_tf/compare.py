@@ -1,0 +1,382 @@
+"""``dagan-tf compare``: trained runs, exports and classical baselines on the same slices, masks and metrics.
+
+Every reconstructor sees the same evaluation batches (:func:`dagan_tf.evaluate.evaluate`, so each
+row equals what ``eval`` gives for it alone).  Reconstructions are cached per reconstructor, keyed
+by a checksum of the model's files (or the baseline's settings), the prepared data's manifest, the
+split, the mask and the regime, so a comparison grows cheaply and a changed run is recomputed.
+
+Outputs (written atomically into ``out``), one sub-folder per regime (``phase/``, ``magnitude/``)::
+
+    comparison.md / .csv / .json   per method: NMSE, PSNR, SSIM (mean ± std over slices and over
+                                   subjects), SIS when asked, ms/slice on this machine, parameters;
+                                   paired differences against the reference
+    comparison.png                 the median-PSNR slice (by the reference) of every subject, every
+                                   method in columns with error maps on one scale
+    per_subject_psnr.png           mean PSNR per subject and method
+    metrics.json, per_slice.csv, report.md, examples.png    as ``eval`` writes them
+
+Paired statistics use the **subject** as the unit (slices of one subject are not independent):
+per-subject mean differences, a 95 % bootstrap interval over subjects and the Wilcoxon
+signed-rank p-value over subjects; the same over slices is listed for reference.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from dagan_tf import metrics
+from dagan_tf.data.prepare import check_prepared, load_split
+from dagan_tf.errors import DaganError
+from dagan_tf.evaluate import evaluate, sis_scorer, zero_filled
+from dagan_tf.figures import FigureRow, comparison_figure, write_png
+from dagan_tf.masks import MaskSpec
+from dagan_tf.outputs import atomic_output_dir, check_new_output, write_cache
+
+REGIMES = ("phase", "magnitude")
+BOOTSTRAP_SAMPLES = 10000
+
+
+def default_cache_dir() -> Path:
+    """``$DAGAN_TF_CACHE`` or ``$XDG_CACHE_HOME/dagan-tf`` (``~/.cache/dagan-tf``), sub-folder ``compare``."""
+    root = os.environ.get("DAGAN_TF_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dagan-tf"
+    return Path(root) / "compare"
+
+
+def _files_checksum(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Model:
+    """A run or export to compare: its name in the tables, size, mask (runs), parameters and checksum."""
+
+    path: Path
+    name: str
+    size: int
+    mask: MaskSpec | None
+    parameters: int
+    checksum: str
+    batch_reconstructor: Callable[[dict], tf.Tensor] = field(repr=False)
+
+
+def load_models(paths: list[str], dc: bool, size: int, data) -> list[Model]:
+    """Each run folder (best weights, else the newest checkpoint) or export of ``paths``; each must reconstruct
+    ``size``² images (the slices of ``data``)."""
+    from dagan_tf import recipes
+
+    def check_size(path: Path, model_size: int) -> None:
+        if model_size != size:
+            raise DaganError(f"{path} reconstructs {model_size}² images but {data} holds {size}² slices; "
+                             "compare models on data of their own size")
+
+    from dagan_tf.inference import batch_reconstructor, load_run_generator
+    from dagan_tf.training.run import mask_spec
+
+    models, names = [], set()
+    for text in paths:
+        path = Path(text)
+        name = path.name if path.name not in names else str(path)
+        names.add(name)
+        if (path / "saved_model.pb").is_file():
+            from dagan_tf.export import load_export
+
+            network, export_size, from_kspace = load_export(path)
+            check_size(path, export_size)
+
+            def reconstruct(batch, network=network, from_kspace=from_kspace):
+                if batch.get("maps") is not None:
+                    raise DaganError(f"the export {path} takes single-coil k-space")
+                from dagan_tf.export import kspace_planes
+
+                planes = kspace_planes(batch["kspace"], batch["mask"])
+                return (from_kspace(**planes) if dc else network(batch["kspace"], batch["mask"]))["reconstruction"]
+
+            loaded = tf.saved_model.load(str(path))
+            parameters = sum(int(np.prod(v.shape)) for v in loaded.variables)
+            files = [path / "saved_model.pb", *sorted((path / "variables").iterdir())]
+            models.append(Model(path, name, export_size, None, parameters, _files_checksum(files), reconstruct))
+        elif (path / "config.yaml").is_file():
+            check_size(path, recipes.load_config_file(path / "config.yaml")["model"]["image_size"])
+            generator, config = load_run_generator(path)
+            weights = [path / "best.weights.h5"] if (path / "best.weights.h5").is_file() \
+                else sorted((path / "checkpoints").glob("ckpt-*"))
+            parameters = sum(int(np.prod(w.shape)) for w in generator.weights)
+            models.append(Model(path, name, config["model"]["image_size"], mask_spec(config), parameters,
+                                _files_checksum([path / "config.yaml", *weights]),
+                                batch_reconstructor(generator, dc)))
+        else:
+            raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
+    return models
+
+
+def common_mask(models: list[Model], override: MaskSpec | None) -> MaskSpec:
+    """``override``, else the runs' one mask (an error when they differ, or when only exports are given)."""
+    if override is not None:
+        return override
+    specs = {m.name: m.mask for m in models if m.mask is not None}
+    if not specs:
+        raise DaganError("exports carry no mask: pass --mask (and --ratio) for the comparison")
+    first = next(iter(specs.values()))
+    for name, spec in specs.items():
+        if spec != first:
+            raise DaganError(f"the runs use different masks ({next(iter(specs))}: {first.kind} {first.ratio}, "
+                             f"{name}: {spec.kind} {spec.ratio}); pass --mask to compare all on one")
+    return first
+
+
+class CachedReconstructor:
+    """A batch reconstructor whose outputs for a whole split are kept (``outputs [N, H, W]``) and cached on
+    disk under ``key``; a cached one is served without running.  Batches must carry ``index``."""
+
+    def __init__(self, fn, key: str, cache_dir: Path | None, n: int, shape: tuple[int, int]):
+        self.fn, self.key, self.cache_dir = fn, key, cache_dir
+        self.outputs = np.zeros((n, *shape), np.float32)
+        self.seconds = 0.0
+        self.cached_ms = None
+        path = self.path
+        if path is not None and path.is_file() and path.with_suffix(".json").is_file():
+            try:
+                stored = np.load(path, allow_pickle=False)
+                meta = json.loads(path.with_suffix(".json").read_text())
+                if stored.shape == self.outputs.shape:
+                    self.outputs, self.cached_ms = stored, float(meta["ms_per_slice"])
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache entry is recomputed
+        self.warm_up = self.cached_ms is None
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / f"{self.key}.npy"
+
+    def __call__(self, batch: dict) -> tf.Tensor:
+        index = batch["index"].numpy()
+        if self.cached_ms is not None:
+            return tf.constant(self.outputs[index][..., None])
+        out = self.fn(batch)
+        image = out["image"] if isinstance(out, dict) else out
+        self.outputs[index] = image.numpy()[..., 0]
+        return out
+
+    def save(self, ms_per_slice: float) -> None:
+        """Store the outputs (best effort: a cache that cannot be written is skipped)."""
+        if self.path is None or self.cached_ms is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_cache(self.path, lambda tmp: np.save(tmp, self.outputs))
+        write_cache(self.path.with_suffix(".json"),
+                    lambda tmp: Path(tmp).write_text(json.dumps({"ms_per_slice": ms_per_slice})))
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def bootstrap_interval(differences: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of ``differences`` (numpy, seeded)."""
+    rng = np.random.default_rng(seed)
+    means = rng.choice(differences, (samples, len(differences)), replace=True).mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def paired_statistics(per_slice: dict[str, np.ndarray], subjects: np.ndarray, reference: str) -> dict:
+    """PSNR and SSIM differences of every method against ``reference``: over subjects (the test's unit) and
+    over slices; mean, 95 % bootstrap interval and Wilcoxon signed-rank p-value (scipy)."""
+    from scipy.stats import wilcoxon
+
+    out = {}
+    order = list(dict.fromkeys(subjects))
+    for name, values in per_slice.items():
+        if name == reference:
+            continue
+        out[name] = {}
+        for metric in ("psnr", "ssim"):
+            slice_diff = values[metric] - per_slice[reference][metric]
+            subject_diff = np.array([slice_diff[subjects == s].mean() for s in order])
+            entry = {}
+            for unit, diff in (("subjects", subject_diff), ("slices", slice_diff)):
+                p = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+                entry[unit] = {"n": int(len(diff)), "mean_difference": float(diff.mean()),
+                               "ci95": bootstrap_interval(diff), "wilcoxon_p": p}
+            out[name][metric] = entry
+    return out
+
+
+def _read_per_slice(folder: Path, names: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    with open(folder / "per_slice.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {n: {m: np.array([float(r[f"{n}_{m}"]) for r in rows]) for m in metrics.METRIC_NAMES} for n in names}
+
+
+def median_slices(psnr: np.ndarray, subjects: np.ndarray) -> list[int]:
+    """Per subject (in order of appearance), the slice whose PSNR is the median of that subject's."""
+    chosen = []
+    for subject in dict.fromkeys(subjects):
+        idx = np.flatnonzero(subjects == subject)
+        chosen.append(int(idx[np.argsort(psnr[idx])[len(idx) // 2]]))
+    return chosen
+
+
+def compare(models: list[str], data, out, baselines: list[str] = (), split: str = "test",
+            mask: MaskSpec | None = None, dc: bool = False, regime: str = "phase", reference: str | None = None,
+            sis_run=None, cache_dir: Path | None = None, phase_seed: int = 0, batch_size: int = 16,
+            overwrite: bool = False, echo: Callable[[str], None] = lambda _: None) -> dict:
+    """Compare ``models`` (run or export folders) and classical ``baselines`` on ``split`` of ``data``
+    (module doc); ``regime`` is ``phase`` (default), ``magnitude`` or ``both``.  Returns the summary."""
+    from dagan_tf.baselines import build_baselines
+
+    check_new_output(out, overwrite)
+    manifest = check_prepared(data)
+    prepared = load_split(data, split)
+    if prepared.coils:
+        raise DaganError("compare runs on single-coil prepared data (simulated k-space); "
+                         "use 'dagan-tf eval' for multi-coil splits")
+    size = prepared.images.shape[1]
+    loaded = load_models(list(models), dc, size, data)
+    spec = common_mask(loaded, mask)
+    spec.validate()
+    reference = reference or (loaded[0].name if loaded else "zero_filled")
+    regimes = list(REGIMES) if regime == "both" else [regime]
+    data_key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    sis = None if sis_run is None else sis_scorer(sis_run)
+    summary = {}
+    with atomic_output_dir(out, overwrite) as tmp:
+        for reg in regimes:
+            folder = tmp / reg
+            common = [data_key, split, asdict(spec), reg, phase_seed, dc]
+            recons = {"zero_filled": CachedReconstructor(zero_filled, "zero_filled", None, len(prepared.images),
+                                                         (size, size))}
+            recons |= {m.name: CachedReconstructor(m.batch_reconstructor, _key(m.checksum, *common), cache_dir,
+                                                  len(prepared.images), (size, size)) for m in loaded}
+            baseline_recons, settings = build_baselines(
+                list(baselines) + (["zero-filled-dc"] if dc and reg == "magnitude" else []), data, spec,
+                tune=True, echo=echo, regime=reg, phase_seed=phase_seed)
+            for name, fn in baseline_recons.items():
+                recons[name] = CachedReconstructor(fn, _key(name, settings, *common), cache_dir,
+                                                   len(prepared.images), (size, size))
+            if reference not in recons:
+                raise DaganError(f"--reference {reference!r} is not one of {', '.join(recons)}")
+            echo(f"{reg} regime: {', '.join(recons)} on {len(prepared.images)} {split} slices"
+                 + (f" ({sum(r.cached_ms is not None for r in recons.values())} from the cache)" if cache_dir else ""))
+            started = time.perf_counter()
+            result = evaluate(data, spec, folder, split, recons, batch_size, False, False,
+                              f"comparison, {reg} regime", settings, regime=reg, phase_seed=phase_seed, sis=sis)
+            for name, fn in recons.items():
+                if fn.cached_ms is not None:
+                    result[name]["ms_per_slice"] = fn.cached_ms
+                fn.save(result[name]["ms_per_slice"])
+            names = list(recons)
+            per_slice = _read_per_slice(folder, names)
+            stats = paired_statistics(per_slice, prepared.subjects, reference)
+            params = {m.name: m.parameters for m in loaded}
+            table = _comparison_table(result, names, stats, params, reference)
+            _write_comparison(folder, table, result, stats, reference, reg, spec, split)
+            _comparison_figures(folder, prepared, recons, per_slice, reference, names)
+            summary[reg] = {"table": table, "statistics": stats, "seconds": time.perf_counter() - started}
+    return summary
+
+
+def _comparison_table(result: dict, names: list[str], stats: dict, params: dict, reference: str) -> list[dict]:
+    rows = []
+    for name in names:
+        r = result[name]
+        row = {"method": name, "parameters": params.get(name)}
+        for m in metrics.METRIC_NAMES:
+            values = np.array(list(r[m]["per_volume"].values()))
+            row.update({f"{m}_mean": r[m]["mean"], f"{m}_std": r[m]["std"],
+                        f"{m}_subject_mean": float(values.mean()), f"{m}_subject_std": float(values.std())})
+        row["sis"] = r.get("sis")
+        row["ms_per_slice"] = r["ms_per_slice"]
+        s = stats.get(name, {}).get("psnr", {}).get("subjects")
+        row.update({"psnr_difference": None if s is None else s["mean_difference"],
+                    "psnr_difference_ci95": None if s is None else s["ci95"],
+                    "wilcoxon_p_subjects": None if s is None else s["wilcoxon_p"]})
+        rows.append(row)
+    return rows
+
+
+def _write_comparison(folder: Path, table, result, stats, reference, regime, spec, split) -> None:
+    keys = list(table[0])
+    with open(folder / "comparison.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, keys)
+        writer.writeheader()
+        writer.writerows(table)
+    (folder / "comparison.json").write_text(json.dumps(
+        {"regime": regime, "split": split, "mask": result["mask"], "reference": reference, "table": table,
+         "paired_statistics": stats, "statistics_unit": "subject", "warnings": result["warnings"]}, indent=2))
+    with_sis = any(row["sis"] is not None for row in table)
+    lines = [f"# Comparison on the {split} split, {regime} regime",
+             "",
+             f"Mask {spec.kind} (sampled fraction {result['mask']['sampled_fraction']:.4f}), "
+             f"{result['n_slices']} slices of {result['n_subjects']} subjects; data range: {result['data_range']}.",
+             "",
+             "| method | PSNR dB (slices) | PSNR dB (subjects) | SSIM (slices) | NMSE (slices) |"
+             + (" SIS |" if with_sis else "") + f" ΔPSNR vs {reference} [95 % CI], p | ms/slice | parameters |",
+             "|---|---|---|---|---|" + ("---|" if with_sis else "") + "---|---|---|"]
+    for row in table:
+        diff = "reference" if row["method"] == reference else (
+            f"{row['psnr_difference']:+.2f} [{row['psnr_difference_ci95'][0]:+.2f}, "
+            f"{row['psnr_difference_ci95'][1]:+.2f}], p = {row['wilcoxon_p_subjects']:.3g}"
+            if row["psnr_difference"] is not None else "")
+        lines.append(f"| {row['method']} | {row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | "
+                     f"{row['psnr_subject_mean']:.2f} ± {row['psnr_subject_std']:.2f} | "
+                     f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['nmse_mean']:.5f} | "
+                     + (f"{row['sis']:.3f} | " if with_sis else "")
+                     + f"{diff} | {row['ms_per_slice']:.1f} | "
+                     + (f"{row['parameters']:,}" if row["parameters"] is not None else "–") + " |")
+    lines += ["", "Paired statistics use the subject as the unit: slices of one subject are not independent, "
+              "so per-subject mean differences are bootstrapped (95 % percentile interval, "
+              f"{BOOTSTRAP_SAMPLES} resamples) and tested with the Wilcoxon signed-rank test (scipy); with few "
+              "subjects the smallest attainable p is large (4 subjects: 0.125). Slice-level statistics are in "
+              "comparison.json.", ""]
+    lines += [f"{line}" for line in result["warnings"]]
+    lines += ["", "![median-PSNR slice of every subject](comparison.png)", "",
+              "![per-subject PSNR](per_subject_psnr.png)", ""]
+    (folder / "comparison.md").write_text("\n".join(lines))
+
+
+def _comparison_figures(folder: Path, prepared, recons, per_slice, reference: str, names: list[str]) -> None:
+    """comparison.png (median-PSNR slice of each subject by the reference) and per_subject_psnr.png."""
+    chosen = median_slices(per_slice[reference]["psnr"], prepared.subjects)
+    rows = []
+    for i in chosen:
+        shown = {n: recons[n].outputs[i] for n in names}
+        scores = {n: (float(per_slice[n]["psnr"][i]), float(per_slice[n]["ssim"][i])) for n in shown}
+        rows.append(FigureRow(f"{prepared.subjects[i]}\nslice {prepared.slice_numbers[i]}",
+                              np.asarray(prepared.images[i]), shown, scores))
+    write_png(folder / "comparison.png", comparison_figure(rows, f"median-PSNR slice per subject (by {reference})"))
+    write_png(folder / "per_subject_psnr.png", _per_subject_plot(per_slice, prepared.subjects, names))
+
+
+def _per_subject_plot(per_slice, subjects, names) -> np.ndarray:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    order = list(dict.fromkeys(subjects))
+    fig = Figure(figsize=(1.2 + 0.9 * len(order), 3.6), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name in names:
+        ax.plot(range(len(order)), [per_slice[name]["psnr"][subjects == s].mean() for s in order], "o-",
+                label=name)
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels([s[-14:] for s in order], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("mean PSNR (dB)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

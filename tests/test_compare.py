@@ -1,0 +1,95 @@
+"""dagan-tf compare: the same numbers as eval, paired statistics as scipy computes them, the cache."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SIZE, assert_user_error, run, tiny_config
+from dagan_tf.compare import bootstrap_interval, median_slices
+from dagan_tf.training.run import train
+
+
+@pytest.fixture(scope="module")
+def second_run(tmp_path_factory, real_slices):
+    out = tmp_path_factory.mktemp("runs") / "pg"
+    train(out, tiny_config("pg"), real_slices)
+    return out
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_compare_matches_eval_and_scipy(tmp_path, real_slices, trained_run, second_run):
+    from scipy.stats import wilcoxon
+
+    cache = tmp_path / "cache"
+    out = tmp_path / "cmp"
+    result = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude",
+                 "--cache", cache, "--out", out)
+    assert result.exit_code == 0, result.output
+    folder = out / "magnitude"
+    table = {row["method"]: row for row in json.loads((folder / "comparison.json").read_text())["table"]}
+    assert set(table) == {"zero_filled", "ppgr", "pg"}
+    for run_dir, name in ((trained_run, "ppgr"), (second_run, "pg")):
+        alone = tmp_path / f"eval-{name}"
+        assert run("eval", "--run", run_dir, "--data", real_slices, "--no-baselines", "--out", alone).exit_code == 0
+        metrics = json.loads((alone / "metrics.json").read_text())
+        for m in ("psnr", "ssim", "nmse"):
+            assert table[name][f"{m}_mean"] == pytest.approx(metrics["model"][m]["mean"], rel=1e-6)
+        assert table["zero_filled"]["psnr_mean"] == pytest.approx(metrics["zero_filled"]["psnr"]["mean"], rel=1e-6)
+    # paired statistics against the reference (the first run), recomputed from per_slice.csv
+    rows = _rows(folder / "per_slice.csv")
+    subjects = np.array([r["subject"] for r in rows])
+    diff = np.array([float(r["pg_psnr"]) - float(r["ppgr_psnr"]) for r in rows])
+    per_subject = np.array([diff[subjects == s].mean() for s in dict.fromkeys(subjects)])
+    stats = json.loads((folder / "comparison.json").read_text())["paired_statistics"]["pg"]["psnr"]
+    assert stats["subjects"]["wilcoxon_p"] == pytest.approx(wilcoxon(per_subject).pvalue)
+    assert stats["slices"]["wilcoxon_p"] == pytest.approx(wilcoxon(diff).pvalue)
+    assert stats["slices"]["mean_difference"] == pytest.approx(diff.mean(), abs=1e-5)
+    assert stats["subjects"]["ci95"] == pytest.approx(bootstrap_interval(per_subject), abs=1e-9)
+    for name in ("comparison.md", "comparison.csv", "comparison.png", "per_subject_psnr.png"):
+        assert (folder / name).is_file()
+    assert "subject as the unit" in (folder / "comparison.md").read_text()
+
+    # a second comparison reuses both runs' cached reconstructions; a changed run is recomputed
+    again = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude",
+                "--cache", cache, "--out", tmp_path / "cmp2")
+    assert "(2 from the cache)" in again.output
+    again_table = json.loads((tmp_path / "cmp2" / "magnitude" / "comparison.json").read_text())["table"]
+    assert [r["psnr_mean"] for r in again_table] == [r["psnr_mean"] for r in table.values()]
+    train(second_run, resume=True, epochs=3)  # the run changes (new best weights)
+    third = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude",
+                "--cache", cache, "--out", tmp_path / "cmp3")
+    assert "(1 from the cache)" in third.output
+
+
+def test_bootstrap_and_median_slices_by_hand():
+    d = np.array([1.0, 1.0, 1.0])
+    assert bootstrap_interval(d) == [1.0, 1.0]
+    psnr = np.array([30.0, 10.0, 20.0, 5.0, 7.0])
+    subjects = np.array(["a", "a", "a", "b", "b"])
+    assert median_slices(psnr, subjects) == [2, 4]
+
+
+def test_compare_errors(tmp_path, real_slices, trained_run):
+    out = tmp_path / "c"
+    small = tmp_path / "small-run"
+    assert_user_error(run("compare", tmp_path / "nope", "--data", real_slices, "--out", out), "path not found",
+                      output=out)
+    assert_user_error(run("compare", trained_run, "--data", real_slices, "--reference", "x", "--out", out,
+                          "--no-cache"), "--reference 'x'", output=out)
+    assert_user_error(run("compare", trained_run, "--data", real_slices, "--mask", "gaussian1d", "--out", out,
+                          "--no-cache"), "--ratio", output=out)
+    # a run trained at another image size is refused
+    import shutil
+
+    shutil.copytree(trained_run, small)
+    text = (small / "config.yaml").read_text().replace(f"image_size: {SIZE}", "image_size: 64")
+    (small / "config.yaml").write_text(text)
+    assert_user_error(run("compare", small, "--data", real_slices, "--out", out, "--no-cache"), "64²", f"{SIZE}²",
+                      output=out)
