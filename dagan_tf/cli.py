@@ -435,8 +435,8 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
 @click.option("--mask-seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --mask.")
 @click.option("--acs", type=NON_NEGATIVE, default=None, help="Centre lines / block side of --mask.")
 @click.option("--per-slice-masks", is_flag=True, help="With --mask: a seeded mask per slice.")
-@click.option("--dc", is_flag=True, help="Data consistency on every network's output (and the projection "
-                                         "baselines in the magnitude regime).")
+@click.option("--dc", is_flag=True, help="Data consistency on every network's output "
+                                         "(rows named as the runs; exports use their from_kspace signature).")
 @click.option("--regime", type=click.Choice(["phase", "magnitude", "both"]), default="phase", show_default=True,
               help="k-space simulation: phase-bearing (realistic), magnitude (the papers'), or both (two tables).")
 @PHASE_SEED_OPTION

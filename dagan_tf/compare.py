@@ -262,8 +262,9 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
                                                          (size, size))}
             recons |= {m.name: CachedReconstructor(m.batch_reconstructor, _key(m.checksum, *common), cache_dir,
                                                   len(prepared.images), (size, size)) for m in loaded}
+            # in the magnitude regime the projection (no network) is valid and often the strongest: always shown
             baseline_recons, settings = build_baselines(
-                list(baselines) + (["zero-filled-dc"] if dc and reg == "magnitude" else []), data, spec,
+                list(baselines) + (["zero-filled-dc"] if reg == "magnitude" else []), data, spec,
                 tune=True, echo=echo, regime=reg, phase_seed=phase_seed)
             for name, fn in baseline_recons.items():
                 recons[name] = CachedReconstructor(fn, _key(name, settings, *common), cache_dir,

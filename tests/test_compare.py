@@ -34,7 +34,7 @@ def test_compare_matches_eval_and_scipy(tmp_path, real_slices, trained_run, seco
     assert result.exit_code == 0, result.output
     folder = out / "magnitude"
     table = {row["method"]: row for row in json.loads((folder / "comparison.json").read_text())["table"]}
-    assert set(table) == {"zero_filled", "ppgr", "pg"}
+    assert set(table) == {"zero_filled", "ppgr", "pg", "zero_filled_dc1", "zero_filled_dc100"}  # projections: magnitude
     for run_dir, name in ((trained_run, "ppgr"), (second_run, "pg")):
         alone = tmp_path / f"eval-{name}"
         assert run("eval", "--run", run_dir, "--data", real_slices, "--no-baselines", "--out", alone).exit_code == 0
@@ -59,13 +59,13 @@ def test_compare_matches_eval_and_scipy(tmp_path, real_slices, trained_run, seco
     # a second comparison reuses both runs' cached reconstructions; a changed run is recomputed
     again = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude",
                 "--cache", cache, "--out", tmp_path / "cmp2")
-    assert "(2 from the cache)" in again.output
+    assert "(4 from the cache)" in again.output  # both runs and both projections
     again_table = json.loads((tmp_path / "cmp2" / "magnitude" / "comparison.json").read_text())["table"]
     assert [r["psnr_mean"] for r in again_table] == [r["psnr_mean"] for r in table.values()]
     train(second_run, resume=True, epochs=3)  # the run changes (new best weights)
     third = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude",
                 "--cache", cache, "--out", tmp_path / "cmp3")
-    assert "(1 from the cache)" in third.output
+    assert "(3 from the cache)" in third.output
 
 
 def test_bootstrap_and_median_slices_by_hand():
