@@ -220,8 +220,9 @@ def format_table(result: dict) -> str:
                  f"mask: {result['mask']['kind']} (sampled fraction {result['mask']['sampled_fraction']:.4f})  "
                  f"regime: {result.get('regime', 'magnitude')}")
     if with_sis:
+        reference = result["sis"]["ground_truth_dice"]
         lines.append(f"SIS: {result['sis']['definition']}; segmenter {result['sis']['segmenter']}, Dice on the "
-                     f"ground truth {result['sis']['ground_truth_dice']}")
+                     f"ground truth {'n/a' if reference is None else f'{reference:.3f}'}")
     lines += result.get("warnings", [])
     return "\n".join(lines)
 
