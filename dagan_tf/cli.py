@@ -258,11 +258,14 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
 @click.option("--sis", "sis_run", default=None, metavar="SEG_RUN",
               help="Add the semantic interpretability score with this segmenter run (the split needs --labels).")
+@click.option("--fid", "fid_weights", default=None, metavar="WEIGHTS.npz",
+              help="Add the FID to the ground truth (standard TF Inception 2015-12-05 weights as .npz; "
+                   "scripts/convert_fid_weights.py makes it).")
 @click.option("--sis-class", "sis_classes", type=POSITIVE, multiple=True,
               help="Score only this class with --sis (repeatable; default: every foreground class).")
 def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split,
                  dc, regime, phase_seed, lam, tune_lambda, cs_iterations, cs_backend, maps_kind, calib_width,
-                 dagan_compat_metrics, batch_size, out, overwrite, sis_run, sis_classes):
+                 dagan_compat_metrics, batch_size, out, overwrite, sis_run, sis_classes, fid_weights):
     """Score zero-filled, classical baselines and a trained run on a whole split, on the same k-space;
     writes metrics.json, per_slice.csv, examples.png and report.md."""
     from dagan_tf import recipes
@@ -276,6 +279,8 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
     manifest = _check_prepared(data)
     if sis_classes and sis_run is None:
         raise DaganError("--sis-class needs --sis SEG_RUN")
+    if fid_weights is not None and not Path(fid_weights).is_file():
+        raise DaganError(f"--fid weights not found: {fid_weights}")
     if sis_run is not None and not (Path(sis_run) / "config.yaml").is_file():
         raise DaganError(f"--sis {sis_run} is not a training run (no config.yaml)")
     if sis_run is not None and "labels" not in manifest:
@@ -301,7 +306,7 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
         regime=regime or "magnitude", phase_seed=phase_seed, lam=lam, tune=tune_lambda, iterations=cs_iterations,
         backend=cs_backend, calib_width=calib_width if maps_kind == "espirit" else None,
         dagan_compat=dagan_compat_metrics, batch_size=batch_size, overwrite=overwrite, sis_run=sis_run,
-        sis_classes=list(sis_classes) or None, echo=_echo)
+        sis_classes=list(sis_classes) or None, fid_weights=fid_weights, echo=_echo)
     click.echo(format_table(result))
     click.echo(f"written to {out}")
 
@@ -442,12 +447,15 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
 @PHASE_SEED_OPTION
 @click.option("--reference", default=None, help="Method the paired statistics compare against (default: the first).")
 @click.option("--sis", "sis_run", default=None, metavar="SEG_RUN", help="Add the SIS with this segmenter run.")
+@click.option("--fid", "fid_weights", default=None, metavar="WEIGHTS.npz",
+              help="Add the FID to the ground truth (standard TF Inception 2015-12-05 weights as .npz; "
+                   "scripts/convert_fid_weights.py makes it).")
 @click.option("--cache", "cache_dir", default=None, help="Reconstruction cache folder (default: ~/.cache/dagan-tf).")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached reconstructions.")
 @click.option("--out", required=True, help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
 def compare_command(models, baselines, data, split, mask_kind, ratio, mask_seed, acs, per_slice_masks, dc, regime,
-                    phase_seed, reference, sis_run, cache_dir, no_cache, out, overwrite):
+                    phase_seed, reference, sis_run, fid_weights, cache_dir, no_cache, out, overwrite):
     """Every run or export (and baseline) on the same slices, masks and metrics, with paired statistics."""
     from dagan_tf.outputs import check_new_output
 
@@ -460,13 +468,15 @@ def compare_command(models, baselines, data, split, mask_kind, ratio, mask_seed,
             raise DaganError(f"path not found: {path}")
     if sis_run is not None and not (Path(sis_run) / "config.yaml").is_file():
         raise DaganError(f"--sis {sis_run} is not a training run (no config.yaml)")
+    if fid_weights is not None and not Path(fid_weights).is_file():
+        raise DaganError(f"--fid weights not found: {fid_weights}")
     spec = None if mask_kind is None else _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
     _load_tensorflow()
     from dagan_tf.compare import compare, default_cache_dir
 
     cache = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     summary = compare(list(models), data, out, list(baselines), split, spec, dc, regime, reference, sis_run, cache,
-                      phase_seed, overwrite=overwrite, echo=_echo)
+                      phase_seed, fid_weights=fid_weights, overwrite=overwrite, echo=_echo)
     for reg in summary:
         click.echo(f"{reg} regime: {Path(out) / reg / 'comparison.md'}")
     click.echo(f"written to {out}")

@@ -8,7 +8,7 @@ split, the mask and the regime, so a comparison grows cheaply and a changed run 
 Outputs (written atomically into ``out``), one sub-folder per regime (``phase/``, ``magnitude/``)::
 
     comparison.md / .csv / .json   per method: NMSE, PSNR, SSIM (mean ± std over slices and over
-                                   subjects), SIS when asked, ms/slice on this machine, parameters;
+                                   subjects), SIS and FID when asked, ms/slice on this machine, parameters;
                                    paired differences against the reference
     comparison.png                 the median-PSNR slice (by the reference) of every subject, every
                                    method in columns with error maps on one scale
@@ -36,7 +36,7 @@ import tensorflow as tf
 from dagan_tf import metrics
 from dagan_tf.data.prepare import check_prepared, load_split
 from dagan_tf.errors import DaganError
-from dagan_tf.evaluate import evaluate, sis_scorer, zero_filled
+from dagan_tf.evaluate import evaluate, fid_features, sis_scorer, zero_filled
 from dagan_tf.figures import FigureRow, comparison_figure, write_png
 from dagan_tf.masks import MaskSpec
 from dagan_tf.outputs import atomic_output_dir, check_new_output, write_cache
@@ -234,7 +234,7 @@ def median_slices(psnr: np.ndarray, subjects: np.ndarray) -> list[int]:
 def compare(models: list[str], data, out, baselines: list[str] = (), split: str = "test",
             mask: MaskSpec | None = None, dc: bool = False, regime: str = "phase", reference: str | None = None,
             sis_run=None, cache_dir: Path | None = None, phase_seed: int = 0, batch_size: int = 16,
-            overwrite: bool = False, echo: Callable[[str], None] = lambda _: None) -> dict:
+            fid_weights=None, overwrite: bool = False, echo: Callable[[str], None] = lambda _: None) -> dict:
     """Compare ``models`` (run or export folders) and classical ``baselines`` on ``split`` of ``data``
     (module doc); ``regime`` is ``phase`` (default), ``magnitude`` or ``both``.  Returns the summary."""
     from dagan_tf.baselines import build_baselines
@@ -253,6 +253,7 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
     regimes = list(REGIMES) if regime == "both" else [regime]
     data_key = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     sis = None if sis_run is None else sis_scorer(sis_run)
+    fid = fid_features(fid_weights)
     summary = {}
     with atomic_output_dir(out, overwrite) as tmp:
         for reg in regimes:
@@ -275,7 +276,8 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
                  + (f" ({sum(r.cached_ms is not None for r in recons.values())} from the cache)" if cache_dir else ""))
             started = time.perf_counter()
             result = evaluate(data, spec, folder, split, recons, batch_size, False, False,
-                              f"comparison, {reg} regime", settings, regime=reg, phase_seed=phase_seed, sis=sis)
+                              f"comparison, {reg} regime", settings, regime=reg, phase_seed=phase_seed, sis=sis,
+                              fid=fid)
             for name, fn in recons.items():
                 if fn.cached_ms is not None:
                     result[name]["ms_per_slice"] = fn.cached_ms
@@ -300,7 +302,7 @@ def _comparison_table(result: dict, names: list[str], stats: dict, params: dict,
             values = np.array(list(r[m]["per_volume"].values()))
             row.update({f"{m}_mean": r[m]["mean"], f"{m}_std": r[m]["std"],
                         f"{m}_subject_mean": float(values.mean()), f"{m}_subject_std": float(values.std())})
-        row["sis"] = r.get("sis")
+        row["sis"], row["fid"] = r.get("sis"), r.get("fid")
         row["ms_per_slice"] = r["ms_per_slice"]
         s = stats.get(name, {}).get("psnr", {}).get("subjects")
         row.update({"psnr_difference": None if s is None else s["mean_difference"],
@@ -320,14 +322,16 @@ def _write_comparison(folder: Path, table, result, stats, reference, regime, spe
         {"regime": regime, "split": split, "mask": result["mask"], "reference": reference, "table": table,
          "paired_statistics": stats, "statistics_unit": "subject", "warnings": result["warnings"]}, indent=2))
     with_sis = any(row["sis"] is not None for row in table)
+    with_fid = any(row["fid"] is not None for row in table)
     lines = [f"# Comparison on the {split} split, {regime} regime",
              "",
              f"Mask {spec.kind} (sampled fraction {result['mask']['sampled_fraction']:.4f}), "
              f"{result['n_slices']} slices of {result['n_subjects']} subjects; data range: {result['data_range']}.",
              "",
              "| method | PSNR dB (slices) | PSNR dB (subjects) | SSIM (slices) | NMSE (slices) |"
-             + (" SIS |" if with_sis else "") + f" ΔPSNR vs {reference} [95 % CI], p | ms/slice | parameters |",
-             "|---|---|---|---|---|" + ("---|" if with_sis else "") + "---|---|---|"]
+             + (" SIS |" if with_sis else "") + (" FID |" if with_fid else "")
+             + f" ΔPSNR vs {reference} [95 % CI], p | ms/slice | parameters |",
+             "|---|---|---|---|---|" + ("---|" if with_sis else "") + ("---|" if with_fid else "") + "---|---|---|"]
     for row in table:
         diff = "reference" if row["method"] == reference else (
             f"{row['psnr_difference']:+.2f} [{row['psnr_difference_ci95'][0]:+.2f}, "
@@ -336,7 +340,7 @@ def _write_comparison(folder: Path, table, result, stats, reference, regime, spe
         lines.append(f"| {row['method']} | {row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | "
                      f"{row['psnr_subject_mean']:.2f} ± {row['psnr_subject_std']:.2f} | "
                      f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['nmse_mean']:.5f} | "
-                     + (f"{row['sis']:.3f} | " if with_sis else "")
+                     + (f"{row['sis']:.3f} | " if with_sis else "") + (f"{row['fid']:.2f} | " if with_fid else "")
                      + f"{diff} | {row['ms_per_slice']:.1f} | "
                      + (f"{row['parameters']:,}" if row["parameters"] is not None else "–") + " |")
     lines += ["", "Paired statistics use the subject as the unit: slices of one subject are not independent, "

@@ -6,7 +6,8 @@ A *reconstructor* maps a batch dict from
 ``model`` entry (named ``model+dc`` when data consistency is applied).
 Outputs (written atomically into ``out``)::
 
-    metrics.json   {"zero_filled": {"psnr": {"mean", "std", "per_volume"}, ..., "ms_per_slice"}, "model": ...,
+    metrics.json   {"zero_filled": {"psnr": {"mean", "std", "per_volume"}, ..., "ms_per_slice"[, "fid", "sis"]},
+                    "model": ...,
                     "n_slices", "n_subjects", "data_range", "mask", "split"}
     per_slice.csv  index, subject, slice (the source's axial index), data_range, <name>_<metric> ...
     examples.png   titled rows: ground truth | zero-filled | error [| model | error], error maps on
@@ -93,7 +94,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
              dagan_compat: bool = False, overwrite: bool = False, title: str = "zero-filled evaluation",
              settings: dict | None = None, maps: tuple[str, np.ndarray] | None = None,
              regime: str = "magnitude", phase_seed: int = 0, sis: "SISScorer | None" = None,
-             example_indices: list[int] | None = None) -> dict:
+             example_indices: list[int] | None = None, fid=None) -> dict:
     """Score zero-filled and each of ``reconstructors`` (name -> reconstructor) on every slice of ``split``.
 
     ``settings`` (e.g. the baselines' regularisation weights) are recorded in the
@@ -102,7 +103,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     ``phase_seed``) says how single-coil k-space is simulated (:mod:`dagan_tf.data.pipeline`);
     multi-coil splits carry their own.  ``sis`` adds the semantic interpretability score of every
     reconstruction (:class:`SISScorer`; the split needs label maps).  ``example_indices`` picks the
-    slices of ``examples.png`` (default: evenly spaced).  Returns the metrics dict (also written to ``out/metrics.json``),
+    slices of ``examples.png`` (default: evenly spaced).  ``fid`` (a :class:`dagan_tf.models.fid.FIDFeatures`)
+    adds the FID between each reconstruction and the ground truth of the split.  Returns the metrics dict (also written to ``out/metrics.json``),
     with ``warnings`` where a classical baseline scores above the model.
     """
     check_new_output(out, overwrite)
@@ -124,6 +126,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     seconds = {name: 0.0 for name in recons}
     dice = {name: [] for name in ("ground_truth", *recons)}
     changes: dict[str, list[np.ndarray]] = {}
+    features = {name: [] for name in ("ground_truth", *recons)}
     start = 0
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
         for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1],
@@ -144,6 +147,9 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
                 values = metrics.compute_all(batch["target"], image, ranges[start:start + b], dagan_compat)
                 for m in metrics.METRIC_NAMES:
                     per_slice[name][m].append(values[m])
+            if fid is not None:
+                for name, image in (("ground_truth", batch["target"]), *outputs.items()):
+                    features[name].append(fid(np.asarray(image)))
             if sis is not None:
                 truth = np.asarray(prepared.labels[start:start + b])
                 for name, image in (("ground_truth", batch["target"]), *outputs.items()):
@@ -161,6 +167,10 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
         magnitude = np.abs(np.concatenate(maps_))
         result[name]["refinement"] = {"mean_abs": float(magnitude.mean()), "max_abs": float(magnitude.max()),
                                       "meaning": "|λ·V(x)|, what the refinement changed, in image units"}
+    if fid is not None:
+        reference = np.concatenate(features["ground_truth"])
+        for name in recons:
+            result[name]["fid"] = metrics.frechet_distance(np.concatenate(features[name]), reference)
     if sis is not None:
         result["sis"] = sis.scores({name: np.concatenate(d) for name, d in dice.items()}, result)
     fractions = [sampled_fraction(m) for m in masks]
@@ -208,14 +218,15 @@ def format_table(result: dict) -> str:
     names = [k for k, v in result.items() if isinstance(v, dict) and "psnr" in v]
     width = max(12, *(len(name) for name in names))
     with_sis = "sis" in result
+    with_fid = any("fid" in result[name] for name in names)
     lines = [f"{'':{width}s} {'NMSE':>20s} {'PSNR (dB)':>18s} {'SSIM':>18s} {'ms/slice':>9s}"
-             + (f" {'SIS':>6s}" if with_sis else "")]
+             + (f" {'SIS':>6s}" if with_sis else "") + (f" {'FID':>8s}" if with_fid else "")]
     for name in names:
         r = result[name]
         lines.append(f"{name:{width}s} {r['nmse']['mean']:>10.5f} ± {r['nmse']['std']:<7.5f} "
                      f"{r['psnr']['mean']:>8.3f} ± {r['psnr']['std']:<6.3f} "
                      f"{r['ssim']['mean']:>8.4f} ± {r['ssim']['std']:<6.4f} {r.get('ms_per_slice', 0):>9.2f}"
-                     + (f" {r['sis']:>6.3f}" if with_sis else ""))
+                     + (f" {r['sis']:>6.3f}" if with_sis else "") + (f" {r['fid']:>8.2f}" if with_fid else ""))
     lines.append(f"slices: {result['n_slices']}  subjects: {result['n_subjects']}  split: {result['split']}  "
                  f"mask: {result['mask']['kind']} (sampled fraction {result['mask']['sampled_fraction']:.4f})  "
                  f"regime: {result.get('regime', 'magnitude')}")
@@ -288,7 +299,7 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
                      phase_seed: int = 0, lam: float | None = None, tune: bool = False, iterations: int = 100,
                      backend: str = "sigpy", calib_width: int | None = 24, dagan_compat: bool = False,
                      batch_size: int = 16, overwrite: bool = False, sis_run=None, sis_classes=None,
-                     echo: Callable[[str], None] = lambda _: None) -> dict:
+                     fid_weights=None, echo: Callable[[str], None] = lambda _: None) -> dict:
     """What ``dagan-tf eval`` does: a run (``run_dir``, with ``dc``) and classical ``baselines`` on ``split``.
 
     A run without explicit baselines gets :func:`default_baselines` (tuned weights) unless
@@ -326,4 +337,13 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
         settings["baselines"] = "skipped (--no-baselines): no classical baseline beside the model"
     sis = None if sis_run is None else sis_scorer(sis_run, sis_classes)
     return evaluate(data, spec, out, split, recons, batch_size, dagan_compat, overwrite, title, settings, maps,
-                    regime, phase_seed, sis)
+                    regime, phase_seed, sis, fid=fid_features(fid_weights))
+
+
+def fid_features(weights):
+    """The :class:`dagan_tf.models.fid.FIDFeatures` of ``weights`` (a .npz path), or None without."""
+    if weights is None:
+        return None
+    from dagan_tf.models.fid import FIDFeatures
+
+    return FIDFeatures(weights)

@@ -163,3 +163,18 @@ def dice_per_class(predicted: np.ndarray, truth: np.ndarray, classes) -> np.ndar
         present = np.any(t, axis=(1, 2))
         out[present, j] = 2.0 * overlap[present] / sizes[present]
     return out
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """FID between two feature sets ``[N, D]``: ``|μa − μb|² + Tr(Σa + Σb − 2 (Σa Σb)^½)`` (scipy ``sqrtm``;
+    sample covariances; the imaginary round-off of the square root dropped)."""
+    from scipy import linalg
+
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(sigma_a @ sigma_b)
+    if not np.all(np.isfinite(root)):  # singular products: the usual offset (as the reference implementation)
+        offset = np.eye(len(sigma_a)) * 1e-6
+        root = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(sigma_a) + np.trace(sigma_b) - 2 * np.trace(np.real(root)))
