@@ -391,9 +391,11 @@ def export_command(run_dir, out, overwrite):
     from dagan_tf.inference import load_run_generator
 
     click.echo(f"loading the generator of {run_dir} (best weights)")
-    generator, _ = load_run_generator(run_dir)
+    generator, config = load_run_generator(run_dir)
     click.echo(f"writing the SavedModel (signatures serving_default, from_kspace) to {out}")
-    export_generator(generator, out, overwrite)
+    export_generator(generator, out, overwrite, {"recipe": config["recipe"], "trainer": config["trainer"],
+                                                 "image_size": config["model"]["image_size"],
+                                                 "data": {k: v for k, v in config["data"].items() if k != "folder"}})
     click.echo(f"exported to {out}")
 
 
@@ -434,7 +436,8 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
 @click.option("--baseline", "baselines", multiple=True, type=click.Choice(["tv", "wavelet"]),
               help="Classical baseline to add, its weight tuned on the validation split (repeatable).")
 @click.option("--data", required=True, help="Prepared data folder (single-coil).")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True,
+              help="Split to compare on.")
 @click.option("--mask", "mask_kind", default=None, help="One mask for all (default: the runs' own, which must agree).")
 @click.option("--ratio", type=RATIO, default=None, help="Sampled fraction with --mask.")
 @click.option("--mask-seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of --mask.")

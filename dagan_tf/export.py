@@ -19,6 +19,7 @@ variable is stored once (Keras' ``model.export`` stores them twice).
 """
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -82,10 +83,17 @@ class ReconstructionModule(tf.Module):
         return {"reconstruction": apply_dc(out, k0, mask), "zero_filled": tf.abs(image)[..., None]}
 
 
-def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False) -> Path:
-    """Write the SavedModel (atomically) and return its folder."""
+METADATA = "dagan_tf.json"  # beside saved_model.pb: what the network was trained on (TF Serving ignores it)
+
+
+def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False,
+                     metadata: dict | None = None) -> Path:
+    """Write the SavedModel (atomically) and return its folder; ``metadata`` (e.g. the recipe, mask and
+    k-space regime of the run) goes to :data:`METADATA` in it."""
     module = ReconstructionModule(generator)
     with atomic_output_dir(out, overwrite) as tmp, warnings.catch_warnings():
+        if metadata is not None:
+            (tmp / METADATA).write_text(json.dumps(metadata, indent=2))
         # tracing a cascade's Keras call for the SavedModel makes Keras compare a tracked copy of the input
         # dict with the plain one and warn that their "structure" differs; the keys and shapes are the same
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
@@ -133,6 +141,14 @@ def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tf.T
             return signature(**kspace_planes(kspace0, mask))
     size = int(next(iter(inputs.values())).shape[1])
     return network, size, loaded.signatures["from_kspace"]
+
+
+def export_metadata(path: str | Path) -> dict:
+    """The :data:`METADATA` of an export (empty for exports without one)."""
+    try:
+        return json.loads((Path(path) / METADATA).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def kspace_planes(kspace0: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -41,7 +41,7 @@ class LoadedModel:
     # (kspace0 [N, S, S], mask) -> output [N, S, S, C], or {"reconstruction", "refinement"} (refined networks)
     network: Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict]
     with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
-    regime: str = "magnitude"  # the k-space simulation a run was trained in (exports: magnitude)
+    regime: str = "magnitude"  # the k-space simulation the network was trained in (the run's / export's record)
 
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
         """``[N, S, S, K]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``: the magnitude,
@@ -60,10 +60,12 @@ def load_model(path: str | Path) -> LoadedModel:
     """The generator of an export folder (signatures checked first) or a run folder."""
     path = Path(path)
     if (path / "saved_model.pb").is_file():
-        from dagan_tf.export import kspace_planes, load_export
+        from dagan_tf.export import export_metadata, kspace_planes, load_export
 
         network, size, from_kspace = load_export(path)  # network: all outputs of serving_default
-        return LoadedModel(size, network, lambda k0, m: from_kspace(**kspace_planes(k0, m))["reconstruction"])
+        regime = export_metadata(path).get("data", {}).get("regime", "magnitude")
+        return LoadedModel(size, network, lambda k0, m: from_kspace(**kspace_planes(k0, m))["reconstruction"],
+                           regime)
     if (path / "config.yaml").is_file():
         from dagan_tf.inference import load_run_generator, run_network
 
