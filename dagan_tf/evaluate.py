@@ -50,6 +50,7 @@ class SISScorer:
     segment: Callable[[tf.Tensor], np.ndarray]  # images [B, H, W, 1] in [0, 1] -> labels [B, H, W]
     classes: list[int]
     segmenter: str
+    size: int | None = None  # the segmenter's image side
 
     def scores(self, dice: dict[str, np.ndarray], result: dict) -> dict:
         """Add ``sis`` to each row of ``result`` from per-slice Dice ``[N, K]`` (``dice["ground_truth"]``
@@ -82,7 +83,7 @@ def sis_scorer(seg_run: str | Path, classes: list[int] | None = None) -> SISScor
         raise DaganError(f"--sis-class {bad[0]} is not a foreground class of {seg_run} (1..{n - 1})")
     segment = tf.function(lambda x: tf.argmax(generator(x, training=False), axis=-1), reduce_retracing=True)
     return SISScorer(lambda images: segment(tf.cast(images, tf.float32)).numpy(), list(classes or range(1, n)),
-                     str(seg_run))
+                     str(seg_run), config["model"]["image_size"])
 
 
 def zero_filled(batch: dict) -> tf.Tensor:
@@ -114,6 +115,9 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     masks = evaluation_masks(prepared, mask)
     if sis is not None and prepared.labels is None:
         raise DaganError(f"--sis needs label maps in the {split} split of {data}; prepare it with --labels")
+    if sis is not None and sis.size not in (None, shape[0]):
+        raise DaganError(f"the segmenter {sis.segmenter} was trained on {sis.size}² images, {data} holds "
+                         f"{shape[0]}² slices")
     if masks.shape[1:] != shape:
         raise DaganError(f"mask shape {masks.shape[1:]} differs from the image shape {shape}")
     recons: dict[str, Reconstructor] = {"zero_filled": zero_filled, **(reconstructors or {})}
