@@ -71,6 +71,8 @@ TRAIN = {
     "precision": Field("choice", "auto = mixed_bfloat16 where the hardware runs bf16 natively, else float32",
                        choices=PRECISIONS),
     "val_batch_size": Field("int", "validation batch size", 1),
+    "keep": Field("choice", "which weights become best.weights.h5: best = the best validation score (the trainer's "
+                            "monitor); last = the last epoch's", choices=("best", "last"), default="best"),
     "max_minutes": Field("float", "wall-clock cap; training stops after the batch that exceeds it",
                          0, low_open=True, nullable=True),
 }

@@ -143,6 +143,15 @@ def test_recnet_and_refinement_runs_train_and_keep_their_state(recnet_run, refin
     for a, b in zip(refined.recnet.weights, recnet.weights):  # the frozen stage 1 is RecNet's best weights
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert float(refined.gate.gate.numpy()) != 0.0  # λ moved from 0
+    # train.keep: last (the code's choice): best.weights.h5 holds the last epoch's generator
+    from dagan_tf.training.callbacks import checkpoints_newest_first
+    from dagan_tf.training.refinement import build_generator
+
+    last = build_generator(config)
+    tf.train.Checkpoint(generator=last).restore(checkpoints_newest_first(refinement_run / "checkpoints")[0]) \
+        .expect_partial()
+    for a, b in zip(refined.weights, last.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_refinement_resume_continues_exactly(tmp_path, real_slices, recnet_run):
@@ -151,7 +160,7 @@ def test_refinement_resume_continues_exactly(tmp_path, real_slices, recnet_run):
     train(whole, config, real_slices)
     part = tmp_path / "part"
     train(part, config, real_slices, epochs=1)
-    train(part, resume=True)
+    train(part, resume=True, epochs=2)
     a, _ = load_run_generator(whole)
     b, _ = load_run_generator(part)
     for x, y in zip(a.weights, b.weights):

@@ -96,7 +96,7 @@ def test_srgan_resume_export_and_predict(tmp_path, real_slices):
     whole, part = tmp_path / "whole", tmp_path / "part"
     train(whole, config, real_slices)
     train(part, config, real_slices, epochs=1)
-    train(part, resume=True)
+    train(part, resume=True, epochs=2)
     a, _ = load_run_generator(whole)
     b, _ = load_run_generator(part)
     for x, y in zip(a.weights, b.weights):

@@ -52,16 +52,17 @@ class RunState(keras.callbacks.Callback):
     optimizers), the next epoch and the early-stopping state (best value, epochs
     without improvement); it is written at each epoch end by
     ``tf.train.CheckpointManager`` (data files first, the index file last), so a
-    kill leaves the previous checkpoint usable.  The best generator is saved to
-    ``best.weights.h5`` (written to a temporary name, then renamed) and restored
-    at the end of training.  ``interrupted`` (set by :class:`Signals`) stops
+    kill leaves the previous checkpoint usable.  The best generator (``keep_last``: the
+    last epoch's) is saved to ``best.weights.h5`` (written to a temporary name, then
+    renamed) and restored at the end of training.  ``interrupted`` (set by :class:`Signals`) stops
     training after the current batch.
     """
 
-    def __init__(self, run_dir: str | Path, patience: int = 10, monitor: str = "val_nmse", keep: int = 2):
+    def __init__(self, run_dir: str | Path, patience: int = 10, monitor: str = "val_nmse", keep: int = 2,
+                 keep_last: bool = False):
         super().__init__()
         self.run_dir = Path(run_dir)
-        self.patience, self.monitor, self.keep = patience, monitor, keep
+        self.patience, self.monitor, self.keep, self.keep_last = patience, monitor, keep, keep_last
         self.next_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="next_epoch")
         self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best")
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
@@ -117,14 +118,16 @@ class RunState(keras.callbacks.Callback):
         if self.stopped_reason or self.interrupted:
             return
         value = float((logs or {}).get(self.monitor, math.nan))
-        if math.isfinite(value) and value < float(self.best.numpy()):
+        improved = math.isfinite(value) and value < float(self.best.numpy())
+        if improved:
             self.best.assign(value)
             self.wait.assign(0)
+        else:
+            self.wait.assign_add(1)
+        if improved or self.keep_last:
             tmp = self.best_weights_path.with_name(".best.tmp.weights.h5")
             self.model.generator.save_weights(str(tmp))
             os.replace(tmp, self.best_weights_path)
-        else:
-            self.wait.assign_add(1)
         self.next_epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         if self.patience and int(self.wait.numpy()) >= self.patience:

@@ -66,7 +66,10 @@ class TrainerModel(keras.Model):
         objects = {"generator": self.generator, "g_optimizer": self.g_optimizer}
         if self.discriminator is not None:
             objects.update(discriminator=self.discriminator, d_optimizer=self.d_optimizer)
-        return objects
+        # the random state of dropout layers (Keras seed generators), which tf.train.Checkpoint does not see
+        networks = [self.generator] + ([self.discriminator] if self.discriminator is not None else [])
+        seeds = [v.value for net in networks for v in net.variables if v.path.endswith("seed_generator_state")]
+        return objects | ({"seed_states": seeds} if seeds else {})
 
     @property
     def metrics(self):

@@ -193,7 +193,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
          fraction):
     t = config["train"]
     model = build_trainer(config)
-    state = RunState(work, t["patience"], recipes.trainer_of(config).monitor).attach(model)
+    state = RunState(work, t["patience"], recipes.trainer_of(config).monitor,
+                     keep_last=t["keep"] == "last").attach(model)
     first_epoch = 0
     if resume:
         first_epoch, skipped = state.restore()
