@@ -5,16 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SIZE, run
+from conftest import SIZE, assert_resume_is_exact, run
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.data.pipeline import training_dataset
 from dagan_tf.data.prepare import load_split
-from dagan_tf.inference import load_run_generator
 from dagan_tf.masks import MaskSpec
 from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
 from dagan_tf.training.cgan import build_trainer
-from dagan_tf.training.run import train
 
 PATCH = 16
 
@@ -92,15 +90,7 @@ def test_loss_weights_reach_their_terms():
 
 
 def test_srgan_resume_export_and_predict(tmp_path, real_slices):
-    config = srgan_config()
-    whole, part = tmp_path / "whole", tmp_path / "part"
-    train(whole, config, real_slices)
-    train(part, config, real_slices, epochs=1)
-    train(part, resume=True, epochs=2)
-    a, _ = load_run_generator(whole)
-    b, _ = load_run_generator(part)
-    for x, y in zip(a.weights, b.weights):
-        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    whole, a = assert_resume_is_exact(srgan_config(), real_slices, tmp_path)
     assert a.input_shape == (None, SIZE, SIZE, 1)  # inference on whole slices
 
     export = tmp_path / "export"
