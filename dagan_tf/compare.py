@@ -298,10 +298,9 @@ def _comparison_table(result: dict, names: list[str], stats: dict, params: dict,
     for name in names:
         r = result[name]
         row = {"method": name, "parameters": params.get(name)}
-        for m in metrics.METRIC_NAMES:
-            values = np.array(list(r[m]["per_volume"].values()))
+        for m in metrics.METRIC_NAMES:  # per_volume: mean ± std over the subjects' means
             row.update({f"{m}_mean": r[m]["mean"], f"{m}_std": r[m]["std"],
-                        f"{m}_subject_mean": float(values.mean()), f"{m}_subject_std": float(values.std())})
+                        f"{m}_subject_mean": r[m]["per_volume"]["mean"], f"{m}_subject_std": r[m]["per_volume"]["std"]})
         row["sis"], row["fid"] = r.get("sis"), r.get("fid")
         row["ms_per_slice"] = r["ms_per_slice"]
         s = stats.get(name, {}).get("psnr", {}).get("subjects")

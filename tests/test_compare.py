@@ -47,6 +47,9 @@ def test_compare_matches_eval_and_scipy(tmp_path, real_slices, trained_run, seco
     subjects = np.array([r["subject"] for r in rows])
     diff = np.array([float(r["pg_psnr"]) - float(r["ppgr_psnr"]) for r in rows])
     per_subject = np.array([diff[subjects == s].mean() for s in dict.fromkeys(subjects)])
+    means = [np.mean([float(r["pg_psnr"]) for r in rows if r["subject"] == s]) for s in dict.fromkeys(subjects)]
+    assert table["pg"]["psnr_subject_mean"] == pytest.approx(np.mean(means), rel=1e-6)
+    assert table["pg"]["psnr_subject_std"] == pytest.approx(np.std(means), rel=1e-5)
     stats = json.loads((folder / "comparison.json").read_text())["paired_statistics"]["pg"]["psnr"]
     assert stats["subjects"]["wilcoxon_p"] == pytest.approx(wilcoxon(per_subject).pvalue)
     assert stats["slices"]["wilcoxon_p"] == pytest.approx(wilcoxon(diff).pvalue)
