@@ -93,23 +93,21 @@ def load_models(paths: list[str], dc: bool, size: int, data) -> list[Model]:
         name = path.name if path.name not in names else str(path)
         names.add(name)
         if (path / "saved_model.pb").is_file():
-            from dagan_tf.export import load_export
+            from dagan_tf.predict import load_model
 
-            network, export_size, from_kspace = load_export(path)
-            check_size(path, export_size)
+            export = load_model(path)  # signatures checked; reconstruct(kspace0, mask, dc) -> [N, S, S, 1 or 2]
+            check_size(path, export.size)
 
-            def reconstruct(batch, network=network, from_kspace=from_kspace):
+            def reconstruct(batch, export=export, path=path):
                 if batch.get("maps") is not None:
                     raise DaganError(f"the export {path} takes single-coil k-space")
-                from dagan_tf.export import kspace_planes
+                return export.reconstruct(batch["kspace"], batch["mask"], dc)[..., :1]
 
-                planes = kspace_planes(batch["kspace"], batch["mask"])
-                return (from_kspace(**planes) if dc else network(batch["kspace"], batch["mask"]))["reconstruction"]
-
-            loaded = tf.saved_model.load(str(path))
-            parameters = sum(int(np.prod(v.shape)) for v in loaded.variables)
+            variables = str(path / "variables" / "variables")
+            parameters = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(variables)
+                             if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
             files = [path / "saved_model.pb", *sorted((path / "variables").iterdir())]
-            models.append(Model(path, name, export_size, None, parameters, _files_checksum(files), reconstruct))
+            models.append(Model(path, name, export.size, None, parameters, _files_checksum(files), reconstruct))
         elif (path / "config.yaml").is_file():
             check_size(path, recipes.load_config_file(path / "config.yaml")["model"]["image_size"])
             generator, config = load_run_generator(path)

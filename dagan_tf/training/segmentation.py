@@ -19,24 +19,27 @@ from dagan_tf.training.common import TrainerModel
 from dagan_tf.training.optimizers import FusedAdam
 
 
+def _dice_terms(predicted: tf.Tensor, truth: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per foreground class over the batch: ``(Σ p·q, Σ p + Σ q)`` of ``[B, H, W, K]`` maps (class 0 dropped)."""
+    predicted, truth = predicted[..., 1:], truth[..., 1:]
+    axes = [0, 1, 2]
+    return (tf.reduce_sum(predicted * truth, axis=axes),
+            tf.reduce_sum(predicted, axis=axes) + tf.reduce_sum(truth, axis=axes))
+
+
 def soft_dice(probabilities: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Mean over foreground classes of the batch soft Dice ``2Σpq / (Σp + Σq)``; ``probabilities``
     ``[B, H, W, K]``, integer ``labels [B, H, W]``; classes absent from prediction and truth count 1."""
-    onehot = tf.one_hot(labels, tf.shape(probabilities)[-1])[..., 1:]
-    p = probabilities[..., 1:]
-    overlap = tf.reduce_sum(p * onehot, axis=[0, 1, 2])
-    sizes = tf.reduce_sum(p, axis=[0, 1, 2]) + tf.reduce_sum(onehot, axis=[0, 1, 2])
+    overlap, sizes = _dice_terms(probabilities, tf.one_hot(labels, tf.shape(probabilities)[-1]))
     return tf.reduce_mean((2.0 * overlap + 1e-6) / (sizes + 1e-6))
 
 
 def hard_dice(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Mean over the foreground classes present in ``labels`` of the argmax Dice over the batch."""
     classes = tf.shape(logits)[-1]
-    predicted = tf.one_hot(tf.argmax(logits, axis=-1, output_type=tf.int32), classes)[..., 1:]
-    truth = tf.one_hot(labels, classes)[..., 1:]
-    overlap = tf.reduce_sum(predicted * truth, axis=[0, 1, 2])
-    sizes = tf.reduce_sum(predicted, axis=[0, 1, 2]) + tf.reduce_sum(truth, axis=[0, 1, 2])
-    present = tf.reduce_sum(truth, axis=[0, 1, 2]) > 0
+    truth = tf.one_hot(labels, classes)
+    overlap, sizes = _dice_terms(tf.one_hot(tf.argmax(logits, axis=-1, output_type=tf.int32), classes), truth)
+    present = tf.reduce_sum(truth[..., 1:], axis=[0, 1, 2]) > 0
     return tf.reduce_mean(tf.boolean_mask(2.0 * overlap / tf.maximum(sizes, 1.0), present))
 
 
