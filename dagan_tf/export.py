@@ -8,6 +8,9 @@ Signatures (``H = W`` = the model's image size):
 * cascades (RecNet, refined networks): ``serving_default`` takes the k-space inputs of
   ``from_kspace`` below (no data consistency added) -> ``reconstruction`` and, for a refined
   network, ``refinement`` ``[N, H, W, 1]`` (what the refinement changed, λ·V in image units).
+* DCI-Net: ``serving_default`` takes coil k-space ``kspace_real``, ``kspace_imag`` ``[N, C, H, W]``
+  (centred, undersampled), coil maps ``maps_real``, ``maps_imag`` ``[N, C, H, W]`` (``Σ_c |S_c|² = 1``)
+  and ``mask`` ``[N, H, W]`` -> ``reconstruction`` ``[N, H, W, 1]``.
 * ``from_kspace``: ``kspace_real``, ``kspace_imag`` float32 ``[N, H, W]`` (centred
   undersampled k-space, zero off the mask, of an image scaled to [0, 1]) and ``mask``
   float32 ``[N, H, W]`` -> ``reconstruction`` ``[N, H, W, 1]`` after hard data
@@ -30,6 +33,8 @@ import tensorflow as tf
 from dagan_tf import kspace as ks
 from dagan_tf.errors import DaganError
 from dagan_tf.inference import apply_dc, as_complex_image, main_output, network_input, run_network
+from dagan_tf.models.dcinet import network_inputs as coil_network_inputs
+from dagan_tf.models.dcinet import takes_coil_kspace
 from dagan_tf.models.recnet import network_inputs, takes_kspace
 from dagan_tf.outputs import atomic_output_dir
 
@@ -38,6 +43,13 @@ def _kspace_planes(size: int) -> list[tf.TensorSpec]:
     plane = [None, size, size]
     return [tf.TensorSpec(plane, tf.float32, name="kspace_real"), tf.TensorSpec(plane, tf.float32, name="kspace_imag"),
             tf.TensorSpec(plane, tf.float32, name="mask")]
+
+
+def _coil_planes(size: int) -> list[tf.TensorSpec]:
+    coils = [None, None, size, size]
+    return [tf.TensorSpec(coils, tf.float32, name=name) for name in ("kspace_real", "kspace_imag", "maps_real",
+                                                                      "maps_imag")] \
+        + [tf.TensorSpec([None, size, size], tf.float32, name="mask")]
 
 
 def _kspace(kspace_real, kspace_imag, mask) -> tf.Tensor:
@@ -53,7 +65,10 @@ class ReconstructionModule(tf.Module):
         super().__init__(name="dagan_reconstruction")
         self.generator = generator
         self.cascade = takes_kspace(generator)
-        if self.cascade:
+        if takes_coil_kspace(generator):
+            size, self.channels = generator.input["mask"].shape[1], 2
+            self.serving_default = tf.function(self._serve_coils, input_signature=_coil_planes(size))
+        elif self.cascade:
             size, self.channels = generator.input["zero_filled"].shape[1], 2
             self.serving_default = tf.function(self._serve_cascade, input_signature=_kspace_planes(size))
         else:
@@ -74,6 +89,11 @@ class ReconstructionModule(tf.Module):
 
     def _serve_cascade(self, kspace_real, kspace_imag, mask):
         return self._outputs(self.generator(network_inputs(_kspace(kspace_real, kspace_imag, mask), mask),
+                                            training=False))
+
+    def _serve_coils(self, kspace_real, kspace_imag, maps_real, maps_imag, mask):
+        k0 = tf.complex(kspace_real, kspace_imag) * tf.complex(mask, tf.zeros_like(mask))[:, None]
+        return self._outputs(self.generator(coil_network_inputs(k0, mask, tf.complex(maps_real, maps_imag)),
                                             training=False))
 
     def _serve_kspace(self, kspace_real, kspace_imag, mask):
@@ -103,12 +123,13 @@ def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = 
 
 
 KSPACE_INPUTS = {"kspace_real", "kspace_imag", "mask"}
+COIL_INPUTS = KSPACE_INPUTS | {"maps_real", "maps_imag"}
 
 
 def check_export_signatures(signatures, path) -> None:
     """Raise unless ``signatures`` are this package's: ``serving_default`` taking ``zero_filled`` (image networks)
     or the k-space planes (cascades), and ``from_kspace``."""
-    expected = {"serving_default": ({"zero_filled"}, KSPACE_INPUTS), "from_kspace": (KSPACE_INPUTS,)}
+    expected = {"serving_default": ({"zero_filled"}, KSPACE_INPUTS, COIL_INPUTS), "from_kspace": (KSPACE_INPUTS,)}
     for name, choices in expected.items():
         if name not in signatures or set(signatures[name].structured_input_signature[1]) not in choices:
             raise DaganError(f"{path} is not a dagan-tf export (no signature {name} with inputs "
@@ -136,10 +157,16 @@ def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tf.T
 
         def network(kspace0, mask):
             return signature(zero_filled=network_input(ks.ifft2c(kspace0), channels))
+    elif "maps_real" in inputs:  # DCI-Net on single-coil k-space: one coil of unit sensitivity
+        def network(kspace0, mask):
+            planes = kspace_planes(kspace0, mask)
+            ones = tf.ones_like(planes["kspace_real"][:, None])
+            return signature(kspace_real=planes["kspace_real"][:, None], kspace_imag=planes["kspace_imag"][:, None],
+                             maps_real=ones, maps_imag=tf.zeros_like(ones), mask=planes["mask"])
     else:
         def network(kspace0, mask):
             return signature(**kspace_planes(kspace0, mask))
-    size = int(next(iter(inputs.values())).shape[1])
+    size = int(inputs["mask"].shape[-1] if "mask" in inputs else inputs["zero_filled"].shape[1])
     return network, size, loaded.signatures["from_kspace"]
 
 

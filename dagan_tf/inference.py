@@ -17,6 +17,8 @@ from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.errors import DaganError
 from dagan_tf.models.layers import fold_batch_norm
+from dagan_tf.models.dcinet import network_inputs as coil_network_inputs
+from dagan_tf.models.dcinet import takes_coil_kspace
 from dagan_tf.models.recnet import network_inputs, takes_kspace
 from dagan_tf.models.refinement import RefinedNetwork
 
@@ -104,9 +106,13 @@ def main_output(output) -> tf.Tensor:
     return tf.cast(output["reconstruction"] if isinstance(output, dict) else output, tf.float32)
 
 
-def run_network(generator, zero_filled: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor):
-    """The raw output of ``generator`` for one single-coil batch: a cascade (:func:`takes_kspace`) gets the
-    k-space ``kspace0 [N, H, W]`` and ``mask [N, H, W]``, an image network ``zero_filled [N, H, W, C]``."""
+def run_network(generator, zero_filled: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor, maps: tf.Tensor | None = None):
+    """The raw output of ``generator`` for one batch: a single-coil cascade (:func:`takes_kspace`) gets the
+    k-space ``kspace0 [N, H, W]`` and ``mask [N, H, W]``; DCI-Net (:func:`takes_coil_kspace`) the coil
+    k-space ``[N, C, H, W]`` and ``maps [N, C, H, W]`` (or single-coil k-space, ``maps`` None); an image
+    network ``zero_filled [N, H, W, C]``."""
+    if takes_coil_kspace(generator):
+        return generator(coil_network_inputs(kspace0, mask, maps), training=False)
     if takes_kspace(generator):
         return generator(network_inputs(kspace0, mask), training=False)
     return generator(zero_filled, training=False)
@@ -117,13 +123,14 @@ def batch_reconstructor(generator, dc: bool) -> Callable[[dict], tf.Tensor]:
     ``zero_filled_complex``; ``kspace``, ``mask``, ``maps``) -> reconstructed magnitude ``[B, H, W, 1]``,
     or for a refined network ``{"image": …, "refinement": λ·V [B, H, W, 1]}``.
 
-    Cascades take single-coil k-space only.
+    RecNet cascades take single-coil k-space only; DCI-Net either.
     """
     cascade = takes_kspace(generator)
-    key = "zero_filled_complex" if cascade or generator.input_shape[-1] == 2 else "zero_filled"
+    key = "zero_filled" if takes_coil_kspace(generator) or (not cascade and generator.input_shape[-1] == 1) \
+        else "zero_filled_complex"
 
     def reconstruct(zero_filled, kspace0, mask, maps):
-        raw = run_network(generator, zero_filled, kspace0, mask)
+        raw = run_network(generator, zero_filled, kspace0, mask, maps)
         out = main_output(raw)
         image = apply_dc(out, kspace0, mask, maps) if dc else tf.abs(as_complex_image(out))[..., None]
         return {"image": image, "refinement": raw["refinement"]} if isinstance(raw, dict) else image

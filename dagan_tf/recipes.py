@@ -49,6 +49,11 @@ DATA = {
                  0, nullable=True),
     "per_sample_masks": Field("bool", "a fresh mask per training image (the original uses one fixed mask)"),
     "augment": Field("bool", "flips, rotation, shift, zoom, brightness and elastic deformation"),
+    "augment_style": Field("choice", "dagan = flips, rotation, shift, zoom, brightness and elastic deformation "
+                                     "(DAGAN); flip_rotate = flips and rotations only (cWGAN-AGB; also on multi-coil "
+                                     "k-space: coil images and maps move together)", choices=("dagan", "flip_rotate"),
+                           default="dagan"),
+    "max_rotation": Field("float", "largest rotation in degrees (DAGAN 10, cWGAN-AGB 20)", 0, 180, default=10.0),
     "elastic_per_image": Field("bool", "one elastic field per image; false = the original's one per batch"),
     "patch_size": Field("int", "train on random patches of this side, cut after undersampling the whole slice "
                                "(null: whole slices)", 8, 4096, nullable=True),
@@ -75,6 +80,14 @@ TRAIN = {
                             "monitor); last = the last epoch's", choices=("best", "last"), default="best"),
     "max_minutes": Field("float", "wall-clock cap; training stops after the batch that exceeds it",
                          0, low_open=True, nullable=True),
+    "select": Field("choice", "what picks best.weights.h5 (with keep: best): monitor = the trainer's validation "
+                              "score (NMSE for reconstructions); fid = validation FID; fid_nmse = the lowest sum of "
+                              "FID and NMSE, each normalised over the epochs (cWGAN-AGB, Appendix B.3; keeps "
+                              "every epoch's weights)", choices=("monitor", "fid", "fid_nmse"), default="monitor"),
+    "select_from_epoch": Field("int", "fid / fid_nmse: only epochs from this one (1-based) are candidates "
+                                      "(the paper: 200)", 1, default=1),
+    "fid_weights": Field("str", "Inception weights (.npz) for the validation FID (select fid / fid_nmse)",
+                         nullable=True, default=None),
 }
 
 DAGAN_SECTIONS = {
@@ -159,6 +172,40 @@ REFINEMENT_SECTIONS = {
     "vgg": DAGAN_SECTIONS["vgg"],
 }
 
+WASSERSTEIN_SECTIONS = {
+    "model": {
+        "image_size": Field("int", "image side (prepared data size)", 16, 4096, multiple_of=16),
+        "iterations": Field("int", "unrolled iterations N (data consistency + convolutional unit each)", 1, 100),
+        "growth": Field("int", "dense connections G: each iteration also sees the previous G outputs "
+                               "(1 = the paper's 'no dense')", 1, 100),
+        "filters": Field("int", "kernels of the convolutions (K)", 1, 1024),
+        "kernel_size": Field("int", "convolution side", 1, 15),
+        "residual": Field("bool", "x_i = DC(x_{i-1}) + CNN(...) (the iterative networks DCI-Net builds on); "
+                                  "false = CNN(...)"),
+    },
+    "critic": {
+        "kind": Field("choice", "none = DCI-Net on the MSE alone; image = WGAN critic on the image; pair = cWGAN "
+                                "critic on (zero-filled, image)", choices=("none", "image", "pair")),
+        "filters": Field("int", "filters of the first of the four stride-2 convolutions (doubling)", 1, 1024),
+        "clip": Field("float", "WGAN weight clipping c: every critic weight in [-c, c]", 0, low_open=True),
+        "steps": Field("int", "critic updates per generator update (n_critic)", 1, 100),
+    },
+    "loss": {
+        "mse": Field("float", "weight of the MSE (the cWGAN's lambda_MSE: 100; with AGB: 1)", 0),
+        "mse_on": Field("choice", "complex = real/imaginary channels against the SENSE-combined fully sampled "
+                                  "image; magnitude = magnitudes", choices=("complex", "magnitude")),
+        "adversarial": Field("float", "weight of the Wasserstein generator term -D(z, G)", 0),
+    },
+    "agb": {
+        "enabled": Field("bool", "Adaptive Gradient Balancing (Alg. 1); false = beta fixed at 1"),
+        "beta_init": Field("float", "initial beta (Alg. 1: 10)", 0, low_open=True),
+        "ratio": Field("float", "beta grows when gma > pma * ratio (Alg. 1: 10)", 0, low_open=True),
+        "rate": Field("float", "beta <- beta (1 + rate), gma <- gma (1 - rate) (Alg. 1: 0.1)", 0, 1, low_open=True,
+                      high_open=True),
+        "ema": Field("float", "moving-average factor of gma and pma (Alg. 1's lambda: 0.99)", 0, 1, high_open=True),
+    },
+}
+
 SEGMENTER_SECTIONS = {
     "model": {
         "image_size": Field("int", "image side (prepared data size)", 8, 4096, multiple_of=4),
@@ -202,6 +249,7 @@ TRAINERS: dict[str, Trainer] = {
     "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan"),
     "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", batches="kspace"),
     "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", batches="kspace"),
+    "wasserstein": Trainer(WASSERSTEIN_SECTIONS, "dagan_tf.training.wasserstein", batches="kspace"),
     "segmentation": Trainer(SEGMENTER_SECTIONS, "dagan_tf.training.segmentation", batches="labels",
                             monitor="val_dice_loss"),
 }

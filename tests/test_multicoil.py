@@ -136,7 +136,7 @@ def test_multicoil_training_batches_share_the_batch_structure(multicoil_dir):
     spec = MaskSpec("vds1d", 0.25, acs=6)
     ds, steps = training_dataset(train, 4, spec, seed=3, augment=None)
     batch = next(iter(ds))
-    assert set(batch) == {"zero_filled", "zero_filled_complex", "target", "mask", "kspace", "maps"}
+    assert set(batch) == {"zero_filled", "zero_filled_complex", "target", "target_complex", "mask", "kspace", "maps"}
     assert batch["kspace"].shape == (4, 4, 32, 32) and batch["maps"].shape == (4, 4, 32, 32)
     mask = spec.build((32, 32))
     np.testing.assert_array_equal(batch["mask"].numpy()[0], mask)
@@ -148,7 +148,9 @@ def test_multicoil_training_batches_share_the_batch_structure(multicoil_dir):
     estimated = np.broadcast_to(np.conj(train.maps), train.kspace.shape)  # any [N, C, H, W] maps, e.g. ESPIRiT's
     other = next(iter(training_dataset(train, 4, spec, seed=3, augment=None, maps=estimated)[0]))
     np.testing.assert_allclose(other["maps"].numpy(), np.conj(batch["maps"].numpy()))
-    with pytest.raises(DaganError, match="augmentation"):
+    full = batch["target_complex"].numpy()  # SENSE combination of the fully sampled coil k-space: noise only
+    assert np.abs(np.hypot(full[..., 0], full[..., 1]) - batch["target"].numpy()[..., 0]).mean() < 0.02
+    with pytest.raises(DaganError, match="flip_rotate"):
         training_dataset(train, 4, spec, augment=AugmentConfig())
 
 

@@ -111,8 +111,24 @@ def _affine_transforms(seed, batch: int, height: int, width: int, cfg: AugmentCo
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
+def flip_rotate(max_rotation_deg: float) -> AugmentConfig:
+    """Random left/right flips and rotations up to ``max_rotation_deg``, nothing else (cWGAN-AGB's: 20°)."""
+    return AugmentConfig(rotation_deg=max_rotation_deg, shift=0.0, zoom=(1.0, 1.0), gamma=(1.0, 1.0),
+                         elastic_alpha=0.0)
+
+
 def augment_batch(images: tf.Tensor, seed, cfg: AugmentConfig = AugmentConfig()) -> tf.Tensor:
     """Augment ``[B, H, W, 1]`` float32 images in [0, 1] with stateless ``seed [2]``; same shape, in [0, 1]."""
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    x = augment_geometry(images, seed, cfg)
+    glo, ghi = cfg.gamma
+    g = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], seeds[3], glo, ghi)
+    return tf.pow(tf.clip_by_value(x, 0.0, 1.0), g)
+
+
+def augment_geometry(images: tf.Tensor, seed, cfg: AugmentConfig = AugmentConfig()) -> tf.Tensor:
+    """The flip, elastic and affine part of :func:`augment_batch` (the same draws for the same ``seed``) on
+    ``[B, H, W, C]`` float32 images of any values and channels, e.g. coil images and maps together."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     shape = tf.shape(images)
     b, h, w = shape[0], images.shape[1], images.shape[2]
@@ -129,6 +145,4 @@ def augment_batch(images: tf.Tensor, seed, cfg: AugmentConfig = AugmentConfig())
     x = tf.raw_ops.ImageProjectiveTransformV3(
         images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="CONSTANT")
-    glo, ghi = cfg.gamma
-    g = tf.random.stateless_uniform([b, 1, 1, 1], seeds[3], glo, ghi)
-    return tf.pow(tf.clip_by_value(x, 0.0, 1.0), g)
+    return x

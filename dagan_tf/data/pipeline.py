@@ -19,8 +19,8 @@ non-negative image, hence conjugate-symmetric) or ``phase`` (k-space of
 for evaluation a pure function of ``(phase_seed, split, slice)``, for training
 fresh per example and step).  Evaluation batches of a multi-coil split
 carry the coil k-space ``kspace [B, C, H, W]`` (undersampled), the sensitivity
-``maps [B, C, H, W]`` and the SENSE-combined zero-filled magnitude
-``|Σ_c conj(S_c)·ifft2c(k_c)|``.
+``maps [B, C, H, W]``, the SENSE-combined zero-filled magnitude
+``|Σ_c conj(S_c)·ifft2c(k_c)|`` and the SENSE-combined fully sampled image ``target_complex``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from dagan_tf import kspace as ks
-from dagan_tf.data.augment import AugmentConfig, augment_batch
+from dagan_tf.data.augment import AugmentConfig, augment_batch, augment_geometry
 from dagan_tf.data.prepare import PreparedSplit
 from dagan_tf.errors import DaganError
 from dagan_tf.masks import MaskSpec
@@ -117,16 +117,18 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
 
     gather = _gather_images(split.images)
     if split.kspace is not None:
-        if augment is not None:
-            raise DaganError("augmentation of stored multi-coil k-space is not supported; set data.augment false")
+        if augment is not None and (augment.elastic_alpha or augment.shift or augment.zoom != (1, 1)
+                                    or augment.gamma != (1, 1)):
+            raise DaganError("multi-coil k-space takes flips and rotations only; set data.augment_style flip_rotate")
         maps = split.maps if maps is None else maps
         if maps is None:
             raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them first")
-        batch_of = _multicoil_batch(split, maps, gather)
+        batch_of = _multicoil_batch(split, maps, gather, augment)
 
     def make_batch(step, indices):
         if split.kspace is not None:
-            return batch_of(indices, per_sample_masks(step) if fixed_mask is None else fixed_mask[None])
+            return batch_of(indices, per_sample_masks(step) if fixed_mask is None else fixed_mask[None],
+                            tf.stack([tf.constant(seed, tf.int64), step]))
         target = gather(indices)
         if augment is not None:
             target = augment_batch(target, tf.stack([tf.constant(seed, tf.int64), step]), augment)
@@ -256,19 +258,42 @@ def _gather_rows(array: np.ndarray, dtype):
     return lambda indices: tf.ensure_shape(tf.numpy_function(gather, [indices], dtype), [None, *array.shape[1:]])
 
 
-def _multicoil_batch(split: PreparedSplit, maps: np.ndarray, gather):
-    """``(indices [B], masks [1 or B, H, W]) -> batch dict`` of stored coil k-space (module doc)."""
+def _multicoil_batch(split: PreparedSplit, maps: np.ndarray, gather, augment: AugmentConfig | None = None):
+    """``(indices [B], masks [1 or B, H, W], key [2]) -> batch dict`` of stored coil k-space (module doc).
+
+    With ``augment`` (flips and rotations) the coil images ``ifft2c(k_c)``, the maps and the target move
+    together (:func:`augment_geometry`, draws seeded by ``key``) before the k-space is taken again and masked.
+    """
     coil_kspace, coil_maps = _gather_rows(split.kspace, tf.complex64), _gather_rows(maps, tf.complex64)
 
-    def make_batch(indices, masks):
+    def make_batch(indices, masks, key=None):
         m = tf.broadcast_to(masks, [tf.size(indices), *masks.shape[1:]])
-        k0 = coil_kspace(indices) * tf.cast(m, tf.complex64)[:, None]
-        s = coil_maps(indices)
+        k, s, target = coil_kspace(indices), coil_maps(indices), gather(indices)
+        if augment is not None:
+            k, s, target = _augment_coils(k, s, target, key, augment)
+        k0 = k * tf.cast(m, tf.complex64)[:, None]
         combined = ks.sense_adjoint(k0, s)
         return {"zero_filled": tf.abs(combined)[..., None], "zero_filled_complex": _channels(combined),
-                "target": gather(indices), "mask": m, "kspace": k0, "maps": s}
+                "target": target, "target_complex": _channels(ks.sense_adjoint(k, s)), "mask": m, "kspace": k0,
+                "maps": s}
 
     return make_batch
+
+
+def _augment_coils(kspace: tf.Tensor, maps: tf.Tensor, target: tf.Tensor, key, augment: AugmentConfig):
+    """The same flips and rotations of coil images (``kspace [B, C, H, W]`` in, k-space out), ``maps
+    [B, C, H, W]`` and ``target [B, H, W, 1]``."""
+    def planes(z):  # [B, C, H, W] complex -> [B, H, W, 2C]
+        return tf.concat([tf.transpose(tf.math.real(z), [0, 2, 3, 1]), tf.transpose(tf.math.imag(z), [0, 2, 3, 1])],
+                         axis=-1)
+
+    def complex_of(x):  # [B, H, W, 2C] -> [B, C, H, W] complex
+        re, im = tf.split(x, 2, axis=-1)
+        return tf.complex(tf.transpose(re, [0, 3, 1, 2]), tf.transpose(im, [0, 3, 1, 2]))
+
+    c2 = 2 * kspace.shape[1]
+    moved = augment_geometry(tf.concat([planes(ks.ifft2c(kspace)), planes(maps), target], axis=-1), key, augment)
+    return ks.fft2c(complex_of(moved[..., :c2])), complex_of(moved[..., c2:2 * c2]), moved[..., 2 * c2:]
 
 
 def _multicoil_dataset(split: PreparedSplit, batch_size: int, masks: tf.Tensor, maps: np.ndarray, gather):

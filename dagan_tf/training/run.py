@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from dagan_tf import recipes
-from dagan_tf.data.augment import AugmentConfig
+from dagan_tf.data.augment import AugmentConfig, flip_rotate
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks, segmentation_dataset, training_dataset
 from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
@@ -225,7 +225,10 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         train_ds = segmentation_dataset(train_split, t["batch_size"], t["seed"], first_epoch * steps)
         val_ds = segmentation_dataset(val_split, t["val_batch_size"], start_step=None)
     else:
-        augment = AugmentConfig(elastic_per_image=d["elastic_per_image"]) if d["augment"] else None
+        augment = None
+        if d["augment"]:
+            augment = flip_rotate(d["max_rotation"]) if d["augment_style"] == "flip_rotate" else \
+                AugmentConfig(rotation_deg=d["max_rotation"], elastic_per_image=d["elastic_per_image"])
         with_kspace = trainer.batches == "kspace"
         complex_images = config["model"].get("channels", 1) == 2
         train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
