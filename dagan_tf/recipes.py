@@ -303,6 +303,16 @@ def validate_config(config, source: str = "recipe") -> dict:
         if patch > config["model"]["image_size"] or config["model"].get("discriminator") != "srgan":
             raise DaganError(f"{source}: data.patch_size {patch} needs model.discriminator srgan (any size) and "
                              f"at most model.image_size {config['model']['image_size']}")
+    t = config["train"]
+    if t["select"] != "monitor":
+        if trainer_of(config).batches == "labels":
+            raise DaganError(f"{source}: train.select {t['select']} needs a reconstruction trainer, "
+                             f"not {config['trainer']}")
+        if t["fid_weights"] is None or not os.path.isfile(t["fid_weights"]):
+            raise DaganError(f"{source}: train.select {t['select']} needs train.fid_weights, an existing Inception "
+                             f".npz file (got {t['fid_weights']!r})")
+        if t["keep"] == "last":
+            raise DaganError(f"{source}: train.select {t['select']} picks an epoch; it needs train.keep best")
     if config.get("loss", {}).get("vgg") and config.get("vgg", {}).get("weights") not in ("imagenet", "random") \
             and not os.path.isfile(str(config["vgg"]["weights"])):
         raise DaganError(f"{source}: vgg.weights must be 'imagenet', 'random' or an existing file, "

@@ -130,3 +130,15 @@ def trained_run(tmp_path_factory, real_slices):
     return run
 
 
+
+
+@pytest.fixture(scope="session")
+def multicoil_dir(tmp_path_factory):
+    """A prepared 4-coil folder (32², SNR 100) of 5 phantom subjects."""
+    folder = tmp_path_factory.mktemp("mc")
+    for i in range(5):
+        write_nifti(folder / f"s{i}.nii.gz", phantom_volume(32, 8, seed=i))
+    out = folder / "prepared"
+    prepare([str(folder)], out, PrepareConfig(size=32, split=(0.6, 0.2, 0.2), min_foreground=0.05, coils=4,
+                                              noise_snr=100.0))
+    return out

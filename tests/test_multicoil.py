@@ -89,17 +89,6 @@ def test_measured_multicoil_hdf5_keeps_complex_coil_data(tmp_path):
     assert manifest["multicoil"]["regime"] == "measured"
 
 
-@pytest.fixture(scope="module")
-def multicoil_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mc")
-    for i in range(5):
-        write_nifti(folder / f"s{i}.nii.gz", phantom_volume(32, 8, seed=i))
-    out = folder / "prepared"
-    prepare([str(folder)], out, PrepareConfig(size=32, split=(0.6, 0.2, 0.2), min_foreground=0.05, coils=4,
-                                              noise_snr=100.0))
-    return out
-
-
 def test_prepare_coils_writes_consistent_multicoil_splits(multicoil_dir):
     test = load_split(multicoil_dir, "test")
     assert test.kspace.shape == (len(test.images), 4, 32, 32) and test.maps.shape == (1, 4, 32, 32)

@@ -1,6 +1,7 @@
 """Callbacks for resumable GAN training: LR schedule, run state (checkpoint, early stopping, NaN) and images."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -59,10 +60,14 @@ class RunState(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir: str | Path, patience: int = 10, monitor: str = "val_nmse", keep: int = 2,
-                 keep_last: bool = False):
+                 keep_last: bool = False, select: str = "monitor", select_from_epoch: int = 1):
         super().__init__()
         self.run_dir = Path(run_dir)
-        self.patience, self.monitor, self.keep, self.keep_last = patience, monitor, keep, keep_last
+        self.patience, self.keep, self.keep_last = patience, keep, keep_last
+        self.select, self.select_from = select, select_from_epoch
+        self.nmse_key = monitor
+        self.monitor = "val_fid" if select == "fid" else monitor
+        self.scores: list[dict] = []  # fid_nmse: per epoch {"epoch", "nmse", "fid"} (selection.json)
         self.next_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="next_epoch")
         self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False, name="best")
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
@@ -97,8 +102,42 @@ class RunState(keras.callbacks.Callback):
             except Exception as exc:  # truncated files raise IndexError, OpError, ValueError, ...
                 skipped.append(f"{path} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
                 continue
+            if self.select == "fid_nmse" and self.selection_path.is_file():
+                done = int(self.next_epoch.numpy())
+                self.scores = [r for r in json.loads(self.selection_path.read_text()) if r["epoch"] <= done]
             return int(self.next_epoch.numpy()), skipped
         return None, skipped
+
+    @property
+    def selection_path(self) -> Path:
+        return self.run_dir / "selection.json"
+
+    def epoch_weights_path(self, epoch: int) -> Path:
+        """Where ``fid_nmse`` keeps the generator weights of ``epoch`` (1-based)."""
+        return self.run_dir / "epochs" / f"epoch-{epoch:04d}.weights.h5"
+
+    def _select_normalised(self, epoch: int, logs: dict) -> bool:
+        """Appendix B.3: keep this epoch's weights and scores; the candidate epoch (from ``select_from``) with
+        the lowest sum of FID and NMSE, each standardised over the candidates, becomes ``best.weights.h5``
+        (``best`` holds its number).  Whether the selected epoch is this one."""
+        number = epoch + 1
+        _save_weights(self.model.generator, self.epoch_weights_path(number))
+        self.scores = [r for r in self.scores if r["epoch"] < number]
+        self.scores.append({"epoch": number, "nmse": float(logs.get(self.nmse_key, math.nan)),
+                            "fid": float(logs.get("val_fid", math.nan))})
+        tmp = self.selection_path.with_name(".selection.tmp.json")
+        tmp.write_text(json.dumps(self.scores, indent=1))
+        os.replace(tmp, self.selection_path)
+        chosen = normalised_selection(self.scores, self.select_from)
+        if chosen is None:
+            return False
+        previous = float(self.best.numpy())
+        if not math.isfinite(previous) or chosen != int(previous):
+            self.best.assign(chosen)
+            tmp = self.best_weights_path.with_name(".best.tmp.weights.h5")
+            shutil.copyfile(self.epoch_weights_path(chosen), tmp)
+            os.replace(tmp, self.best_weights_path)
+        return chosen == number
 
     @property
     def best_weights_path(self) -> Path:
@@ -117,17 +156,19 @@ class RunState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.stopped_reason or self.interrupted:
             return
-        value = float((logs or {}).get(self.monitor, math.nan))
-        improved = math.isfinite(value) and value < float(self.best.numpy())
+        if self.select == "fid_nmse":
+            improved = self._select_normalised(epoch, logs or {})
+        else:
+            value = float((logs or {}).get(self.monitor, math.nan))
+            improved = epoch + 1 >= self.select_from and math.isfinite(value) and value < float(self.best.numpy())
+            if improved:
+                self.best.assign(value)
+            if improved or self.keep_last:
+                _save_weights(self.model.generator, self.best_weights_path)
         if improved:
-            self.best.assign(value)
             self.wait.assign(0)
         else:
             self.wait.assign_add(1)
-        if improved or self.keep_last:
-            tmp = self.best_weights_path.with_name(".best.tmp.weights.h5")
-            self.model.generator.save_weights(str(tmp))
-            os.replace(tmp, self.best_weights_path)
         self.next_epoch.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
         if self.patience and int(self.wait.numpy()) >= self.patience:
@@ -136,6 +177,53 @@ class RunState(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.best_weights_path.exists() and not self.stopped_reason and not self.interrupted:
             self.model.generator.load_weights(str(self.best_weights_path))
+
+
+def _save_weights(network, path: Path) -> None:
+    """``network``'s weights to ``path`` (written to a temporary name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[:-len('.weights.h5')]}.tmp.weights.h5")
+    network.save_weights(str(tmp))
+    os.replace(tmp, path)
+
+
+def normalised_selection(scores: list[dict], first_epoch: int = 1) -> int | None:
+    """The epoch (of ``scores`` rows ``{"epoch", "nmse", "fid"}`` from ``first_epoch`` on, finite values only)
+    minimising ``(fid − mean)/std + (nmse − mean)/std`` over those epochs (a constant series counts 0);
+    ``None`` without candidates."""
+    rows = [r for r in scores if r["epoch"] >= first_epoch and math.isfinite(r["nmse"]) and math.isfinite(r["fid"])]
+    if not rows:
+        return None
+
+    def standardised(key):
+        values = np.array([r[key] for r in rows], np.float64)
+        spread = values.std()
+        return (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+
+    return int(rows[int(np.argmin(standardised("fid") + standardised("nmse")))]["epoch"])
+
+
+class ValidationFID(keras.callbacks.Callback):
+    """Adds ``val_fid`` to each epoch's logs (before :class:`RunState` reads them): the FID between the
+    trainer's reconstructions of the validation batches (``model.reconstruct``) and their targets, on the
+    features of :class:`dagan_tf.models.fid.FIDFeatures` (the targets' computed once)."""
+
+    def __init__(self, features, val_ds):
+        super().__init__()
+        self.features, self.val_ds = features, val_ds
+        self.reference = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        recons, targets = [], []
+        for batch in self.val_ds:
+            inputs, target = (batch, batch["target"]) if isinstance(batch, dict) else batch
+            recons.append(self.features(self.model.reconstruct(inputs)))
+            if self.reference is None:
+                targets.append(self.features(_magnitude(target)))
+        if self.reference is None:
+            self.reference = np.concatenate(targets)
+        if logs is not None:
+            logs["val_fid"] = metrics.frechet_distance(np.concatenate(recons), self.reference)
 
 
 class Signals:

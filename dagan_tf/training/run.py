@@ -4,8 +4,10 @@ Run folder::
 
     config.yaml         the resolved recipe (with the data folder), commented
     checkpoints/        tf.train checkpoints (trainer state, optimizers, epoch, early-stopping state)
-    best.weights.h5     generator weights with the best validation score (the trainer's monitor, e.g. NMSE)
+    best.weights.h5     generator weights with the best validation score (train.select: the trainer's monitor,
+                        e.g. NMSE; the validation FID; or the normalised FID + NMSE sum)
     history.csv         per-epoch logs (appended on resume)
+    epochs/, selection.json   (train.select fid_nmse) every epoch's generator weights and validation scores
     logs/               TensorBoard: losses, metrics, learning rate, image grid
 
 Safety: a new run that fails before its first checkpoint is removed; ``overwrite``
@@ -36,7 +38,8 @@ from dagan_tf.errors import DaganError
 from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import make_dir, replace_path
-from dagan_tf.training.callbacks import HalvingSchedule, ImageGrid, RunState, Signals, TimeBudget
+from dagan_tf.training.callbacks import (HalvingSchedule, ImageGrid, RunState, Signals, TimeBudget,
+                                        ValidationFID)
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +196,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
          fraction):
     t = config["train"]
     model = build_trainer(config)
-    state = RunState(work, t["patience"], recipes.trainer_of(config).monitor,
-                     keep_last=t["keep"] == "last").attach(model)
+    state = RunState(work, t["patience"], recipes.trainer_of(config).monitor, keep_last=t["keep"] == "last",
+                     select=t["select"], select_from_epoch=t["select_from_epoch"]).attach(model)
     first_epoch = 0
     if resume:
         first_epoch, skipped = state.restore()
@@ -237,8 +240,15 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
                                     regime=d["regime"], phase_seed=t["seed"], split_key=1,
                                     complex_images=complex_images)
     budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
+    fid = []
+    if t["select"] != "monitor":
+        from dagan_tf.models.fid import FIDFeatures
+
+        with precision_policy("float32"):
+            fid = [ValidationFID(FIDFeatures(t["fid_weights"]), val_ds)]
     callbacks = [
         HalvingSchedule(t["lr"], t["lr_halve_every"]),
+        *fid,  # before the state: it adds val_fid to the logs the state selects with
         state,
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
@@ -252,6 +262,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
              f"{budget.steps} steps (epoch {int(state.next_epoch.numpy())})")
     elif not state.interrupted and not state.stopped_reason:
         best = float(state.best.numpy())
-        echo(f"training ended after epoch {int(state.next_epoch.numpy())}"
-             + (f"; best {state.monitor} {best:.5g}" if math.isfinite(best) else ""))
+        selected = f"; selected epoch {best:.0f} (normalised FID + NMSE)" if t["select"] == "fid_nmse" \
+            else f"; best {state.monitor} {best:.5g}"
+        echo(f"training ended after epoch {int(state.next_epoch.numpy())}" + (selected if math.isfinite(best) else ""))
     return history.history, state
