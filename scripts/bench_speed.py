@@ -13,9 +13,11 @@ patches) and at ``--size``, the SRGAN discriminator and the VGG of its content l
 its FFT data-consistency layers are timed but not counted as FLOPs), the refinement
 U-Net, the PatchGAN and the VGG of the perceptual term (VGG16 ``block5_conv3`` with
 the local weights: no VGG19 weights exist offline here), training images/s of both
-trainers and inference ms/image of RecNet and of the refined network.
+trainers and inference ms/image of RecNet and of the refined network.  ``--networks dcinet`` measures
+DCI-Net 20I-5G-40K and its critic on ``--coils``-coil k-space (FFT data-consistency units timed, not counted):
+cWGAN-AGB training images/s at ``--batch``, the process's peak RSS after each precision, and inference.
 
-Usage: python scripts/bench_speed.py [--networks dagan|seitzer] [--size 256] [--width 1.0] [--batch 8]
+Usage: python scripts/bench_speed.py [--networks dagan|seitzer|srgan|dcinet] [--size 256] [--width 1.0] [--batch 8]
        [--steps 4] [--vgg-weights FILE]
 """
 from __future__ import annotations
@@ -88,11 +90,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--vgg-weights", default=str(SHARED_VGG) if SHARED_VGG.exists() else "random")
     parser.add_argument("--inference-only", action="store_true", help="Skip the training measurements.")
-    parser.add_argument("--networks", choices=("dagan", "seitzer", "srgan"), default="dagan")
+    parser.add_argument("--networks", choices=("dagan", "seitzer", "srgan", "dcinet"), default="dagan")
+    parser.add_argument("--coils", type=int, default=8, help="Coils of the DCI-Net measurements.")
     args = parser.parse_args()
     report = machine_report()
     report.update({"size": args.size, "width": args.width, "batch": args.batch})
-    {"dagan": dagan_report, "seitzer": seitzer_report, "srgan": srgan_report}[args.networks](args, report)
+    {"dagan": dagan_report, "seitzer": seitzer_report, "srgan": srgan_report,
+     "dcinet": dcinet_report}[args.networks](args, report)
     print(json.dumps(report, indent=2))
 
 
@@ -116,6 +120,59 @@ def inference_report(name: str, network, inputs_of, flops: float, size: int, cei
         report[f"{name}_batch{batch}"] = {"ms_per_image": 1000 * seconds / batch,
                                           "gflop_per_s": batch * flops / seconds / 1e9,
                                           "fraction_of_ceiling": batch * flops / seconds / 1e9 / ceiling}
+
+
+def train_report(report: dict, key: str, step, images: int, step_flops: float, ceiling: float, steps: int) -> None:
+    """``report[key]``: images/s of ``step()`` (one training step on ``images`` images), its GFLOP/s and
+    fraction of the 3×3-convolution ``ceiling`` measured in the same run."""
+    seconds = timed(step, steps)
+    rate = images / seconds
+    report[key] = {"images_per_s": rate, "gflop_per_s": rate * step_flops / 1e9, "conv3x3_ceiling_gflop_per_s": ceiling,
+                   "fraction_of_ceiling": rate * step_flops / 1e9 / ceiling}
+
+
+def dcinet_report(args, report: dict) -> None:
+    """DCI-Net and the cWGAN-AGB trainer on ``--coils``-coil k-space (module doc)."""
+    import resource
+
+    from dagan_tf import recipes
+    from dagan_tf.models.dcinet import build_dcinet, build_wgan_critic, network_inputs
+    from dagan_tf.training.run import build_trainer
+
+    size, coils = args.size, args.coils
+    g, d = build_dcinet(size), build_wgan_critic(size)
+    flops = {"DCI-Net": forward_flops(g), "critic": forward_flops(d)}
+    report["coils"] = coils
+    report["gflop_per_image"] = {k: v / 1e9 for k, v in flops.items()}
+    report["params_M"] = {"DCI-Net": g.count_params() / 1e6, "critic": d.count_params() / 1e6}
+    # critic step: G fwd + D fwd/bwd on real and fake (2·3·D); G step: G fwd/bwd (3·G) + D fwd and input gradient
+    step_flops = 4 * flops["DCI-Net"] + 8 * flops["critic"]
+    report["train_gflop_per_image"] = step_flops / 1e9
+    rng = np.random.default_rng(0)
+    mask = np.zeros((size, size), np.float32)
+    mask[:, rng.random(size) < 0.25] = 1
+
+    def coil_batch(batch, size):
+        k = (rng.standard_normal((batch, coils, size, size)) + 1j * rng.standard_normal((batch, coils, size, size)))
+        maps = np.ones((batch, coils, size, size), np.complex64) / np.sqrt(coils)
+        image = rng.random((batch, size, size, 1)).astype(np.float32)
+        return {"kspace": tf.constant(k * mask, tf.complex64), "maps": tf.constant(maps), "mask": tf.constant(
+            np.broadcast_to(mask, (batch, size, size))), "target": image, "zero_filled": image,
+            "target_complex": tf.concat([image, tf.zeros_like(image)], -1)}
+
+    config = recipes.apply_overrides(recipes.load_recipe("cwgan-agb"), [f"model.image_size={size}"])
+    for precision in () if args.inference_only else ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(precision)
+        model = build_trainer(config)
+        batch = coil_batch(args.batch, size)
+        step = tf.function(model.train_step)
+        train_report(report, f"train_{precision}", lambda: step(batch)["g_loss"].numpy(), args.batch, step_flops,
+                     conv_ceiling("float32" if precision == "float32" else "bfloat16"), args.steps)
+        report[f"peak_rss_gib_after_{precision}"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    keras.mixed_precision.set_global_policy("float32")
+    inference_report("inference", build_dcinet(size),
+                     lambda batch, size: network_inputs(*(coil_batch(batch, size)[k] for k in ("kspace", "mask", "maps"))),
+                     flops["DCI-Net"], size, conv_ceiling("float32"), report)
 
 
 def seitzer_report(args, report: dict) -> None:
@@ -177,11 +234,8 @@ def seitzer_report(args, report: dict) -> None:
                 model = build_trainer(config)
                 batch = kspace_batch(args.batch, size)
                 step = tf.function(model.train_step)
-                seconds = timed(lambda: float(next(iter(step(batch).values()))), args.steps)
-                rate = args.batch / seconds
-                report[f"train_{name}_{precision}"] = {
-                    "images_per_s": rate, "gflop_per_s": rate * steps[name] / 1e9,
-                    "conv3x3_ceiling_gflop_per_s": ceiling, "fraction_of_ceiling": rate * steps[name] / 1e9 / ceiling}
+                train_report(report, f"train_{name}_{precision}", lambda: float(next(iter(step(batch).values()))),
+                             args.batch, steps[name], ceiling, args.steps)
                 if name == "recnet" and not stage1.exists():  # a stage-1 run folder for the refinement trainer
                     keras.mixed_precision.set_global_policy("float32")
                     stage1.mkdir()
@@ -229,11 +283,8 @@ def srgan_report(args, report: dict) -> None:
         model = build_trainer(config)
         x = tf.random.uniform((16, patch, patch, 1))
         step = tf.function(model.train_step)
-        seconds = timed(lambda: step((x, x))["g_loss"].numpy(), args.steps)
-        rate = 16 / seconds
-        report[f"train_{precision}"] = {"images_per_s": rate, "gflop_per_s": rate * step_flops / 1e9,
-                                        "conv3x3_ceiling_gflop_per_s": ceiling,
-                                        "fraction_of_ceiling": rate * step_flops / 1e9 / ceiling}
+        train_report(report, f"train_{precision}", lambda: step((x, x))["g_loss"].numpy(), 16, step_flops, ceiling,
+                     args.steps)
     keras.mixed_precision.set_global_policy("float32")
     inference_report("inference", build_resnet_generator(size, args.width),
                      lambda batch, size: tf.random.uniform((batch, size, size, 1)), flops[f"G {size}²"], size,
@@ -269,11 +320,8 @@ def dagan_report(args, report: dict) -> None:
         model = build_trainer(config)
         x = tf.random.uniform((args.batch, args.size, args.size, 1))
         step = tf.function(model.train_step)
-        seconds = timed(lambda: step((x, x))["g_loss"].numpy(), args.steps)
-        rate = args.batch / seconds
-        report[f"train_{precision}"] = {"images_per_s": rate, "gflop_per_s": rate * step_flops / 1e9,
-                                        "conv3x3_ceiling_gflop_per_s": ceiling,
-                                        "fraction_of_ceiling": rate * step_flops / 1e9 / ceiling}
+        train_report(report, f"train_{precision}", lambda: step((x, x))["g_loss"].numpy(), args.batch, step_flops,
+                     ceiling, args.steps)
     keras.mixed_precision.set_global_policy("float32")
     ceiling = conv_ceiling("float32")
     g = build_generator(args.size, args.width)  # what eval, predict and export run

@@ -219,7 +219,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
          f"{config['model']['image_size']}² images, precision {precision}")
     echo(f"data {d['folder']}: {len(train_split.images)} training / {len(val_split.images)} validation slices; "
          f"mask {d['mask']}" + (f" ratio {d['ratio']}" if d["ratio"] is not None else "")
-         + f" (sampled fraction {fraction:.4f}), {d['regime']} regime")
+         + f" (sampled fraction {fraction:.4f}), "
+         + (f"{train_split.coils}-coil k-space" if train_split.kspace is not None else f"{d['regime']} regime"))
     echo(f"{steps} steps per epoch of batch {t['batch_size']}, up to {t['epochs']} epochs; run folder {work}")
     if resume:
         echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
