@@ -154,7 +154,7 @@ def dcinet_report(args, report: dict) -> None:
 
     def coil_batch(batch, size):
         k = (rng.standard_normal((batch, coils, size, size)) + 1j * rng.standard_normal((batch, coils, size, size)))
-        maps = np.ones((batch, coils, size, size), np.complex64) / np.sqrt(coils)
+        maps = np.full((batch, coils, size, size), 1 / np.sqrt(coils), np.complex64)
         image = rng.random((batch, size, size, 1)).astype(np.float32)
         return {"kspace": tf.constant(k * mask, tf.complex64), "maps": tf.constant(maps), "mask": tf.constant(
             np.broadcast_to(mask, (batch, size, size))), "target": image, "zero_filled": image,

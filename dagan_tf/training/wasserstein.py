@@ -14,7 +14,8 @@ magnitude, ``pair`` = the cWGAN critic on (zero-filled, image) magnitudes):
 3. with AGB (Algorithm 1): ``g_gan``, ``g_mse`` = the gradients of the two weighted terms with respect to the
    generated image, ``gma ← λ·gma + (1 − λ)·std(g_gan)``, ``pma ← λ·pma + (1 − λ)·std(g_mse)`` and, when
    ``gma > pma·ratio``, ``β ← β(1 + rate)``, ``gma ← gma(1 − rate)`` (:func:`agb_update`).  Without AGB,
-   ``β = 1``.  β, gma and pma are variables in the checkpoint and in the logs (TensorBoard, history.csv).
+   ``β = 1``.  β, gma and pma are variables in the checkpoint and, with AGB, in the logs (``agb_beta``,
+   ``agb_gma``, ``agb_pma`` in TensorBoard and history.csv).
 
 Sign conventions are the text's (the critic's loss and the generator's loss are minimised; Alg. 1 as printed
 adds its Adam steps).  ``test_step`` reports NMSE, PSNR and SSIM of the output's magnitude, like every trainer.
@@ -139,7 +140,9 @@ class WassersteinGAN(TrainerModel):
         for name, value in logs.items():
             self.trackers[name].update_state(value)
             result[name] = self.trackers[name].result()
-        return result | {"agb_beta": self.beta.value(), "agb_gma": self.gma.value(), "agb_pma": self.pma.value()}
+        if self.discriminator is not None and s.agb:
+            result.update(agb_beta=self.beta.value(), agb_gma=self.gma.value(), agb_pma=self.pma.value())
+        return result
 
     def test_step(self, batch):
         return quality_metrics(self.trackers, batch["target"], self.reconstruct(batch))
