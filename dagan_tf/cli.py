@@ -404,7 +404,8 @@ def export_command(run_dir, out, overwrite):
 @click.option("--model", "model_path", required=True, help="Export folder (trusted) or run folder.")
 @click.option("--input", "source", required=True, help="Volume (NIfTI, …) or undersampled k-space HDF5.")
 @click.option("--out", required=True, help="Output NIfTI file (.nii or .nii.gz).")
-@click.option("--mask", "mask_kind", default=None, help="Mask kind or DAGAN .mat file (image input).")
+@click.option("--mask", "mask_kind", default=None,
+              help="Mask kind or DAGAN .mat file (image input; default: the model's training mask).")
 @click.option("--ratio", type=RATIO, default=None, help="Sampled fraction in (0, 1] (mask kinds).")
 @click.option("--mask-seed", type=NON_NEGATIVE, default=0, show_default=True, help="Seed of the mask.")
 @click.option("--acs", type=NON_NEGATIVE, default=None, help="Fully sampled centre lines / block side.")

@@ -42,6 +42,7 @@ class LoadedModel:
     network: Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict]
     with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
     regime: str = "magnitude"  # the k-space simulation the network was trained in (the run's / export's record)
+    mask: MaskSpec | None = None  # the mask it was trained with (None: an export without that record)
 
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
         """``[N, S, S, K]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``: the magnitude,
@@ -63,9 +64,9 @@ def load_model(path: str | Path) -> LoadedModel:
         from dagan_tf.export import export_metadata, kspace_planes, load_export
 
         network, size, from_kspace = load_export(path)  # network: all outputs of serving_default
-        regime = export_metadata(path).get("data", {}).get("regime", "magnitude")
+        data = export_metadata(path).get("data", {})
         return LoadedModel(size, network, lambda k0, m: from_kspace(**kspace_planes(k0, m))["reconstruction"],
-                           regime)
+                           data.get("regime", "magnitude"), _training_mask(data))
     if (path / "config.yaml").is_file():
         from dagan_tf.inference import load_run_generator, run_network
 
@@ -75,8 +76,16 @@ def load_model(path: str | Path) -> LoadedModel:
         def network(kspace0, mask):
             return run_network(generator, network_input(ks.ifft2c(kspace0), channels), kspace0, mask)
 
-        return LoadedModel(config["model"]["image_size"], network, regime=config["data"]["regime"])
+        return LoadedModel(config["model"]["image_size"], network, regime=config["data"]["regime"],
+                           mask=_training_mask(config["data"]))
     raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
+
+
+def _training_mask(data: dict) -> MaskSpec | None:
+    """The (fixed) mask of a run's or export's ``data`` record, if it has one."""
+    if "mask" not in data:
+        return None
+    return MaskSpec(data["mask"], data.get("ratio"), data.get("mask_seed", 0), data.get("acs"))
 
 
 def _unfit(images: np.ndarray, shape: tuple[int, int], size: int) -> np.ndarray:
@@ -113,18 +122,24 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
     """Reconstruct ``source`` with ``model`` into the NIfTI file ``out`` (written atomically); a refined
     network's change map λ·V goes to :func:`refinement_path` (same geometry and intensity scale).
 
-    Image input is undersampled in ``regime`` (default: a run's own, else ``magnitude``): ``phase``
+    Image input is undersampled with ``mask`` (default: the model's training mask, when its run or export
+    records it) in ``regime`` (default: a run's own, else ``magnitude``): ``phase``
     simulates the k-space of ``slice·exp(iφ)`` with the smooth phase of ``(phase_seed, slice index)``
     (:mod:`dagan_tf.data.pipeline`).  ``echo`` is told when slices are resampled and which regime is used.
     """
     out = check_new_output(out, overwrite)
     source = Path(source)
     is_kspace = source.suffix.lower() in (".h5", ".hdf5")
-    if not is_kspace:
-        if mask is None:
-            raise DaganError("image input needs --mask and --ratio to simulate undersampling")
+    if mask is not None:
         mask.validate()
     loaded = load_model(model)
+    if not is_kspace and mask is None:
+        if loaded.mask is None:
+            raise DaganError("image input needs --mask and --ratio to simulate undersampling (this export does "
+                             "not record its training mask)")
+        mask = loaded.mask
+        echo(f"mask: the model's own ({mask.kind}" + (f", ratio {mask.ratio:g}" if mask.ratio else "")
+             + (f", {mask.acs} centre lines" if mask.acs else "") + ")")
     if is_kspace:
         if regime is not None:
             raise DaganError("--regime applies to image input; k-space input carries its own phase")

@@ -72,6 +72,20 @@ def test_predict_keeps_shape_affine_and_orientation(tmp_path, exported, trained_
         assert np.corrcoef(recon.ravel(), data.ravel())[0, 1] > 0.8
 
 
+def test_predict_defaults_to_the_models_training_mask(tmp_path, exported, trained_run):
+    source = write_nifti(tmp_path / "in.nii.gz", phantom_volume(SIZE, 6))
+    for model in (exported, trained_run):
+        outputs = []
+        for name, mask in (("own", []), ("given", ["--mask", "gaussian1d", "--ratio", "0.3"])):  # tiny_config's
+            out = tmp_path / f"{model.name}-{name}.nii.gz"
+            result = CliRunner().invoke(main, ["predict", "--model", str(model), "--input", str(source), "--out",
+                                               str(out), *mask])
+            assert result.exit_code == 0, result.output
+            assert ("mask: the model's own (gaussian1d, ratio 0.3)" in result.output) == (name == "own")
+            outputs.append(nib.load(str(out)).get_fdata())
+        np.testing.assert_array_equal(*outputs)
+
+
 def test_predict_from_undersampled_kspace_hdf5(tmp_path, exported):
     img = np.transpose(phantom_volume(SIZE, 4), (2, 0, 1)) / 1000.0
     mask = (np.random.default_rng(1).random((SIZE, SIZE)) < 0.4).astype(np.float32)
@@ -93,7 +107,7 @@ def test_train_cli_errors(tmp_path, real_slices):
         return CliRunner().invoke(main, ["train", *map(str, args)])
 
     r = run("--recipe", "nope", "--data", real_slices, "--out", tmp_path / "r")
-    assert r.exit_code != 0 and "valid recipes: pg, ppg, ppgr" in r.output
+    assert r.exit_code != 0 and "valid recipes: cwgan, cwgan-agb, dcinet, pg, ppg, ppgr" in r.output
     r = run("--recipe", "pg", "--data", real_slices, "--out", tmp_path / "r", "--set", "model.depth=3")
     assert r.exit_code != 0 and "unknown --set key 'model.depth'" in r.output and "model.width" in r.output
     r = run("--out", tmp_path / "missing", "--resume")
