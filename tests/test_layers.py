@@ -190,12 +190,13 @@ def test_fused_adam_under_mirrored_strategy_equals_single_device():
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
 
 
-@pytest.mark.parametrize("refine", [True, False])
-def test_folded_batch_norm_generator_equals_the_unfolded_one(refine):
+@pytest.mark.parametrize("arch, refine", [("unet", True), ("unet", False), ("resnet", False)])
+def test_folded_batch_norm_generator_equals_the_unfolded_one(arch, refine):
     from dagan_tf.models.dagan import build_generator
     from dagan_tf.models.layers import fold_batch_norm
+    from dagan_tf.models.srgan import build_resnet_generator
 
-    generator = build_generator(32, 0.125, refine)
+    generator = build_generator(32, 0.125, refine) if arch == "unet" else build_resnet_generator(32, 0.25, 3)
     rng = np.random.default_rng(0)
     for layer in generator.layers:
         if isinstance(layer, keras.layers.BatchNormalization):  # trained-like statistics, not the initial ones
