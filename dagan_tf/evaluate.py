@@ -152,7 +152,8 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
                 for m in metrics.METRIC_NAMES:
                     per_slice[name][m].append(values[m])
             if fid is not None:
-                for name, image in (("ground_truth", batch["target"]), *outputs.items()):
+                features["ground_truth"].append(fid(np.asarray(batch["target"]), cache=True))
+                for name, image in outputs.items():
                     features[name].append(fid(np.asarray(image)))
             if sis is not None:
                 truth = np.asarray(prepared.labels[start:start + b])

@@ -55,3 +55,21 @@ def test_eval_reports_fid_for_every_row(tmp_path, real_slices):
     missing = run("eval", "--model", "zero-filled", "--data", real_slices, "--mask", "gaussian1d", "--ratio",
                   "0.3", "--fid", tmp_path / "none.npz", "--out", tmp_path / "e2")
     assert missing.exit_code != 0 and "--fid weights not found" in missing.output
+
+
+def test_cached_features_of_the_same_pixels_are_computed_once():
+    import tensorflow as tf
+
+    from dagan_tf.models.fid import FIDFeatures
+
+    calls = []
+    features = object.__new__(FIDFeatures)  # no Inception weights needed: a stand-in network
+    features.batch_size, features._cache = 4, {}
+    features._run = lambda x: calls.append(len(x)) or tf.reduce_mean(x, axis=[1, 2])
+    images = np.random.default_rng(0).random((6, 8, 8, 1)).astype(np.float32)
+    first = features(images, cache=True)
+    np.testing.assert_array_equal(features(images.copy(), cache=True), first)
+    assert calls == [4, 2]  # the second call hit the cache
+    features(images)
+    assert calls == [4, 2, 4, 2]  # without cache: computed again
+    assert not np.array_equal(features(images[::-1].copy(), cache=True), first)

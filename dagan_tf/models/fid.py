@@ -15,6 +15,7 @@ tiled to 3 channels, resized bilinearly (TF, no antialiasing) to 299², mapped l
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import keras
@@ -139,6 +140,7 @@ class FIDFeatures:
             keras.mixed_precision.set_global_policy(previous)
         self.batch_size = batch_size
         self._run = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._cache: dict[str, np.ndarray] = {}
 
     @staticmethod
     def prepare(images: tf.Tensor) -> tf.Tensor:
@@ -150,7 +152,15 @@ class FIDFeatures:
             x = tf.image.resize(x, (INPUT_SIZE, INPUT_SIZE), method="bilinear")
         return x * (255.0 / 128.0) - 1.0
 
-    def __call__(self, images) -> np.ndarray:
+    def __call__(self, images, cache: bool = False) -> np.ndarray:
+        """Features of ``images``; with ``cache`` the features of the same pixels are computed once
+        (e.g. the ground truth of a split scored in two regimes)."""
+        key = hashlib.sha1(np.ascontiguousarray(images, np.float32).tobytes()).hexdigest() if cache else None
+        if key is not None and key in self._cache:
+            return self._cache[key]
         out = [self._run(self.prepare(images[i:i + self.batch_size])).numpy()
                for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, 2048), np.float32)
+        features = np.concatenate(out) if out else np.zeros((0, 2048), np.float32)
+        if key is not None:
+            self._cache[key] = features
+        return features
