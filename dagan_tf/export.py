@@ -53,7 +53,7 @@ def _coil_planes(size: int) -> list[tf.TensorSpec]:
 
 
 def _kspace(kspace_real, kspace_imag, mask) -> tf.Tensor:
-    """Complex ``[N, H, W]`` k-space, zero off the mask."""
+    """Complex k-space ``[N, H, W]`` (or coil k-space ``[N, C, H, W]`` with ``mask [N, 1, H, W]``), zero off the mask."""
     return tf.complex(kspace_real, kspace_imag) * tf.cast(tf.complex(mask, tf.zeros_like(mask)), tf.complex64)
 
 
@@ -92,7 +92,7 @@ class ReconstructionModule(tf.Module):
                                             training=False))
 
     def _serve_coils(self, kspace_real, kspace_imag, maps_real, maps_imag, mask):
-        k0 = tf.complex(kspace_real, kspace_imag) * tf.complex(mask, tf.zeros_like(mask))[:, None]
+        k0 = _kspace(kspace_real, kspace_imag, mask[:, None])
         return self._outputs(self.generator(coil_network_inputs(k0, mask, tf.complex(maps_real, maps_imag)),
                                             training=False))
 

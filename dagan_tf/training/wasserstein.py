@@ -107,13 +107,14 @@ class WassersteinGAN(TrainerModel):
         s = self.settings
         inputs = batch_inputs(batch)
         logs = {}
-        if self.discriminator is not None:
-            fake = magnitude(self.generator(inputs, training=True))
-            for _ in range(s.critic_steps):
-                logs["c_loss"] = self.critic_step(batch, fake)
         with tf.GradientTape(persistent=True) as tape:
             output = tf.cast(self.generator(inputs, training=True), tf.float32)
             tape.watch(output)
+            if self.discriminator is not None:  # the critic steps see this output: G does not change in them
+                with tape.stop_recording():
+                    fake = tf.stop_gradient(magnitude(output))
+                    for _ in range(s.critic_steps):
+                        logs["c_loss"] = self.critic_step(batch, fake)
             if s.mse_on == "complex":
                 mse = tf.reduce_mean(tf.square(output - batch["target_complex"]))
             else:
