@@ -18,6 +18,7 @@ import click
 
 from dagan_tf import __version__
 from dagan_tf.errors import DaganError
+from dagan_tf.recipes import STRATEGIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -324,7 +325,10 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last intact checkpoint.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing run folder; the old run stays until the new training ends.")
-def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, resume, overwrite):
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
+              help="Override train.strategy (also with --resume): how tf.distribute spreads the batches; "
+                   "multi-worker reads TF_CONFIG (README: 'Several machines').")
+def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, resume, overwrite, strategy):
     """Train a recipe on a prepared data folder (resumable, early stopping on validation NMSE)."""
     from dagan_tf import recipes
 
@@ -343,13 +347,14 @@ def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, re
         config = recipes.apply_overrides(config, extra + list(overrides))
         _check_prepared(data)
     elif recipe or data or overrides or mask_kind or ratio or overwrite:
-        raise DaganError("--resume takes the run's own config.yaml; only --epochs may change")
+        raise DaganError("--resume takes the run's own config.yaml; only --epochs and --strategy may change")
 
     _load_tensorflow()
+    from dagan_tf.training.distribute import is_chief
     from dagan_tf.training.run import train
 
-    train(run_dir, config, data, resume, epochs, overwrite, echo=_echo)
-    click.echo(f"run saved in {run_dir}")
+    train(run_dir, config, data, resume, epochs, overwrite, echo=_echo, strategy=strategy)
+    click.echo(f"run saved in {run_dir}" if is_chief() else f"worker done; the chief saved the run in {run_dir}")
 
 
 @main.group("recipes", invoke_without_command=True)

@@ -2,7 +2,8 @@
 
 bf16 pays only where the hardware computes it natively: CPUs with AVX512-BF16
 or AMX-BF16 (measured ~1.9× faster than float32 training on a Zen 4 EPYC) and
-GPUs of compute capability 8.0 (Ampere) or newer.  On AVX2-only CPUs bf16 is
+GPUs of compute capability 8.0 (Ampere) or newer; Volta and Turing GPUs get
+float16 with dynamic loss scaling.  On AVX2-only CPUs bf16 is
 emulated and training was 3–6× *slower* than float32, so ``auto`` picks
 float32 there.  Pure Python: the GPU list is passed in by the caller.
 """
@@ -34,18 +35,21 @@ def cpu_info(cpuinfo: str | None = None) -> tuple[str, frozenset[str]]:
 
 def resolve_precision(requested: str, cpu_flags: frozenset[str] | None = None,
                       gpu_compute_capabilities: list[tuple[int, int]] | None = None) -> str:
-    """``float32`` or ``mixed_bfloat16`` for ``requested`` (``auto`` decides by the hardware).
+    """The Keras dtype policy for ``requested`` (``auto`` decides by the hardware).
 
     Args:
-        requested: ``auto``, ``float32`` or ``mixed_bfloat16`` (returned unchanged unless ``auto``).
+        requested: ``auto``, ``float32``, ``mixed_bfloat16`` or ``mixed_float16`` (returned unchanged
+            unless ``auto``).
         cpu_flags: CPU feature flags (default: this machine's).
-        gpu_compute_capabilities: ``(major, minor)`` of each visible GPU; with GPUs the
-            GPUs decide (all must be ≥ 8.0), else the CPU flags.
+        gpu_compute_capabilities: ``(major, minor)`` of each visible GPU; with GPUs the GPUs decide:
+            all ≥ 8.0 (Ampere on, native bf16) ``mixed_bfloat16``; all ≥ 7.0 (Volta, Turing: float16
+            tensor cores) ``mixed_float16``; else ``float32``.  Without GPUs the CPU flags decide.
     """
     if requested != "auto":
         return requested
     if gpu_compute_capabilities:
-        return "mixed_bfloat16" if all(cc >= (8, 0) for cc in gpu_compute_capabilities) else "float32"
+        oldest = min(gpu_compute_capabilities)
+        return "mixed_bfloat16" if oldest >= (8, 0) else "mixed_float16" if oldest >= (7, 0) else "float32"
     flags = cpu_info()[1] if cpu_flags is None else cpu_flags
     return "mixed_bfloat16" if any(f in flags for f in NATIVE_BF16_CPU_FLAGS) else "float32"
 

@@ -23,7 +23,9 @@ from dagan_tf.errors import DaganError
 from dagan_tf.masks import MASK_KINDS
 from dagan_tf.schema import Field
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")  # dagan_tf.training.distribute
+JIT_COMPILE = ("auto", "xla", "none")  # strings: YAML reads on/off and yes/no as booleans
 
 
 def _mask_kind_or_file(value: str) -> str | None:
@@ -73,8 +75,18 @@ TRAIN = {
     "patience": Field("int", "early stopping on validation NMSE after N epochs without gain (0: off)", 0),
     "seed": Field("int", "seed of weights, data order, augmentation and masks", 0),
     "deterministic": Field("bool", "deterministic kernels (bit-identical resume, slower)"),
-    "precision": Field("choice", "auto = mixed_bfloat16 where the hardware runs bf16 natively, else float32",
-                       choices=PRECISIONS),
+    "precision": Field("choice", "auto = mixed_bfloat16 where the hardware runs bf16 natively (AVX512-BF16/AMX "
+                                 "CPUs, GPUs from Ampere on), mixed_float16 (dynamic loss scaling) on Volta/Turing "
+                                 "GPUs, else float32", choices=PRECISIONS),
+    "strategy": Field("choice", "tf.distribute strategy: auto = mirrored over the GPUs when there are several, else "
+                                "one device; mirrored = one replica per GPU (or logical CPU); multi-worker = "
+                                "several machines described by TF_CONFIG", choices=STRATEGIES, default="auto"),
+    "sync_batch_norm": Field("bool", "with several replicas, batch-norm statistics over the global batch (one "
+                                     "all-reduce per layer) instead of each replica's slice (Keras' default)",
+                             default=False),
+    "jit_compile": Field("choice", "compile the training step with XLA (xla) or not (none); auto = Keras' choice: "
+                                   "none on CPU (measured slower) and with several replicas, xla on one GPU",
+                         choices=JIT_COMPILE, default="auto"),
     "val_batch_size": Field("int", "validation batch size", 1),
     "keep": Field("choice", "which weights become best.weights.h5: best = the best validation score (the trainer's "
                             "monitor); last = the last epoch's", choices=("best", "last"), default="best"),

@@ -141,7 +141,8 @@ def test_auto_precision_follows_the_hardware():
     assert resolve_precision("auto", cpu_flags=frozenset({"avx2", "fma"})) == "float32"
     assert resolve_precision("auto", cpu_flags=frozenset({"avx2", "avx512_bf16"})) == "mixed_bfloat16"
     assert resolve_precision("auto", cpu_flags=frozenset({"amx_bf16"})) == "mixed_bfloat16"
-    assert resolve_precision("auto", frozenset({"avx512_bf16"}), gpu_compute_capabilities=[(7, 5)]) == "float32"
+    assert resolve_precision("auto", frozenset({"avx512_bf16"}), gpu_compute_capabilities=[(7, 5)]) == "mixed_float16"
+    assert resolve_precision("auto", frozenset({"avx512_bf16"}), gpu_compute_capabilities=[(8, 6), (6, 1)]) == "float32"
     assert resolve_precision("auto", frozenset(), gpu_compute_capabilities=[(8, 0), (9, 0)]) == "mixed_bfloat16"
     assert resolve_precision("float32", frozenset({"avx512_bf16"})) == "float32"
     model, flags = cpu_info("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512_bf16\n")

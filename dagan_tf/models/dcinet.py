@@ -32,7 +32,7 @@ import tensorflow as tf
 from keras import layers
 
 from dagan_tf import kspace as ks
-from dagan_tf.models.layers import LeakyReLU
+from dagan_tf.models.layers import FusedBatchNorm, LeakyReLU
 from dagan_tf.models.recnet import from_channels, to_channels
 
 DCINET_INPUTS = ("kspace", "maps", "mask")
@@ -120,7 +120,7 @@ def build_wgan_critic(image_size: int, conditional: bool = True, filters: int = 
     x = inputs
     for i in range(4):
         x = layers.Conv2D(filters * 2 ** i, 4, strides=2, padding="same", name=f"c{i}")(x)
-        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"c{i}_bn")(x)
+        x = FusedBatchNorm(momentum=0.9, epsilon=1e-5, name=f"c{i}_bn")(x)
         x = LeakyReLU(0.2, name=f"c{i}_lrelu")(x)
     x = layers.Flatten(name="flatten")(x)
     return keras.Model(inputs, layers.Dense(1, dtype="float32", name="value")(x), name=name)

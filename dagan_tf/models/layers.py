@@ -28,7 +28,12 @@ class FusedBatchNorm(layers.BatchNormalization):
 
     Training mode normalises with the biased batch variance and moves
     ``moving_* = momentum·moving_* + (1 − momentum)·batch_*`` with the biased
-    variance, exactly as ``keras.layers.BatchNormalization``.
+    variance, exactly as ``keras.layers.BatchNormalization``.  Under a distribution
+    strategy each replica normalises its slice of the batch with the slice's statistics
+    (Keras' default) and the moving averages move by the replicas' mean statistics, so
+    every replica keeps the same ones (Keras 3's own layer lets them drift apart).  With
+    ``synchronized`` (statistics of the global batch) training mode is Keras' own unfused
+    code, which all-reduces them.
     """
 
     def build(self, input_shape):
@@ -39,6 +44,8 @@ class FusedBatchNorm(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         if mask is not None:
             raise ValueError("FusedBatchNorm does not support masks")
+        if self.synchronized and training and self.trainable:
+            return super().call(inputs, training=training)
         common = dict(x=inputs, scale=self.gamma.value, offset=self.beta.value, epsilon=self.epsilon,
                       data_format="NHWC")
         if not (training and self.trainable):
@@ -49,6 +56,9 @@ class FusedBatchNorm(layers.BatchNormalization):
             mean=tf.zeros([0]), variance=tf.zeros([0]), exponential_avg_factor=1.0, is_training=True, **common)[:3]
         count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], tf.float32)
         variance = unbiased_variance * (count - 1.0) / count
+        replicas = tf.distribute.get_replica_context()
+        if replicas is not None and replicas.num_replicas_in_sync > 1:  # one moving average for every replica
+            mean, variance = replicas.all_reduce(tf.distribute.ReduceOp.MEAN, [mean, variance])
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return tf.cast(outputs, self.compute_dtype)

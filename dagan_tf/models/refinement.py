@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from dagan_tf.models.layers import LeakyReLU
+from dagan_tf.models.layers import FusedBatchNorm, LeakyReLU
 from dagan_tf.models.recnet import network_inputs
 
 REFINED_PARTS = ("real", "magnitude")
@@ -75,7 +75,7 @@ def _conv(x, filters, kernel, name, strides=1, bias=False, init=None):
 
 def _conv_bn_lrelu(x, filters, name):
     x = _conv(x, filters, 4, name)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    x = FusedBatchNorm(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
     return LeakyReLU(0.1, name=f"{name}_lrelu")(x)
 
 
@@ -189,8 +189,8 @@ def build_patch_discriminator(n_layers: int = 6, width: float = 1.0, dropout: fl
         filters = max(1, round(min(64 * 2 ** i, 1024) * width))
         x = _conv(x, filters, 4, f"d{i}", strides=2 if i < n_layers - 1 else 1, bias=i == 0, init=init)
         if i:
-            x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"d{i}_bn",
-                                          gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02))(x)
+            x = FusedBatchNorm(momentum=0.9, epsilon=1e-5, name=f"d{i}_bn",
+                               gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02))(x)
         x = LeakyReLU(0.2, name=f"d{i}_lrelu")(x)
         if i >= n_layers - 3 and dropout:
             x = layers.SpatialDropout2D(dropout, name=f"d{i}_dropout")(x)

@@ -20,13 +20,13 @@ import keras
 from keras import layers
 
 from dagan_tf.models.dagan import Ramp, scaled_filters
-from dagan_tf.models.layers import LeakyReLU
+from dagan_tf.models.layers import FusedBatchNorm, LeakyReLU
 
 DISCRIMINATOR_FILTERS = (64, 64, 128, 128, 256, 256, 512, 512)
 
 
-def _bn(name: str) -> layers.BatchNormalization:
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+def _bn(name: str) -> FusedBatchNorm:
+    return FusedBatchNorm(momentum=0.9, epsilon=1e-5, name=name)
 
 
 def _prelu(name: str) -> layers.PReLU:

@@ -121,13 +121,11 @@ class ConditionalGAN(TrainerModel):
         with tf.GradientTape() as tape:
             d_loss = (bce_logits(self.discriminator(magnitude(target), training=True), 1.0)
                       + bce_logits(self.discriminator(fake, training=True), 0.0))
-        d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
+        self.minimise(self.d_optimizer, tape, d_loss, self.discriminator.trainable_variables)
         # 2. Generator, on the same batch, against the updated discriminator.
         with tf.GradientTape() as tape:
             terms = self.generator_losses(zero_filled, target)
-        g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(terms["g_loss"], g_vars), g_vars))
+        self.minimise(self.g_optimizer, tape, terms["g_loss"], self.generator.trainable_variables)
         self.trackers["d_loss"].update_state(d_loss)
         for name, value in terms.items():
             self.trackers[name].update_state(value)

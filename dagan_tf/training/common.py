@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf import metrics as quality
+from dagan_tf.training.distribute import replica_weight
 
 QUALITY = ("nmse", "psnr", "ssim")
 
@@ -47,14 +48,36 @@ class TrainerModel(keras.Model):
         self.generator, self.discriminator = generator, discriminator
         self.trackers = {name: keras.metrics.Mean(name=name) for name in tracker_names}
         self.g_optimizer = self.d_optimizer = None
+        self.built = True  # the networks are built: no symbolic build on a batch (a dict is no network input)
 
     def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer | None = None,
                 **kwargs):
+        """Under the ``mixed_float16`` policy each optimizer is wrapped in Keras' dynamic
+        :class:`keras.optimizers.LossScaleOptimizer` (:meth:`minimise` scales the loss for it)."""
         super().compile(**kwargs)
+        if keras.mixed_precision.global_policy().name == "mixed_float16":
+            g_optimizer = keras.optimizers.LossScaleOptimizer(g_optimizer)
+            if d_optimizer is not None:
+                d_optimizer = keras.optimizers.LossScaleOptimizer(d_optimizer)
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         g_optimizer.build(self.generator.trainable_variables)
         if d_optimizer is not None:
             d_optimizer.build(self.discriminator.trainable_variables)
+
+    @staticmethod
+    def scaled_gradients(optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
+                         variables) -> list:
+        """Gradients of ``loss`` (float32 scalar, a mean over this replica's examples, recorded by ``tape``) for
+        ``optimizer``: those of the replica's share of the global-batch mean
+        (:func:`dagan_tf.training.distribute.replica_weight`), times the loss scale of a ``LossScaleOptimizer``
+        (which unscales them, and skips the step on overflow)."""
+        weight = optimizer.scale_loss(tf.constant(replica_weight(), tf.float32))
+        return tape.gradient(loss, variables, output_gradients=weight)
+
+    def minimise(self, optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
+                 variables) -> None:
+        """One ``optimizer`` step on ``loss`` (:meth:`scaled_gradients`)."""
+        optimizer.apply_gradients(zip(self.scaled_gradients(optimizer, tape, loss, variables), variables))
 
     @property
     def optimizers(self) -> list[keras.optimizers.Optimizer]:
@@ -70,6 +93,23 @@ class TrainerModel(keras.Model):
         networks = [self.generator] + ([self.discriminator] if self.discriminator is not None else [])
         seeds = [v.value for net in networks for v in net.variables if v.path.endswith("seed_generator_state")]
         return objects | ({"seed_states": seeds} if seeds else {})
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build (the networks, trackers and optimizers are).  Keras' version, run under a
+        distribution strategy, would draw a batch from the training stream and, under
+        MultiWorkerMirroredStrategy, fails to reduce a structure of per-replica tensors (Keras 3.15)."""
+
+    def _make_function(self, step_function):
+        """Keras' step function; under MultiWorkerMirroredStrategy the step's scalar logs become ``[1]``
+        vectors, which Keras 3 averages over the workers to scalars (it fails on scalars: "Invalid reduction
+        dimension 0", tensorflow/tensorflow#72388)."""
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            step = step_function
+
+            def step_function(data):
+                return {name: tf.reshape(value, [1]) for name, value in step(data).items()}
+
+        return super()._make_function(step_function)
 
     @property
     def metrics(self):

@@ -34,6 +34,7 @@ from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminato
                                         min_discriminator_size)
 from dagan_tf.models.vgg import VGGFeatures
 from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
+from dagan_tf.training.distribute import replicas_mean
 from dagan_tf.training.optimizers import FusedAdam
 from dagan_tf.training.supervised import batch_inputs
 
@@ -63,12 +64,14 @@ class LossNormaliser(tf.Module):
 
     def __init__(self, n_terms: int = len(TERMS)):
         super().__init__(name="loss_normaliser")
-        self.scales = tf.Variable(tf.ones([n_terms]), trainable=False, name="scales")
-        self.ready = tf.Variable(False, trainable=False, name="ready")
+        same = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica assigns the same value
+        self.scales = tf.Variable(tf.ones([n_terms]), trainable=False, name="scales", aggregation=same)
+        self.ready = tf.Variable(False, trainable=False, name="ready", aggregation=same)
 
     def __call__(self, terms: tf.Tensor) -> tf.Tensor:
-        """``terms [4] / scales`` (scales fixed from ``terms`` on the first call)."""
-        first = tf.stop_gradient(tf.where(terms > 0, terms, tf.ones_like(terms)))
+        """``terms [4] / scales`` (scales fixed on the first call from ``terms`` averaged over the replicas)."""
+        first = replicas_mean(tf.stop_gradient(terms))
+        first = tf.where(first > 0, first, tf.ones_like(first))
         scales = tf.where(self.ready, self.scales, first)
         self.scales.assign(scales)
         self.ready.assign(True)
@@ -82,13 +85,19 @@ class ImagePool(tf.Module):
     passed through; afterwards, with probability ``probability`` a random stored image is
     returned and replaced by the current one, else the current image passes.  Random draws come
     from a seeded ``tf.random.Generator`` (checkpointed with the images and the count).
+
+    Under a distribution strategy each replica keeps a pool of its own (``size`` images of its
+    slices of the batches) and draws from its own random stream; a checkpoint holds the first
+    replica's pool, from which every replica resumes.
     """
 
     def __init__(self, size: int, image_shape, probability: float = 0.5, seed: int = 0):
         super().__init__(name="image_pool")
         self.size, self.probability = size, probability
-        self.images = tf.Variable(tf.zeros([max(size, 1), *image_shape]), trainable=False, name="images")
-        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, name="count")
+        local = {"synchronization": tf.VariableSynchronization.ON_READ,
+                 "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA}
+        self.images = tf.Variable(tf.zeros([max(size, 1), *image_shape]), trainable=False, name="images", **local)
+        self.count = tf.Variable(0, dtype=tf.int32, trainable=False, name="count", **local)
         self.rng = tf.random.Generator.from_seed(seed)
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
@@ -168,7 +177,8 @@ class RefinementGAN(TrainerModel):
         with tf.GradientTape(persistent=True) as tape:
             d_loss, terms = self.losses_of(batch)
         d_vars, g_vars = self.discriminator.trainable_variables, self.generator.trainable_variables
-        d_grads, g_grads = tape.gradient(d_loss, d_vars), tape.gradient(terms["g_loss"], g_vars)
+        d_grads = self.scaled_gradients(self.d_optimizer, tape, d_loss, d_vars)
+        g_grads = self.scaled_gradients(self.g_optimizer, tape, terms["g_loss"], g_vars)
         del tape
         self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
         self.g_optimizer.apply_gradients(zip(g_grads, g_vars))

@@ -23,6 +23,7 @@ import logging
 import math
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,8 @@ from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import make_dir, replace_path
 from dagan_tf.training.callbacks import (HalvingSchedule, ImageGrid, RunState, Signals, TimeBudget,
-                                        ValidationFID)
+                                        ValidationFID, checkpoints_newest_first)
+from dagan_tf.training.distribute import cluster_spec, describe, is_chief, make_strategy, synchronise_batch_norm
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +89,18 @@ def _silent(_: str) -> None:
 
 def train(run_dir: str | Path, config: dict | None = None, data: str | Path | None = None,
           resume: bool = False, epochs: int | None = None, overwrite: bool = False,
-          verbose: int | None = None, echo: Callable[[str], None] = _silent) -> dict:
+          verbose: int | None = None, echo: Callable[[str], None] = _silent, strategy: str | None = None) -> dict:
     """Train a validated recipe ``config`` on the prepared folder ``data`` into ``run_dir``, or resume it.
 
     ``echo`` receives progress lines (start summary, resume point, how training ended);
     ``verbose`` is Keras' (default: a progress bar on a terminal, one line per epoch otherwise,
-    none when ``echo`` is silent).  Returns the history of this call.  Raises
+    none when ``echo`` is silent); ``strategy`` overrides ``train.strategy`` (also on resume).
+    Under ``multi-worker`` every worker calls this with the same arguments; only the chief
+    writes ``run_dir`` (the others write to a :func:`worker_folder`).  Returns the history of this call.  Raises
     :class:`DaganError` on bad input and NaN/Inf losses, :class:`TrainingInterrupted` on a signal.
     """
     run_dir = Path(run_dir)
+    chief = is_chief()
     work = staging_dir(run_dir)
     if resume:
         if not (work / "config.yaml").is_file():
@@ -106,9 +111,9 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
             echo(f"resuming the unfinished --overwrite run in {work} (it replaces {run_dir} when it ends)")
         config = recipes.load_config_file(work / "config.yaml")
     else:
-        if run_dir.exists() and not run_dir.is_dir():
+        if chief and run_dir.exists() and not run_dir.is_dir():
             raise DaganError(f"--out {run_dir} is a file, not a run folder")
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        if chief and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
             raise DaganError(f"run folder {run_dir} exists; pass --resume to continue it or --overwrite")
         if not (run_dir.exists() and any(run_dir.iterdir())):
             work = run_dir
@@ -118,28 +123,56 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
             config = recipes.validate_config(prepare_config(config, echo))
     if epochs is not None:
         config["train"]["epochs"] = int(epochs)
+    if strategy is not None:
+        config["train"]["strategy"] = strategy
+    # Before any other TensorFlow call: a multi-worker strategy configures the runtime's collectives.
+    if config["train"]["strategy"] == "multi-worker":
+        echo(f"multi-worker: task {cluster_spec()[1]} waits for every worker of TF_CONFIG")
+    distribution = make_strategy(config["train"]["strategy"])
     train_split, val_split = _check_data(config, resume, echo)
     spec = mask_spec(config)
     size = config["model"]["image_size"]
     fraction = sampled_fraction(spec.build((size, size)))
     t = config["train"]
+    if t["batch_size"] % distribution.num_replicas_in_sync:
+        raise DaganError(f"train.batch_size {t['batch_size']} is not a multiple of the "
+                         f"{distribution.num_replicas_in_sync} replicas of train.strategy {t['strategy']}")
     precision = resolve_precision(t["precision"], gpu_compute_capabilities=visible_gpu_capabilities())
     keras.utils.set_random_seed(t["seed"])
     if t["deterministic"]:
         tf.config.experimental.enable_op_determinism()
+    if verbose is None:
+        verbose = 0 if echo is _silent else (1 if sys.stdout.isatty() else 2)
+
+    def fit(folder: Path):
+        try:
+            with precision_policy(precision):
+                history, state = _fit(folder, config, resume, train_split, val_split, spec, verbose, echo,
+                                      f"{precision} (precision: {t['precision']})", fraction, distribution)
+        except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as exc:
+            if not isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
+                raise
+            newest = checkpoints_newest_first(folder / "checkpoints")
+            kept = (f"the checkpoint of epoch {newest[0].rsplit('-', 1)[1]} is kept; start every worker again with "
+                    f"'dagan-tf train --out {run_dir} --resume'") if newest else "nothing was saved (no checkpoint yet)"
+            reason = next((line.strip() for line in exc.message.splitlines() if "aborted by" in line),
+                          type(exc).__name__)
+            raise DaganError(f"the multi-worker cluster lost a worker ({reason}); {kept}") from None
+        _raise_if_unfinished(state, folder, run_dir)
+        return history
+
+    if not chief:
+        echo(f"multi-worker: this worker is not the chief; the chief writes {run_dir}")
+        with worker_folder(work if resume else None) as scratch:
+            return fit(scratch)
     existed = work.exists()
     if not resume:
         if work != run_dir:
             shutil.rmtree(work, ignore_errors=True)  # a stale staging folder of an earlier overwrite
             existed = False
         make_dir(work)
-    if verbose is None:
-        verbose = 0 if echo is _silent else (1 if sys.stdout.isatty() else 2)
     try:
-        with precision_policy(precision):
-            history, state = _fit(work, config, resume, train_split, val_split, spec, verbose, echo,
-                                  f"{precision} (precision: {t['precision']})", fraction)
-        _raise_if_unfinished(state, work, run_dir)
+        history = fit(work)
     except BaseException:
         if not resume and not _has_checkpoint(work):
             _discard(work, keep_folder=existed)
@@ -147,6 +180,22 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
     if work != run_dir:
         replace_path(work, run_dir)
     return history
+
+
+@contextlib.contextmanager
+def worker_folder(chief_work: Path | None):
+    """A temporary run folder for a non-chief worker of a multi-worker run (it takes part in every
+    checkpoint write, which the chief alone keeps), removed at the end; with ``chief_work`` (``--resume``) a
+    copy of the chief's folder to restore from, so ``--out`` must be on a file system every worker sees."""
+    scratch = Path(tempfile.mkdtemp(prefix="dagan-tf-worker-"))
+    try:
+        if chief_work is not None:
+            shutil.copytree(chief_work, scratch / "run", ignore=shutil.ignore_patterns("logs"))
+        else:
+            (scratch / "run").mkdir()
+        yield scratch / "run"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _raise_if_unfinished(state: RunState, work: Path, run_dir: Path) -> None:
@@ -193,9 +242,14 @@ def _check_data(config: dict, resume: bool, echo):
 
 
 def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, verbose, echo, precision,
-         fraction):
+         fraction, distribution: tf.distribute.Strategy):
     t = config["train"]
-    model = build_trainer(config)
+    with distribution.scope():
+        model = build_trainer(config)
+    if t["sync_batch_norm"]:
+        synchronise_batch_norm(model)
+    if t["jit_compile"] != "auto":
+        model.jit_compile = t["jit_compile"] == "xla"
     state = RunState(work, t["patience"], recipes.trainer_of(config).monitor, keep_last=t["keep"] == "last",
                      select=t["select"], select_from_epoch=t["select_from_epoch"]).attach(model)
     first_epoch = 0
@@ -221,7 +275,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
          f"mask {d['mask']}" + (f" ratio {d['ratio']}" if d["ratio"] is not None else "")
          + f" (sampled fraction {fraction:.4f}), "
          + (f"{train_split.coils}-coil k-space" if train_split.kspace is not None else f"{d['regime']} regime"))
-    echo(f"{steps} steps per epoch of batch {t['batch_size']}, up to {t['epochs']} epochs; run folder {work}")
+    echo(f"{steps} steps per epoch of batch {t['batch_size']}, up to {t['epochs']} epochs; run folder {work}; "
+         f"{describe(distribution)}" + (", XLA" if model.jit_compile else ""))
     if resume:
         echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
     trainer = recipes.trainer_of(config)
@@ -240,6 +295,11 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
                                     regime=d["regime"], phase_seed=t["seed"], split_key=1,
                                     complex_images=complex_images)
+    if isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
+        # Every worker builds the same batches (a function of seed and step) and keeps its replicas' slices.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
     budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
     fid = []
     if t["select"] != "monitor":

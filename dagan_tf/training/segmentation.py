@@ -56,8 +56,7 @@ class Segmenter(TrainerModel):
             logits = tf.cast(self.generator(images, training=True), tf.float32)
             ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
             loss = self.w_ce * ce + self.w_dice * (1.0 - soft_dice(tf.nn.softmax(logits), labels))
-        variables = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.minimise(self.g_optimizer, tape, loss, self.generator.trainable_variables)
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 

@@ -35,8 +35,7 @@ class SupervisedCascade(TrainerModel):
         with tf.GradientTape() as tape:
             output = tf.cast(self.generator(batch_inputs(batch), training=True), tf.float32)
             loss = tf.reduce_mean(tf.square(output - batch["target_complex"]))
-        variables = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.minimise(self.g_optimizer, tape, loss, self.generator.trainable_variables)
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from dagan_tf.models.dcinet import build_dcinet, build_wgan_critic, network_inputs
 from dagan_tf.training.common import QUALITY, TrainerModel, magnitude, quality_metrics
+from dagan_tf.training.distribute import replica_weight, replicas_in_sync, replicas_mean
 from dagan_tf.training.optimizers import FusedAdam
 
 CRITIC_KINDS = ("none", "image", "pair")
@@ -60,6 +61,15 @@ def agb_update(beta, gma, pma, gan_std, mse_std, ratio: float, rate: float, ema:
     return tf.where(grow, beta * (1.0 + rate), beta), tf.where(grow, gma * (1.0 - rate), gma), pma
 
 
+def batch_std(values: tf.Tensor) -> tf.Tensor:
+    """Standard deviation of every element of ``values`` over the global batch (each replica holds an equal
+    slice; from the replicas' means of ``x`` and ``x²``)."""
+    if replicas_in_sync() == 1:
+        return tf.math.reduce_std(values)
+    mean, square = replicas_mean(tf.reduce_mean(values)), replicas_mean(tf.reduce_mean(tf.square(values)))
+    return tf.sqrt(tf.maximum(square - tf.square(mean), 0.0))
+
+
 def batch_inputs(batch: dict) -> dict[str, tf.Tensor]:
     """DCI-Net's inputs from a k-space batch dict (multi-coil with ``maps``, or single-coil)."""
     return network_inputs(batch["kspace"], batch["mask"], batch.get("maps"))
@@ -75,9 +85,10 @@ class WassersteinGAN(TrainerModel):
         super().__init__(generator, names, critic, **kwargs)
         self.settings = settings
         start = settings.beta_init if settings.agb else 1.0
-        self.beta = tf.Variable(start, dtype=tf.float32, trainable=False, name="agb_beta")
-        self.gma = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="agb_gma")
-        self.pma = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="agb_pma")
+        same = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica assigns the same value
+        self.beta = tf.Variable(start, dtype=tf.float32, trainable=False, name="agb_beta", aggregation=same)
+        self.gma = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="agb_gma", aggregation=same)
+        self.pma = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="agb_pma", aggregation=same)
 
     def checkpoint_objects(self) -> dict:
         return super().checkpoint_objects() | {"agb_beta": self.beta, "agb_gma": self.gma, "agb_pma": self.pma}
@@ -97,7 +108,7 @@ class WassersteinGAN(TrainerModel):
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
             loss = (self.critic_value(batch, fake) - self.critic_value(batch, batch["target"])) / self.beta
-        self.d_optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.minimise(self.d_optimizer, tape, loss, variables)
         c = self.settings.clip
         for v in variables:
             v.assign(tf.clip_by_value(v, -c, c))
@@ -125,11 +136,11 @@ class WassersteinGAN(TrainerModel):
                 adversarial = -self.critic_value(batch, magnitude(output)) / self.beta
                 weighted_adversarial = s.adversarial_weight * adversarial
                 g_loss = g_loss + weighted_adversarial
-        variables = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
+        self.minimise(self.g_optimizer, tape, g_loss, self.generator.trainable_variables)
         if self.discriminator is not None and s.agb:
-            gan_std = tf.math.reduce_std(tape.gradient(weighted_adversarial, output))
-            mse_std = tf.math.reduce_std(tape.gradient(weighted_mse, output))
+            share = tf.constant(replica_weight(), tf.float32)  # this replica's part of the global gradients
+            gan_std = batch_std(tape.gradient(weighted_adversarial, output, output_gradients=share))
+            mse_std = batch_std(tape.gradient(weighted_mse, output, output_gradients=share))
             for var, value in zip((self.beta, self.gma, self.pma),
                                   agb_update(self.beta, self.gma, self.pma, gan_std, mse_std, s.ratio, s.rate, s.ema)):
                 var.assign(value)
