@@ -17,8 +17,15 @@ trainers and inference ms/image of RecNet and of the refined network.  ``--netwo
 DCI-Net 20I-5G-40K and its critic on ``--coils``-coil k-space (FFT data-consistency units timed, not counted):
 cWGAN-AGB training images/s at ``--batch``, the process's peak RSS after each precision, and inference.
 
+``--strategy one-device|mirrored|multi-worker --data PREPARED`` times training steps of ``--recipe`` (default
+``ppgr``; ``--width``, ``--batch``) through ``dagan_tf.training.run.train`` on the real pipeline, under that
+``tf.distribute`` strategy and, in the same invocation first, on one device: the median step time of a second
+epoch of ``--steps`` steps, images/s and their ratio.  ``--logical-cpus 2`` splits the CPU into two logical devices
+(``mirrored`` without GPUs); ``multi-worker`` starts two workers on loopback (``TF_CONFIG``).
+
 Usage: python scripts/bench_speed.py [--networks dagan|seitzer|srgan|dcinet] [--size 256] [--width 1.0] [--batch 8]
        [--steps 4] [--vgg-weights FILE]
+       python scripts/bench_speed.py --strategy mirrored --logical-cpus 2 --data PREPARED [--recipe ppgr]
 """
 from __future__ import annotations
 
@@ -92,12 +99,97 @@ def main() -> None:
     parser.add_argument("--inference-only", action="store_true", help="Skip the training measurements.")
     parser.add_argument("--networks", choices=("dagan", "seitzer", "srgan", "dcinet"), default="dagan")
     parser.add_argument("--coils", type=int, default=8, help="Coils of the DCI-Net measurements.")
+    parser.add_argument("--strategy", choices=("one-device", "mirrored", "multi-worker"), default=None,
+                        help="Time training under this tf.distribute strategy against one device (module doc).")
+    parser.add_argument("--recipe", default="ppgr", help="Recipe of the --strategy measurement.")
+    parser.add_argument("--data", default=None, help="Prepared data folder of the --strategy measurement.")
+    parser.add_argument("--logical-cpus", type=int, default=1, help="Split the CPU into this many logical devices.")
     args = parser.parse_args()
+    if args.strategy:
+        return strategy_main(args)
     report = machine_report()
     report.update({"size": args.size, "width": args.width, "batch": args.batch})
     {"dagan": dagan_report, "seitzer": seitzer_report, "srgan": srgan_report,
      "dcinet": dcinet_report}[args.networks](args, report)
     print(json.dumps(report, indent=2))
+
+
+def strategy_main(args) -> None:
+    """``--strategy``: one device, then the strategy (two loopback workers for ``multi-worker``); one report."""
+    if args.data is None:
+        raise SystemExit("--strategy needs --data PREPARED (a folder made by 'dagan-tf prepare')")
+    if os.environ.get("TF_CONFIG"):  # one of the two workers started below
+        print(json.dumps(training_speed(args, "multi-worker")))
+        return
+    if args.logical_cpus > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
+    report = machine_report()
+    report.update(recipe=args.recipe, width=args.width, batch=args.batch, steps=args.steps,
+                  logical_cpus=args.logical_cpus, conv3x3_ceiling_gflop_per_s=conv_ceiling("float32"))
+    report["one-device"] = training_speed(args, "one-device")
+    if args.strategy == "multi-worker":
+        report["multi-worker"] = loopback_workers(args)
+    elif args.strategy != "one-device":
+        report[args.strategy] = training_speed(args, args.strategy)
+    if args.strategy != "one-device":
+        report["step_time_ratio"] = report[args.strategy]["median_step_s"] / report["one-device"]["median_step_s"]
+    print(json.dumps(report, indent=2))
+
+
+def training_speed(args, strategy: str) -> dict:
+    """Median step time of the second of two epochs of ``--steps`` steps of ``dagan_tf.training.run.train``."""
+    from dagan_tf import recipes
+    from dagan_tf.training.run import train
+
+    class StepTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch, self.times = 0, []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1:
+                self.times.append(time.perf_counter() - self.start)
+
+    config = recipes.load_recipe(args.recipe)
+    overrides = [f"train.batch_size={args.batch}", f"train.steps_per_epoch={args.steps}", "train.epochs=2",
+                 "train.patience=0", "train.precision=float32"]
+    if "width" in config["model"]:
+        overrides.append(f"model.width={args.width}")
+    if "vgg" in config:
+        overrides.append(f"vgg.weights={args.vgg_weights}")
+    timer = StepTimes()
+    with tempfile.TemporaryDirectory() as folder:
+        train(Path(folder) / "run", recipes.apply_overrides(config, overrides), args.data, strategy=strategy,
+              callbacks=[timer])
+    step = float(np.median(timer.times))
+    return {"median_step_s": step, "images_per_s": args.batch / step}
+
+
+def loopback_workers(args) -> dict:
+    """Run this script as two workers on loopback ports; worker 0's measurement."""
+    import socket
+    import subprocess
+    import sys
+
+    sockets = [socket.socket() for _ in range(2)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    cluster = {"worker": [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]}
+    for sock in sockets:
+        sock.close()
+    workers = [subprocess.Popen([sys.executable, *sys.argv], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "TF_CONFIG": json.dumps(
+                                    {"cluster": cluster, "task": {"type": "worker", "index": i}})})
+               for i in range(2)]
+    outputs = [w.communicate()[0] for w in workers]
+    return json.loads(outputs[0].strip().splitlines()[-1])
 
 
 def machine_report() -> dict:

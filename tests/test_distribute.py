@@ -177,3 +177,42 @@ def test_mixed_float16_scales_the_loss_and_xla_compiles_the_step(tmp_path, prepa
                                                      "VARIABLE_VALUE")
         skipped = np.log2(2.0 ** 15 / scale)
         assert skipped == int(skipped) and applied >= 1 and applied + skipped == 9, (optimizer, scale, applied)
+
+
+@pytest.mark.parametrize("extra", [
+    ("data.augment=true", "data.regime=phase", "data.per_sample_masks=true"),
+    ("data.augment=true", "data.augment_style=flip_rotate", "model.channels=2", "data.regime=phase"),
+])
+def test_the_device_stage_gives_the_host_batches(prepared_dir, extra):
+    """data.augment_on device: raw batches from tf.data, finished (augmented, undersampled) in the step; on one
+    device every batch equals the host pipeline's (to float32 rounding: the FFTs run in another graph)."""
+    from dagan_tf.data.pipeline import batch_stage, training_dataset
+    from dagan_tf.data.prepare import load_split
+    from dagan_tf.training.run import augment_of, mask_spec
+
+    config = tiny_config("ppgr", *extra)
+    split, d = load_split(prepared_dir, "train"), config["data"]
+    args = (split, 4, mask_spec(config), 3, 5, augment_of(config), False, d["regime"],
+            config["model"]["channels"] == 2)
+    host, _ = training_dataset(*args)
+    raw, _ = training_dataset(*args, on_device=True)
+    finish = batch_stage(augment_of(config), False, config["model"]["channels"] == 2, None)
+    for a, b in zip(host.take(3), raw.take(3)):
+        assert "key" in b and "target" in b
+        for x, y in zip(a, tf.function(finish)(b)):
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=0, atol=2e-6)
+
+
+def test_training_with_the_device_stage_equals_the_host_pipeline(tmp_path, prepared_dir):
+    from dagan_tf.inference import load_run_generator
+
+    weights = {}
+    for placement in ("host", "device"):
+        out = tmp_path / placement
+        lines = []
+        train(out, tiny_config("ppgr", "data.augment=true", f"data.augment_on={placement}", "train.epochs=1"),
+              prepared_dir, echo=lines.append)
+        assert any(f"augmentation and simulation on the {placement}" in line for line in lines), lines
+        weights[placement] = [w.numpy() for w in load_run_generator(out)[0].weights]
+    for a, b in zip(weights["host"], weights["device"]):  # Adam steps of ±lr: sign flips of ~0 gradients only
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-3)

@@ -87,17 +87,23 @@ def _gather_images(images: np.ndarray):
 def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed: int = 0,
                      start_step: int = 0, augment: AugmentConfig | None = AugmentConfig(),
                      with_kspace: bool = False, regime: str = "magnitude", complex_images: bool = False,
-                     maps: np.ndarray | None = None, patch_size: int | None = None) -> tuple[tf.data.Dataset, int]:
+                     maps: np.ndarray | None = None, patch_size: int | None = None,
+                     on_device: bool = False) -> tuple[tf.data.Dataset, int]:
     """Endless training batches from global step ``start_step``; returns ``(dataset, batches_per_pass)``.
 
     Each pass over the data has ``N // batch_size`` full batches; batch ``s`` of the
     stream is the same whatever ``start_step`` the stream began at (``complex_images``: tuples of
     real/imaginary channels, for complex networks).  ``mask.per_sample`` draws a
     fresh seeded mask per image (numpy; costly for ``poisson2d``).  A multi-coil split gives
-    multi-coil batch dicts (module doc) of its stored k-space, without augmentation, with ``maps``
+    multi-coil batch dicts (module doc) of its stored k-space, with ``maps``
     ``[1 or N, C, H, W]`` (default: the split's own; e.g. :func:`dagan_tf.coils.estimated_maps`).
     ``patch_size`` cuts each ``(zero_filled, target)`` pair at one random location after the whole slice was
     undersampled (:func:`random_crops`; never undersample a crop).
+
+    Single-coil batches are made in two stages: the host gathers the slices and draws the masks and phases
+    (a raw batch: ``target [B, H, W, 1]``, ``mask [B, H, W]``, ``key [B, 2]`` the rows ``(seed, step)``, and
+    ``phase [B, H, W]`` in the phase regime), then :func:`batch_stage` augments, undersamples and crops.
+    ``on_device``: the dataset yields the raw batches, for the training step to finish on its device.
     """
     _check_regime(regime)
     n, h, w = split.images.shape
@@ -125,27 +131,48 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
             raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them first")
         batch_of = _multicoil_batch(split, maps, gather, augment)
 
+    def raw_batch(step, indices):
+        raw = {"target": gather(indices),
+               "mask": per_sample_masks(step) if fixed_mask is None else tf.broadcast_to(fixed_mask, [batch_size, h, w]),
+               "key": tf.tile(tf.stack([tf.constant(seed, tf.int64), step])[None], [batch_size, 1])}
+        if regime == "phase":
+            keys = tf.stack([tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64)], axis=1)
+            raw["phase"] = training_phases(keys)
+        return raw
+
     def make_batch(step, indices):
         if split.kspace is not None:
             return batch_of(indices, per_sample_masks(step) if fixed_mask is None else fixed_mask[None],
                             tf.stack([tf.constant(seed, tf.int64), step]))
-        target = gather(indices)
-        if augment is not None:
-            target = augment_batch(target, tf.stack([tf.constant(seed, tf.int64), step]), augment)
-            target = tf.ensure_shape(target, [batch_size, h, w, 1])
-        m = per_sample_masks(step) if fixed_mask is None else fixed_mask
-        phase = None
-        if regime == "phase":
-            keys = tf.stack([tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64)], axis=1)
-            phase = training_phases(keys)
-        pair = _simulate(target, m, with_kspace, phase, complex_images)
-        if patch_size is None:
-            return pair
-        return random_crops(pair, patch_size, tf.stack([tf.constant(seed, tf.int64), step]))
+        raw = raw_batch(step, indices)
+        return raw if on_device else finish(raw)
 
+    if on_device and split.kspace is not None:
+        raise DaganError("multi-coil batches are built on the host; set data.augment_on host")
+    finish = batch_stage(augment, with_kspace, complex_images, patch_size)
     training_phases = _phases(seed, TRAINING_PHASE_STREAM, (h, w))
     ds = _index_stream(n, batch_size, seed, start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def batch_stage(augment: AugmentConfig | None, with_kspace: bool, complex_images: bool, patch_size: int | None):
+    """``raw batch -> training batch`` (:func:`training_dataset`): augmentation, k-space simulation and patch crop.
+
+    Its draws come from the raw batch's key ``(seed, step)``, folded with the replica's number when it runs in
+    the training step of one of several replicas (each finishing its slice of the batch).
+    """
+    def finish(raw: dict):
+        key = raw["key"][0]
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            key = tf.random.experimental.stateless_fold_in(key, replica.replica_id_in_sync_group)
+        target = raw["target"]
+        if augment is not None:
+            target = tf.ensure_shape(augment_batch(target, key, augment), raw["target"].shape)
+        pair = _simulate(target, raw["mask"], with_kspace, raw.get("phase"), complex_images)
+        return pair if patch_size is None else random_crops(pair, patch_size, key)
+
+    return finish
 
 
 CROP_STREAM = 7  # stateless key of the patch offsets, folded into (seed, step)

@@ -48,6 +48,7 @@ class TrainerModel(keras.Model):
         self.generator, self.discriminator = generator, discriminator
         self.trackers = {name: keras.metrics.Mean(name=name) for name in tracker_names}
         self.g_optimizer = self.d_optimizer = None
+        self.batch_stage = None  # raw training batch -> batch, run in the step (data.augment_on: device)
         self.built = True  # the networks are built: no symbolic build on a batch (a dict is no network input)
 
     def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer | None = None,
@@ -98,6 +99,14 @@ class TrainerModel(keras.Model):
         """Nothing to build (the networks, trackers and optimizers are).  Keras' version, run under a
         distribution strategy, would draw a batch from the training stream and, under
         MultiWorkerMirroredStrategy, fails to reduce a structure of per-replica tensors (Keras 3.15)."""
+
+    def make_train_function(self, force=False):
+        """Keras' training function; with a ``batch_stage`` the step first finishes its raw batch."""
+        if self.train_function is None or force:
+            stage = self.batch_stage
+            step = self.train_step if stage is None else (lambda data: self.train_step(stage(data)))
+            self.train_function = self._make_function(step)
+        return self.train_function
 
     def _make_function(self, step_function):
         """Keras' step function; under MultiWorkerMirroredStrategy the step's scalar logs become ``[1]``

@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
@@ -33,7 +33,8 @@ import tensorflow as tf
 
 from dagan_tf import recipes
 from dagan_tf.data.augment import AugmentConfig, flip_rotate
-from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks, segmentation_dataset, training_dataset
+from dagan_tf.data.pipeline import (batch_stage, evaluation_dataset, evaluation_masks, segmentation_dataset,
+                                    training_dataset)
 from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
 from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
@@ -89,12 +90,14 @@ def _silent(_: str) -> None:
 
 def train(run_dir: str | Path, config: dict | None = None, data: str | Path | None = None,
           resume: bool = False, epochs: int | None = None, overwrite: bool = False,
-          verbose: int | None = None, echo: Callable[[str], None] = _silent, strategy: str | None = None) -> dict:
+          verbose: int | None = None, echo: Callable[[str], None] = _silent, strategy: str | None = None,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
     """Train a validated recipe ``config`` on the prepared folder ``data`` into ``run_dir``, or resume it.
 
     ``echo`` receives progress lines (start summary, resume point, how training ended);
     ``verbose`` is Keras' (default: a progress bar on a terminal, one line per epoch otherwise,
-    none when ``echo`` is silent); ``strategy`` overrides ``train.strategy`` (also on resume).
+    none when ``echo`` is silent); ``strategy`` overrides ``train.strategy`` (also on resume); ``callbacks``
+    are added to the run's own (after them).
     Under ``multi-worker`` every worker calls this with the same arguments; only the chief
     writes ``run_dir`` (the others write to a :func:`worker_folder`).  Returns the history of this call.  Raises
     :class:`DaganError` on bad input and NaN/Inf losses, :class:`TrainingInterrupted` on a signal.
@@ -148,7 +151,8 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         try:
             with precision_policy(precision):
                 history, state = _fit(folder, config, resume, train_split, val_split, spec, verbose, echo,
-                                      f"{precision} (precision: {t['precision']})", fraction, distribution)
+                                      f"{precision} (precision: {t['precision']})", fraction, distribution,
+                                      list(callbacks))
         except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as exc:
             if not isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
                 raise
@@ -241,8 +245,18 @@ def _check_data(config: dict, resume: bool, echo):
     return train_split, val_split
 
 
+def augment_of(config: dict) -> AugmentConfig | None:
+    """The augmentation of a recipe's ``data`` section (``None`` without)."""
+    d = config["data"]
+    if not d["augment"]:
+        return None
+    if d["augment_style"] == "flip_rotate":
+        return flip_rotate(d["max_rotation"])
+    return AugmentConfig(rotation_deg=d["max_rotation"], elastic_per_image=d["elastic_per_image"])
+
+
 def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, verbose, echo, precision,
-         fraction, distribution: tf.distribute.Strategy):
+         fraction, distribution: tf.distribute.Strategy, extra_callbacks: list):
     t = config["train"]
     with distribution.scope():
         model = build_trainer(config)
@@ -284,14 +298,16 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         train_ds = segmentation_dataset(train_split, t["batch_size"], t["seed"], first_epoch * steps)
         val_ds = segmentation_dataset(val_split, t["val_batch_size"], start_step=None)
     else:
-        augment = None
-        if d["augment"]:
-            augment = flip_rotate(d["max_rotation"]) if d["augment_style"] == "flip_rotate" else \
-                AugmentConfig(rotation_deg=d["max_rotation"], elastic_per_image=d["elastic_per_image"])
         with_kspace = trainer.batches == "kspace"
         complex_images = config["model"].get("channels", 1) == 2
-        train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps, augment,
-                                       with_kspace, d["regime"], complex_images, patch_size=d["patch_size"])
+        on_device = train_split.kspace is None and (
+            d["augment_on"] == "device" or (d["augment_on"] == "auto" and bool(tf.config.list_logical_devices("GPU"))))
+        train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps,
+                                       augment_of(config), with_kspace, d["regime"], complex_images,
+                                       patch_size=d["patch_size"], on_device=on_device)
+        if on_device:
+            model.batch_stage = batch_stage(augment_of(config), with_kspace, complex_images, d["patch_size"])
+        echo(f"augmentation and simulation on the {'device' if on_device else 'host'}")
         val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
                                     regime=d["regime"], phase_seed=t["seed"], split_key=1,
                                     complex_images=complex_images)
@@ -314,7 +330,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
     ] + ([ImageGrid(work / "logs", next(iter(val_ds)))] if trainer.batches != "labels" else []) \
-        + ([budget] if budget else [])
+        + ([budget] if budget else []) + extra_callbacks
     with Signals(state):
         history = model.fit(train_ds, epochs=t["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps,
                             validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
