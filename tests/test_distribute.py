@@ -20,7 +20,7 @@ from dagan_tf.training.run import train
 HERE = Path(__file__).parent
 TINY_PPGR = ["--recipe", "ppgr", "--set", "model.image_size=32", "--set", "model.width=0.0625",
              "--set", "vgg.weights=random", "--set", "vgg.input_size=32", "--set", "train.batch_size=4",
-             "--set", "train.val_batch_size=5", "--set", "train.steps_per_epoch=3", "--set", "train.precision=float32"]
+             "--set", "train.val_batch_size=11", "--set", "train.steps_per_epoch=3", "--set", "train.precision=float32"]
 
 
 def test_every_trainer_step_on_two_replicas_equals_the_one_device_step(tmp_path, prepared_dir, multicoil_dir):
@@ -105,8 +105,9 @@ def _output(tmp_path: Path, tag: str, index: int) -> str:
 
 
 def test_two_workers_on_loopback_train_resume_and_agree(tmp_path, prepared_dir):
-    """A 2-epoch run on two workers (uneven last validation batch), then --resume to 3 epochs: both finish,
-    only the chief's folder holds the run, the other's scratch folder is gone, the weights are identical."""
+    """A 2-epoch run on two workers (the last validation batch, of 1 slice, leaves one replica none), then
+    --resume to 3 epochs: both finish, only the chief's folder holds the run, the other's scratch folder is
+    gone, the weights are identical."""
     out = tmp_path / "run"
     common = ["train", "--out", out, "--strategy", "multi-worker"]
     # a global batch the two replicas cannot share evenly: an error on both, nothing written
