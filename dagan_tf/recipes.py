@@ -51,7 +51,7 @@ DATA = {
                  0, nullable=True),
     "per_sample_masks": Field("bool", "a fresh mask per training image (the original uses one fixed mask)"),
     "augment": Field("bool", "flips, rotation, shift, zoom, brightness and elastic deformation"),
-    "augment_on": Field("choice", "where single-coil batches are augmented and undersampled: host = the tf.data "
+    "augment_on": Field("choice", "where training batches are augmented and undersampled: host = the tf.data "
                                   "pipeline; device = inside the training step, on each replica's device; auto = "
                                   "device when a GPU is visible", choices=("auto", "host", "device"), default="auto"),
     "augment_style": Field("choice", "dagan = flips, rotation, shift, zoom, brightness and elastic deformation "

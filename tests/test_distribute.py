@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import assert_user_error, run, tiny_config
+from test_cwgan import tiny_wasserstein
 from dagan_tf.training.distribute import cluster_spec, is_chief
 from dagan_tf.training.run import train
 
@@ -180,28 +181,32 @@ def test_mixed_float16_scales_the_loss_and_xla_compiles_the_step(tmp_path, prepa
         assert skipped == int(skipped) and applied >= 1 and applied + skipped == 9, (optimizer, scale, applied)
 
 
-@pytest.mark.parametrize("extra", [
-    ("data.augment=true", "data.regime=phase", "data.per_sample_masks=true"),
-    ("data.augment=true", "data.augment_style=flip_rotate", "model.channels=2", "data.regime=phase"),
+@pytest.mark.parametrize("recipe, extra", [
+    ("ppgr", ("data.augment=true", "data.regime=phase", "data.per_sample_masks=true")),
+    ("ppgr", ("data.augment=true", "data.augment_style=flip_rotate", "model.channels=2", "data.regime=phase")),
+    ("cwgan-agb", ("data.augment=true", "data.augment_style=flip_rotate")),
 ])
-def test_the_device_stage_gives_the_host_batches(prepared_dir, extra):
-    """data.augment_on device: raw batches from tf.data, finished (augmented, undersampled) in the step; on one
-    device every batch equals the host pipeline's (to float32 rounding: the FFTs run in another graph)."""
+def test_the_device_stage_gives_the_host_batches(prepared_dir, multicoil_dir, recipe, extra):
+    """data.augment_on device: raw batches from tf.data, finished (augmented, undersampled, coil-combined) in
+    the step; on one device every batch equals the host pipeline's (to float32 rounding: the FFTs run in
+    another graph)."""
     from dagan_tf.data.pipeline import batch_stage, training_dataset
     from dagan_tf.data.prepare import load_split
     from dagan_tf.training.run import augment_of, mask_spec
 
-    config = tiny_config("ppgr", *extra)
-    split, d = load_split(prepared_dir, "train"), config["data"]
-    args = (split, 4, mask_spec(config), 3, 5, augment_of(config), False, d["regime"],
-            config["model"]["channels"] == 2)
+    config = tiny_config("ppgr", *extra) if recipe == "ppgr" else tiny_wasserstein(recipe, *extra)
+    coils = recipe != "ppgr"
+    split, d = load_split(multicoil_dir if coils else prepared_dir, "train"), config["data"]
+    complex_images = config["model"].get("channels", 1) == 2
+    args = (split, 4, mask_spec(config), 3, 5, augment_of(config), coils, d["regime"], complex_images)
     host, _ = training_dataset(*args)
     raw, _ = training_dataset(*args, on_device=True)
-    finish = batch_stage(augment_of(config), False, config["model"]["channels"] == 2, None)
+    finish = tf.function(batch_stage(augment_of(config), coils, complex_images, None))
     for a, b in zip(host.take(3), raw.take(3)):
-        assert "key" in b and "target" in b
-        for x, y in zip(a, tf.function(finish)(b)):
-            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=0, atol=2e-6)
+        assert "key" in b and "target" in b and ("coil_kspace" in b) == coils
+        finished = finish(b)
+        for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(finished)):
+            np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=1e-5, atol=2e-6)
 
 
 def test_training_with_the_device_stage_equals_the_host_pipeline(tmp_path, prepared_dir):

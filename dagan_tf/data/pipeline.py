@@ -100,10 +100,11 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
     ``patch_size`` cuts each ``(zero_filled, target)`` pair at one random location after the whole slice was
     undersampled (:func:`random_crops`; never undersample a crop).
 
-    Single-coil batches are made in two stages: the host gathers the slices and draws the masks and phases
-    (a raw batch: ``target [B, H, W, 1]``, ``mask [B, H, W]``, ``key [B, 2]`` the rows ``(seed, step)``, and
-    ``phase [B, H, W]`` in the phase regime), then :func:`batch_stage` augments, undersamples and crops.
-    ``on_device``: the dataset yields the raw batches, for the training step to finish on its device.
+    Batches are made in two stages: the host gathers the slices and draws the masks and phases (a raw batch:
+    ``target [B, H, W, 1]``, ``mask [B, H, W]``, ``key [B, 2]`` the rows ``(seed, step)``, and ``phase
+    [B, H, W]`` in the phase regime; multi-coil: also ``coil_kspace`` and ``maps``), then :func:`batch_stage`
+    augments, undersamples and crops.  ``on_device``: the dataset yields the raw batches, for the training
+    step to finish on its device.
     """
     _check_regime(regime)
     n, h, w = split.images.shape
@@ -129,10 +130,10 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         maps = split.maps if maps is None else maps
         if maps is None:
             raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them first")
-        batch_of = _multicoil_batch(split, maps, gather, augment)
+        coil_batch = _multicoil_batch(split, maps, gather)
 
     def raw_batch(step, indices):
-        raw = {"target": gather(indices),
+        raw = {"target": tf.ensure_shape(gather(indices), [batch_size, h, w, 1]),  # static: kernels pick by size
                "mask": per_sample_masks(step) if fixed_mask is None else tf.broadcast_to(fixed_mask, [batch_size, h, w]),
                "key": tf.tile(tf.stack([tf.constant(seed, tf.int64), step])[None], [batch_size, 1])}
         if regime == "phase":
@@ -142,13 +143,12 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
 
     def make_batch(step, indices):
         if split.kspace is not None:
-            return batch_of(indices, per_sample_masks(step) if fixed_mask is None else fixed_mask[None],
-                            tf.stack([tf.constant(seed, tf.int64), step]))
-        raw = raw_batch(step, indices)
+            raw = coil_batch(indices, per_sample_masks(step) if fixed_mask is None else fixed_mask[None],
+                             tf.stack([tf.constant(seed, tf.int64), step]))
+        else:
+            raw = raw_batch(step, indices)
         return raw if on_device else finish(raw)
 
-    if on_device and split.kspace is not None:
-        raise DaganError("multi-coil batches are built on the host; set data.augment_on host")
     finish = batch_stage(augment, with_kspace, complex_images, patch_size)
     training_phases = _phases(seed, TRAINING_PHASE_STREAM, (h, w))
     ds = _index_stream(n, batch_size, seed, start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
@@ -166,6 +166,8 @@ def batch_stage(augment: AugmentConfig | None, with_kspace: bool, complex_images
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
             key = tf.random.experimental.stateless_fold_in(key, replica.replica_id_in_sync_group)
+        if "coil_kspace" in raw:
+            return finish_coils(raw, key, augment)
         target = raw["target"]
         if augment is not None:
             target = tf.ensure_shape(augment_batch(target, key, augment), raw["target"].shape)
@@ -285,26 +287,35 @@ def _gather_rows(array: np.ndarray, dtype):
     return lambda indices: tf.ensure_shape(tf.numpy_function(gather, [indices], dtype), [None, *array.shape[1:]])
 
 
-def _multicoil_batch(split: PreparedSplit, maps: np.ndarray, gather, augment: AugmentConfig | None = None):
-    """``(indices [B], masks [1 or B, H, W], key [2]) -> batch dict`` of stored coil k-space (module doc).
-
-    With ``augment`` (flips and rotations) the coil images ``ifft2c(k_c)``, the maps and the target move
-    together (:func:`augment_geometry`, draws seeded by ``key``) before the k-space is taken again and masked.
-    """
+def _multicoil_batch(split: PreparedSplit, maps: np.ndarray, gather):
+    """``(indices [B], masks [1 or B, H, W], key [2] or None) -> raw batch`` of stored coil k-space: the fully
+    sampled ``coil_kspace`` and ``maps`` ``[B, C, H, W]``, ``target [B, H, W, 1]``, ``mask [B, H, W]`` and the
+    key's rows ``key [B, 2]`` (:func:`finish_coils` makes the batch dict of the module doc)."""
     coil_kspace, coil_maps = _gather_rows(split.kspace, tf.complex64), _gather_rows(maps, tf.complex64)
 
-    def make_batch(indices, masks, key=None):
-        m = tf.broadcast_to(masks, [tf.size(indices), *masks.shape[1:]])
-        k, s, target = coil_kspace(indices), coil_maps(indices), gather(indices)
-        if augment is not None:
-            k, s, target = _augment_coils(k, s, target, key, augment)
-        k0 = k * tf.cast(m, tf.complex64)[:, None]
-        combined = ks.sense_adjoint(k0, s)
-        return {"zero_filled": tf.abs(combined)[..., None], "zero_filled_complex": _channels(combined),
-                "target": target, "target_complex": _channels(ks.sense_adjoint(k, s)), "mask": m, "kspace": k0,
-                "maps": s}
+    def raw_batch(indices, masks, key=None):
+        b = tf.size(indices)
+        raw = {"coil_kspace": coil_kspace(indices), "maps": coil_maps(indices), "target": gather(indices),
+               "mask": tf.broadcast_to(masks, [b, *masks.shape[1:]])}
+        return raw if key is None else {**raw, "key": tf.tile(key[None], [b, 1])}
 
-    return make_batch
+    return raw_batch
+
+
+def finish_coils(raw: dict, key=None, augment: AugmentConfig | None = None) -> dict:
+    """The multi-coil batch dict (module doc) of a raw batch of :func:`_multicoil_batch`.
+
+    With ``augment`` (flips and rotations) the coil images ``ifft2c(k_c)``, the maps and the target move
+    together (:func:`augment_geometry`, draws seeded by ``key [2]``) before the k-space is taken again and masked.
+    """
+    k, s, target, m = raw["coil_kspace"], raw["maps"], raw["target"], raw["mask"]
+    if augment is not None:
+        k, s, target = _augment_coils(k, s, target, key, augment)
+    k0 = k * tf.cast(m, tf.complex64)[:, None]
+    combined = ks.sense_adjoint(k0, s)
+    return {"zero_filled": tf.abs(combined)[..., None], "zero_filled_complex": _channels(combined),
+            "target": target, "target_complex": _channels(ks.sense_adjoint(k, s)), "mask": m, "kspace": k0,
+            "maps": s}
 
 
 def _augment_coils(kspace: tf.Tensor, maps: tf.Tensor, target: tf.Tensor, key, augment: AugmentConfig):
@@ -324,10 +335,11 @@ def _augment_coils(kspace: tf.Tensor, maps: tf.Tensor, target: tf.Tensor, key, a
 
 
 def _multicoil_dataset(split: PreparedSplit, batch_size: int, masks: tf.Tensor, maps: np.ndarray, gather):
-    make_batch = _multicoil_batch(split, maps, gather)
+    raw_batch = _multicoil_batch(split, maps, gather)
 
     def batch(indices):
-        return {**make_batch(indices, masks if masks.shape[0] == 1 else tf.gather(masks, indices)), "index": indices}
+        raw = raw_batch(indices, masks if masks.shape[0] == 1 else tf.gather(masks, indices))
+        return {**finish_coils(raw), "index": indices}
 
     ds = tf.data.Dataset.range(split.images.shape[0]).batch(batch_size).map(batch)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -203,6 +203,31 @@ def normalised_selection(scores: list[dict], first_epoch: int = 1) -> int | None
     return int(rows[int(np.argmin(standardised("fid") + standardised("nmse")))]["epoch"])
 
 
+class ReplicatedValidation(keras.callbacks.Callback):
+    """Adds ``val_<name>`` to each epoch's logs for every value the trainer's ``test_step`` returns, run over
+    all of ``val_ds`` on every worker, outside the replicas (no collective operation).
+
+    Used with several replicas instead of Keras' sharded validation, which gives a replica an empty slice of a
+    last partial batch; every worker computes the same values, so early stopping decides alike everywhere.
+    """
+
+    def __init__(self, val_ds):
+        super().__init__()
+        self.val_ds = val_ds
+        self.step = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.step is None:
+            self.step = tf.function(self.model.test_step)
+        for tracker in self.model.metrics:
+            tracker.reset_state()
+        results = {}
+        for batch in self.val_ds:
+            results = self.step(batch)
+        if logs is not None:
+            logs.update({f"val_{name}": float(value) for name, value in results.items()})
+
+
 class ValidationFID(keras.callbacks.Callback):
     """Adds ``val_fid`` to each epoch's logs (before :class:`RunState` reads them): the FID between the
     trainer's reconstructions of the validation batches (``model.reconstruct``) and their targets, on the

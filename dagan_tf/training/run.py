@@ -40,8 +40,8 @@ from dagan_tf.errors import DaganError
 from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import make_dir, replace_path
-from dagan_tf.training.callbacks import (HalvingSchedule, ImageGrid, RunState, Signals, TimeBudget,
-                                        ValidationFID, checkpoints_newest_first)
+from dagan_tf.training.callbacks import (HalvingSchedule, ImageGrid, ReplicatedValidation, RunState, Signals,
+                                        TimeBudget, ValidationFID, checkpoints_newest_first)
 from dagan_tf.training.distribute import cluster_spec, describe, is_chief, make_strategy, synchronise_batch_norm
 
 log = logging.getLogger(__name__)
@@ -300,8 +300,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     else:
         with_kspace = trainer.batches == "kspace"
         complex_images = config["model"].get("channels", 1) == 2
-        on_device = train_split.kspace is None and (
-            d["augment_on"] == "device" or (d["augment_on"] == "auto" and bool(tf.config.list_logical_devices("GPU"))))
+        on_device = d["augment_on"] == "device" or (
+            d["augment_on"] == "auto" and bool(tf.config.list_logical_devices("GPU")))
         train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps,
                                        augment_of(config), with_kspace, d["regime"], complex_images,
                                        patch_size=d["patch_size"], on_device=on_device)
@@ -315,7 +315,9 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         # Every worker builds the same batches (a function of seed and step) and keeps its replicas' slices.
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+        train_ds = train_ds.with_options(options)
+    # With several replicas every worker validates on its own, outside the distribution (no worker waits).
+    replicated = [ReplicatedValidation(val_ds)] if distribution.num_replicas_in_sync > 1 else []
     budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
     fid = []
     if t["select"] != "monitor":
@@ -325,6 +327,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
             fid = [ValidationFID(FIDFeatures(t["fid_weights"]), val_ds)]
     callbacks = [
         HalvingSchedule(t["lr"], t["lr_halve_every"]),
+        *replicated,
         *fid,  # before the state: it adds val_fid to the logs the state selects with
         state,
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
@@ -333,7 +336,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         + ([budget] if budget else []) + extra_callbacks
     with Signals(state):
         history = model.fit(train_ds, epochs=t["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps,
-                            validation_data=val_ds, callbacks=callbacks, verbose=verbose, shuffle=False)
+                            validation_data=None if replicated else val_ds, callbacks=callbacks, verbose=verbose,
+                            shuffle=False)
     if budget is not None and budget.cut_short:
         echo(f"time budget of {t['max_minutes']:g} min reached: training cut short after "
              f"{budget.steps} steps (epoch {int(state.next_epoch.numpy())})")
