@@ -4,7 +4,7 @@ One training step of every trainer, with its Adam made SGD-like (ε ≫ |g|: an 
 usual one, shows how the gradients are scaled), on two logical CPU devices under MirroredStrategy and on one device, from the same weights and the
 same global batch of the real pipeline.  Prints one JSON line: per trainer, the largest difference of the two
 updates relative to the network's largest update (the worse of generator and discriminator), and AGB's β and
-gma both ways.
+gma both ways; and the error of a run whose global batch (3) the replicas cannot share ("odd_batch").
 
 Usage: python replica_step.py PREPARED MULTICOIL WORK
 """
@@ -91,4 +91,8 @@ for name, config in configs.items():
     if name == "wasserstein":
         result[name]["beta"] = [float(two.beta.numpy()), float(one.beta.numpy())]
         result[name]["gma"] = [float(two.gma.numpy()), float(one.gma.numpy())]
+try:  # a global batch the two replicas cannot share evenly
+    train(work / "odd", tiny_config("ppgr", "train.batch_size=3"), prepared, strategy="mirrored")
+except Exception as error:  # DaganError
+    result["odd_batch"] = str(error)
 print(json.dumps(result))
