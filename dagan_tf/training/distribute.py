@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 from dagan_tf.errors import DaganError
@@ -66,14 +67,14 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
             raise DaganError("train.strategy multi-worker needs the TF_CONFIG environment variable "
                              "(README: 'Several machines')")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
     if name == "mirrored":
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     if name == "one-device":
-        return tf.distribute.OneDeviceStrategy((gpus or tf.config.list_logical_devices("CPU"))[0].name)
+        return tf.distribute.OneDeviceStrategy(devices[0])
     if name == "auto":
-        return tf.distribute.MirroredStrategy([d.name for d in gpus]) if len(gpus) > 1 \
+        return tf.distribute.MirroredStrategy(gpus) if len(gpus) > 1 \
             else tf.distribute.get_strategy()
     raise DaganError(f"unknown train.strategy {name!r}; valid: {', '.join(STRATEGIES)}")
 
@@ -89,8 +90,6 @@ def describe(strategy: tf.distribute.Strategy) -> str:
 def synchronise_batch_norm(model) -> None:
     """Make every batch-norm layer of ``model`` (a trainer and its networks) compute its training statistics
     over the global batch (an all-reduce per layer) instead of its replica's slice (``train.sync_batch_norm``)."""
-    import keras
-
     for layer in model._flatten_layers():
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.synchronized = True
@@ -110,7 +109,6 @@ def replica_weight() -> float:
 
 def replicas_mean(value: tf.Tensor) -> tf.Tensor:
     """The mean of ``value`` over the replicas (``value`` itself on one replica); every replica gets it."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
+    if replicas_in_sync() == 1:
         return value
-    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, value)

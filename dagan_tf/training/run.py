@@ -302,11 +302,12 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         complex_images = config["model"].get("channels", 1) == 2
         on_device = d["augment_on"] == "device" or (
             d["augment_on"] == "auto" and bool(tf.config.list_logical_devices("GPU")))
+        augment = augment_of(config)
         train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps,
-                                       augment_of(config), with_kspace, d["regime"], complex_images,
+                                       augment, with_kspace, d["regime"], complex_images,
                                        patch_size=d["patch_size"], on_device=on_device)
         if on_device:
-            model.batch_stage = batch_stage(augment_of(config), with_kspace, complex_images, d["patch_size"])
+            model.batch_stage = batch_stage(augment, with_kspace, complex_images, d["patch_size"])
         echo(f"augmentation and simulation on the {'device' if on_device else 'host'}")
         val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
                                     regime=d["regime"], phase_seed=t["seed"], split_key=1,
