@@ -298,6 +298,41 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TrainingClock(keras.callbacks.Callback):
+    """Add ``wall_minutes`` and ``cpu_minutes`` (process CPU time, all threads) spent so far to the epoch logs.
+
+    The times count training and validation since the run began: on resume the last row of
+    ``history.csv`` gives the starting values, so learning curves (validation PSNR against
+    CPU-minutes) continue across resumes.  A run whose history was written without these
+    columns keeps its columns (the CSV header is fixed) and gets no times.
+    """
+
+    columns = ("cpu_minutes", "wall_minutes")
+
+    def __init__(self, history_csv: Path):
+        super().__init__()
+        self.history_csv = Path(history_csv)
+        self.offsets = {key: 0.0 for key in self.columns}
+        self.enabled = True
+        self.start: tuple[float, float] = (0.0, 0.0)
+
+    def on_train_begin(self, logs=None):
+        if self.history_csv.is_file():
+            rows = self.history_csv.read_text().splitlines()
+            header = rows[0].split(",") if rows else []
+            self.enabled = not header or all(key in header for key in self.columns)
+            if self.enabled and len(rows) > 1:
+                last = dict(zip(header, rows[-1].split(",")))
+                self.offsets = {key: float(last[key]) for key in self.columns}
+        self.start = (time.process_time(), time.monotonic())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.enabled and logs is not None:
+            cpu, wall = time.process_time() - self.start[0], time.monotonic() - self.start[1]
+            logs["cpu_minutes"] = self.offsets["cpu_minutes"] + cpu / 60.0
+            logs["wall_minutes"] = self.offsets["wall_minutes"] + wall / 60.0
+
+
 class ImageGrid(keras.callbacks.Callback):
     """TensorBoard image per epoch: the labelled comparison figure of :mod:`dagan_tf.figures`
     (ground truth | zero-filled | error | model | error, PSNR/SSIM per image) for a fixed validation batch:

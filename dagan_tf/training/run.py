@@ -6,7 +6,7 @@ Run folder::
     checkpoints/        tf.train checkpoints (trainer state, optimizers, epoch, early-stopping state)
     best.weights.h5     generator weights with the best validation score (train.select: the trainer's monitor,
                         e.g. NMSE; the validation FID; or the normalised FID + NMSE sum)
-    history.csv         per-epoch logs (appended on resume)
+    history.csv         per-epoch logs (appended on resume), with cpu_minutes / wall_minutes for learning curves
     epochs/, selection.json   (train.select fid_nmse) every epoch's generator weights and validation scores
     logs/               TensorBoard: losses, metrics, learning rate, image grid
 
@@ -41,7 +41,7 @@ from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import make_dir, replace_path
 from dagan_tf.training.callbacks import (HalvingSchedule, ImageGrid, ReplicatedValidation, RunState, Signals,
-                                        TimeBudget, ValidationFID, checkpoints_newest_first)
+                                        TimeBudget, TrainingClock, ValidationFID, checkpoints_newest_first)
 from dagan_tf.training.distribute import cluster_spec, describe, is_chief, make_strategy, synchronise_batch_norm
 
 log = logging.getLogger(__name__)
@@ -331,6 +331,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         *replicated,
         *fid,  # before the state: it adds val_fid to the logs the state selects with
         state,
+        TrainingClock(work / "history.csv"),
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
     ] + ([ImageGrid(work / "logs", next(iter(val_ds)))] if trainer.batches != "labels" else []) \
