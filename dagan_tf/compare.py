@@ -15,6 +15,11 @@ Outputs (written atomically into ``out``), one sub-folder per regime (``phase/``
     per_subject_psnr.png           mean PSNR per subject and method
     metrics.json, per_slice.csv, report.md, examples.png    as ``eval`` writes them
 
+and, at the top, ``learning_curves.csv`` / ``.png`` for the runs whose ``history.csv`` records training
+time: validation PSNR against CPU-minutes, so a reader sees whether a longer run would close a gap.
+Network rows carry their gain over the strongest classical row of the regime (PSNR and SSIM), and a
+warning line is printed where a classical baseline scores above a network.
+
 Paired statistics use the **subject** as the unit (slices of one subject are not independent):
 per-subject mean differences, a 95 % bootstrap interval over subjects and the Wilcoxon
 signed-rank p-value over subjects; the same over slices is listed for reference.
@@ -36,8 +41,8 @@ import tensorflow as tf
 from dagan_tf import metrics
 from dagan_tf.data.prepare import check_prepared, load_split
 from dagan_tf.errors import DaganError
-from dagan_tf.evaluate import evaluate, fid_features, sis_scorer, zero_filled
-from dagan_tf.figures import FigureRow, comparison_figure, write_png
+from dagan_tf.evaluate import evaluate, fid_features, sis_scorer, strongest_baseline, zero_filled
+from dagan_tf.figures import FigureRow, comparison_figure, line_plot, write_png
 from dagan_tf.masks import MaskSpec
 from dagan_tf.outputs import atomic_output_dir, check_new_output, write_cache
 
@@ -275,7 +280,9 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
             started = time.perf_counter()
             result = evaluate(data, spec, folder, split, recons, batch_size, False, False,
                               f"comparison, {reg} regime", settings, regime=reg, phase_seed=phase_seed, sis=sis,
-                              fid=fid)
+                              fid=fid, models=[m.name for m in loaded])
+            for line in result["warnings"]:
+                echo(line)
             for name, fn in recons.items():
                 if fn.cached_ms is not None:
                     result[name]["ms_per_slice"] = fn.cached_ms
@@ -284,14 +291,21 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
             per_slice = _read_per_slice(folder, names)
             stats = paired_statistics(per_slice, prepared.subjects, reference)
             params = {m.name: m.parameters for m in loaded}
-            table = _comparison_table(result, names, stats, params, reference)
+            table = _comparison_table(result, names, stats, params, reference, [m.name for m in loaded])
             _write_comparison(folder, table, result, stats, reference, reg, spec, split)
             _comparison_figures(folder, prepared, recons, per_slice, reference, names)
             summary[reg] = {"table": table, "statistics": stats, "seconds": time.perf_counter() - started}
+        curves = learning_curves(loaded)
+        if curves:
+            _write_learning_curves(tmp, curves)
+            echo(f"learning curves of {', '.join(curves)}: {Path(out) / 'learning_curves.png'}")
     return summary
 
 
-def _comparison_table(result: dict, names: list[str], stats: dict, params: dict, reference: str) -> list[dict]:
+def _comparison_table(result: dict, names: list[str], stats: dict, params: dict, reference: str,
+                      models: list[str]) -> list[dict]:
+    """One row per method; network rows (``models``) also get their gain over the strongest classical row."""
+    best = strongest_baseline(result, models)
     rows = []
     for name in names:
         r = result[name]
@@ -305,6 +319,10 @@ def _comparison_table(result: dict, names: list[str], stats: dict, params: dict,
         row.update({"psnr_difference": None if s is None else s["mean_difference"],
                     "psnr_difference_ci95": None if s is None else s["ci95"],
                     "wilcoxon_p_subjects": None if s is None else s["wilcoxon_p"]})
+        gain = name in models and best is not None
+        row.update({"strongest_classical": best if gain else None,
+                    "psnr_gain_over_classical": r["psnr"]["mean"] - result[best]["psnr"]["mean"] if gain else None,
+                    "ssim_gain_over_classical": r["ssim"]["mean"] - result[best]["ssim"]["mean"] if gain else None})
         rows.append(row)
     return rows
 
@@ -345,6 +363,12 @@ def _write_comparison(folder: Path, table, result, stats, reference, regime, spe
               f"{BOOTSTRAP_SAMPLES} resamples) and tested with the Wilcoxon signed-rank test (scipy); with few "
               "subjects the smallest attainable p is large (4 subjects: 0.125). Slice-level statistics are in "
               "comparison.json.", ""]
+    gains = [row for row in table if row["strongest_classical"] is not None]
+    if gains:
+        best = gains[0]["strongest_classical"]
+        lines += [f"Strongest classical baseline here (by mean PSNR): **{best}**. Each network's gain over it: "
+                  + "; ".join(f"{row['method']} {row['psnr_gain_over_classical']:+.2f} dB PSNR, "
+                              f"{row['ssim_gain_over_classical']:+.4f} SSIM" for row in gains) + ".", ""]
     lines += [f"{line}" for line in result["warnings"]]
     lines += ["", "![median-PSNR slice of every subject](comparison.png)", "",
               "![per-subject PSNR](per_subject_psnr.png)", ""]
@@ -365,20 +389,36 @@ def _comparison_figures(folder: Path, prepared, recons, per_slice, reference: st
 
 
 def _per_subject_plot(per_slice, subjects, names) -> np.ndarray:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     order = list(dict.fromkeys(subjects))
-    fig = Figure(figsize=(1.2 + 0.9 * len(order), 3.6), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name in names:
-        ax.plot(range(len(order)), [per_slice[name]["psnr"][subjects == s].mean() for s in order], "o-",
-                label=name)
-    ax.set_xticks(range(len(order)))
-    ax.set_xticklabels([s[-14:] for s in order], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("mean PSNR (dB)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    series = {name: (range(len(order)), [per_slice[name]["psnr"][subjects == s].mean() for s in order])
+              for name in names}
+    return line_plot(series, "subject", "mean PSNR (dB)", [s[-14:] for s in order], width=1.2 + 0.9 * len(order))
+
+
+def learning_curves(models: list[Model]) -> dict[str, dict[str, list[float]]]:
+    """Per run with a ``history.csv`` that has them: ``{"epoch", "cpu_minutes", "wall_minutes", "val_psnr"}``
+    lists (validation PSNR on the run's own validation split and regime, against the training time)."""
+    curves = {}
+    for model in models:
+        path = model.path / "history.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        keys = ("epoch", "cpu_minutes", "wall_minutes", "val_psnr")
+        if rows and all(key in rows[0] for key in keys):
+            curves[model.name] = {key: [float(row[key]) for row in rows] for key in keys}
+    return curves
+
+
+def _write_learning_curves(folder: Path, curves: dict) -> None:
+    """learning_curves.csv and .png: validation PSNR of every run against its CPU-minutes."""
+    with open(folder / "learning_curves.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["run", "epoch", "cpu_minutes", "wall_minutes", "val_psnr"])
+        for name, c in curves.items():
+            writer.writerows([name, *values] for values in zip(c["epoch"], c["cpu_minutes"], c["wall_minutes"],
+                                                               c["val_psnr"]))
+    series = {name: (c["cpu_minutes"], c["val_psnr"]) for name, c in curves.items()}
+    write_png(folder / "learning_curves.png",
+              line_plot(series, "training CPU-minutes (process time, validation included)", "validation PSNR (dB)"))

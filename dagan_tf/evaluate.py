@@ -39,6 +39,7 @@ from dagan_tf.progress import Stage
 
 Reconstructor = Callable[[dict], tf.Tensor]
 N_EXAMPLES = 4
+MODEL_ROWS = ("model", "model+dc", "stage1", "stage1+dc")  # eval's trained rows (compare: the runs' names)
 
 
 @dataclass
@@ -95,7 +96,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
              dagan_compat: bool = False, overwrite: bool = False, title: str = "zero-filled evaluation",
              settings: dict | None = None, maps: tuple[str, np.ndarray] | None = None,
              regime: str = "magnitude", phase_seed: int = 0, sis: "SISScorer | None" = None,
-             example_indices: list[int] | None = None, fid=None) -> dict:
+             example_indices: list[int] | None = None, fid=None, models=MODEL_ROWS) -> dict:
     """Score zero-filled and each of ``reconstructors`` (name -> reconstructor) on every slice of ``split``.
 
     ``settings`` (e.g. the baselines' regularisation weights) are recorded in the
@@ -105,8 +106,9 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     multi-coil splits carry their own.  ``sis`` adds the semantic interpretability score of every
     reconstruction (:class:`SISScorer`; the split needs label maps).  ``example_indices`` picks the
     slices of ``examples.png`` (default: evenly spaced).  ``fid`` (a :class:`dagan_tf.models.fid.FIDFeatures`)
-    adds the FID between each reconstruction and the ground truth of the split.  Returns the metrics dict (also written to ``out/metrics.json``),
-    with ``warnings`` where a classical baseline scores above the model.
+    adds the FID between each reconstruction and the ground truth of the split.  Returns the metrics dict (also
+    written to ``out/metrics.json``), with ``warnings`` where a classical baseline scores above one of the
+    ``models`` rows (the trained reconstructors' names).
     """
     check_new_output(out, overwrite)
     prepared = load_split(data, split)
@@ -195,7 +197,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
                  "seed": None if mask.is_file else mask.seed, "per_sample": mask.per_sample,
                  "sampled_fraction": float(np.mean(fractions))},
     })
-    result["warnings"] = baseline_warnings(result)
+    result["warnings"] = baseline_warnings(result, models)
     with atomic_output_dir(out, overwrite) as tmp:
         _write_outputs(tmp, result, per_slice, prepared, ranges, examples, list(recons), title)
         for name, maps_ in changes.items():
@@ -203,19 +205,22 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     return result
 
 
-MODEL_ROWS = ("model", "model+dc", "stage1", "stage1+dc")
+def strongest_baseline(result: dict, models=MODEL_ROWS) -> str | None:
+    """The classical row (neither a model row of ``models`` nor zero-filled) with the highest mean PSNR."""
+    baselines = {k: v["psnr"]["mean"] for k, v in result.items()
+                 if isinstance(v, dict) and "psnr" in v and k not in models and k != "zero_filled"}
+    return max(baselines, key=baselines.get) if baselines else None
 
 
-def baseline_warnings(result: dict) -> list[str]:
-    """One line per model row that a classical baseline (not zero-filled) beats in mean PSNR."""
-    rows = {k: v for k, v in result.items() if isinstance(v, dict) and "psnr" in v}
-    baselines = {k: v["psnr"]["mean"] for k, v in rows.items() if k not in MODEL_ROWS and k != "zero_filled"}
-    if not baselines:
+def baseline_warnings(result: dict, models=MODEL_ROWS) -> list[str]:
+    """One line per row of ``models`` that a classical baseline (not zero-filled) beats in mean PSNR."""
+    best = strongest_baseline(result, models)
+    if best is None:
         return []
-    best = max(baselines, key=baselines.get)
-    return [f"warning: {best} reaches {baselines[best]:.2f} dB here, above the {name} row's "
-            f"{rows[name]['psnr']['mean']:.2f} dB" for name in MODEL_ROWS
-            if name in rows and baselines[best] > rows[name]["psnr"]["mean"]]
+    level = result[best]["psnr"]["mean"]
+    return [f"warning: {best} reaches {level:.2f} dB here, above the {name} row's "
+            f"{result[name]['psnr']['mean']:.2f} dB" for name in models
+            if name in result and level > result[name]["psnr"]["mean"]]
 
 
 def format_table(result: dict) -> str:

@@ -109,6 +109,30 @@ def change_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], title: str = "
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def line_plot(series: dict[str, tuple], xlabel: str, ylabel: str, xticklabels: list[str] | None = None,
+              width: float = 6.0, height: float = 3.6) -> np.ndarray:
+    """RGB ``uint8`` image of one line per ``series`` entry (name -> ``(x, y)``), with a legend;
+    ``xticklabels`` labels the x positions 0, 1, … (e.g. subjects)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (x, y) in series.items():
+        ax.plot(x, y, "o-", label=name, markersize=4)
+    if xticklabels is not None:
+        ax.set_xticks(range(len(xticklabels)))
+        ax.set_xticklabels(xticklabels, rotation=30, ha="right", fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def _shorten(text: str, limit: int = 24) -> str:
     """``text`` cut to its last ``limit`` characters (subject ids end in what tells them apart)."""
     return text if len(text) <= limit else "…" + text[-(limit - 1):]

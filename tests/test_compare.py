@@ -58,6 +58,26 @@ def test_compare_matches_eval_and_scipy(tmp_path, real_slices, trained_run, seco
     for name in ("comparison.md", "comparison.csv", "comparison.png", "per_subject_psnr.png"):
         assert (folder / name).is_file()
     assert "subject as the unit" in (folder / "comparison.md").read_text()
+    # each network's gain over the strongest classical row, and the warning when a baseline is above it
+    classical = {k: v["psnr_mean"] for k, v in table.items() if k not in ("ppgr", "pg", "zero_filled")}
+    best = max(classical, key=classical.get)
+    for name in ("ppgr", "pg"):
+        assert table[name]["strongest_classical"] == best
+        assert table[name]["psnr_gain_over_classical"] == pytest.approx(table[name]["psnr_mean"] - classical[best])
+        assert table[name]["ssim_gain_over_classical"] == pytest.approx(
+            table[name]["ssim_mean"] - table[best]["ssim_mean"])
+        if classical[best] > table[name]["psnr_mean"]:
+            assert (f"warning: {best} reaches {classical[best]:.2f} dB here, above the {name} row's "
+                    f"{table[name]['psnr_mean']:.2f} dB") in result.output
+    assert table["zero_filled"]["strongest_classical"] is None
+    # learning curves: each run's validation PSNR against its CPU-minutes, as its history.csv has them
+    curves = _rows(out / "learning_curves.csv")
+    for run_dir, name in ((trained_run, "ppgr"), (second_run, "pg")):
+        history = _rows(run_dir / "history.csv")
+        mine = [r for r in curves if r["run"] == name]
+        assert [float(r["val_psnr"]) for r in mine] == [float(h["val_psnr"]) for h in history]
+        assert [float(r["cpu_minutes"]) for r in mine] == [float(h["cpu_minutes"]) for h in history]
+    assert (out / "learning_curves.png").is_file()
 
     # a second comparison reuses both runs' cached reconstructions; a changed run is recomputed
     again = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude",

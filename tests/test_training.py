@@ -59,9 +59,36 @@ def test_run_folder_contents(trained_run):
     assert (trained_run / "config.yaml").exists() and (trained_run / "best.weights.h5").exists()
     history = (trained_run / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val_nmse" in history[0] and "learning_rate" in history[0]
+    rows = [dict(zip(history[0].split(","), line.split(","))) for line in history[1:]]
+    cpu = [float(r["cpu_minutes"]) for r in rows]
+    assert 0 < cpu[0] < cpu[1] and 0 < float(rows[0]["wall_minutes"]) < float(rows[1]["wall_minutes"])
     assert any("images" in d for d in os.listdir(trained_run / "logs"))
     tensors = _checkpoint_tensors(trained_run, 2)
     assert any("g_optimizer" in k for k in tensors) and any("d_optimizer" in k for k in tensors)
+
+
+def test_training_clock_continues_across_resumes(tmp_path):
+    from dagan_tf.training.callbacks import TrainingClock
+
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,cpu_minutes,val_psnr,wall_minutes\n0,1.5,30.0,1.0\n1,3.25,31.0,2.0\n")
+    clock = TrainingClock(history)
+    clock.on_train_begin()
+    logs = {"val_psnr": 32.0}
+    clock.on_epoch_end(2, logs)
+    assert 3.25 <= logs["cpu_minutes"] < 3.25 + 1.0 and 2.0 <= logs["wall_minutes"] < 2.0 + 1.0
+    # a history written before the clock existed keeps its columns: no times are added
+    history.write_text("epoch,val_psnr\n0,30.0\n")
+    clock = TrainingClock(history)
+    clock.on_train_begin()
+    logs = {"val_psnr": 32.0}
+    clock.on_epoch_end(1, logs)
+    assert logs == {"val_psnr": 32.0}
+    # a new run starts from zero
+    clock = TrainingClock(tmp_path / "none.csv")
+    clock.on_train_begin()
+    clock.on_epoch_end(0, logs)
+    assert 0.0 <= logs["cpu_minutes"] < 1.0
 
 
 def test_kill_and_resume_equals_uninterrupted(tmp_path, real_slices, trained_run):
