@@ -261,17 +261,18 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
     with atomic_output_dir(out, overwrite) as tmp:
         for reg in regimes:
             folder = tmp / reg
-            common = [data_key, split, asdict(spec), reg, phase_seed, dc]
+            common = [data_key, split, asdict(spec), reg, phase_seed]
             recons = {"zero_filled": CachedReconstructor(zero_filled, "zero_filled", None, len(prepared.images),
                                                          (size, size))}
-            recons |= {m.name: CachedReconstructor(m.batch_reconstructor, _key(m.checksum, *common), cache_dir,
+            recons |= {m.name: CachedReconstructor(m.batch_reconstructor, _key(m.checksum, *common, dc), cache_dir,
                                                   len(prepared.images), (size, size)) for m in loaded}
             # in the magnitude regime the projection (no network) is valid and often the strongest: always shown
             baseline_recons, settings = build_baselines(
                 list(baselines) + (["zero-filled-dc"] if reg == "magnitude" else []), data, spec,
                 tune=True, echo=echo, regime=reg, phase_seed=phase_seed)
             for name, fn in baseline_recons.items():
-                recons[name] = CachedReconstructor(fn, _key(name, settings, *common), cache_dir,
+                # a baseline does not depend on --dc: one cache entry serves comparisons with and without it
+                recons[name] = CachedReconstructor(fn, _key(name, settings, *common, False), cache_dir,
                                                    len(prepared.images), (size, size))
             if reference not in recons:
                 raise DaganError(f"--reference {reference!r} is not one of {', '.join(recons)}")

@@ -6,9 +6,16 @@ GPUs of compute capability 8.0 (Ampere) or newer; Volta and Turing GPUs get
 float16 with dynamic loss scaling.  On AVX2-only CPUs bf16 is
 emulated and training was 3–6× *slower* than float32, so ``auto`` picks
 float32 there.  Pure Python: the GPU list is passed in by the caller.
+
+Kernels: :func:`use_gemm` says whether a (transposed) convolution of ``models/layers.py`` runs as one
+matrix product (im2col / col2im) or as oneDNN's convolution, from the layer's small side and the
+instruction-set class of the CPU (:func:`kernel_isa`); the thresholds were measured per class with
+``scripts/bench_kernels.py`` (see :data:`GEMM_MAX_POSITIONS`).
 """
 from __future__ import annotations
 
+import functools
+import os
 import platform
 from pathlib import Path
 
@@ -63,3 +70,39 @@ def visible_gpu_capabilities() -> list[tuple[int, int]]:
         cc = tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0)
         caps.append(tuple(cc))
     return caps
+
+
+# Largest small side (positions per image: the output map of a conv, the input map of a transposed
+# conv) on which the GEMM path beat oneDNN's kernels for the DAGAN layers, per instruction-set class
+# (scripts/bench_kernels.py; TF 2.21).  Larger maps use oneDNN.
+GEMM_MAX_POSITIONS = {"avx512": 64, "avx2": 64, "baseline": 64}
+
+
+def kernel_isa(cpu_flags: frozenset[str], onednn_limit: str | None = None) -> str:
+    """Instruction-set class oneDNN's kernels use: ``avx512``, ``avx2`` or ``baseline``.
+
+    ``onednn_limit`` is oneDNN's ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``; ``native``/``ALL``/None: none):
+    a limit below the CPU's own set gives the limit's class.
+    """
+    own = "avx512" if "avx512f" in cpu_flags else "avx2" if "avx2" in cpu_flags else "baseline"
+    limit = (onednn_limit or "ALL").upper()
+    if limit in ("ALL", "NATIVE", "DEFAULT") or limit.startswith("AVX512") or limit.startswith("AVX10"):
+        return own
+    capped = "avx2" if limit.startswith("AVX2") else "baseline"
+    order = ("baseline", "avx2", "avx512")
+    return min(own, capped, key=order.index)
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_isa() -> str:
+    return kernel_isa(cpu_info()[1], os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"))
+
+
+def use_gemm(small_side_positions: int | None, cpu_flags: frozenset[str] | None = None,
+             onednn_limit: str | None = None) -> bool:
+    """Whether a layer whose small side has ``small_side_positions`` positions per image (None: unknown,
+    dynamic size) runs as one GEMM; default flags and limit: this machine's."""
+    if small_side_positions is None:
+        return False
+    isa = _machine_isa() if cpu_flags is None else kernel_isa(cpu_flags, onednn_limit)
+    return small_side_positions <= GEMM_MAX_POSITIONS[isa]

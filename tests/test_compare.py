@@ -89,6 +89,10 @@ def test_compare_matches_eval_and_scipy(tmp_path, real_slices, trained_run, seco
     third = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude",
                 "--cache", cache, "--out", tmp_path / "cmp3")
     assert "(3 from the cache)" in third.output
+    # --dc changes the runs' reconstructions, not the baselines': both projections come from the cache
+    with_dc = run("compare", trained_run, second_run, "--data", real_slices, "--regime", "magnitude", "--dc",
+                  "--cache", cache, "--out", tmp_path / "cmp4")
+    assert "(2 from the cache)" in with_dc.output
 
 
 def test_bootstrap_and_median_slices_by_hand():

@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from dagan_tf.hardware import use_gemm
+
 
 @keras.saving.register_keras_serializable(package="dagan_tf")
 class FusedBatchNorm(layers.BatchNormalization):
@@ -64,19 +66,12 @@ class FusedBatchNorm(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-# A (transposed) convolution runs as a GEMM when its small side (the output map of
-# a conv, the input map of a transposed conv) has at most this many positions per
-# image: there the GEMM beat oneDNN's convolution for every DAGAN layer, float32
-# and bf16 (TF 2.21, this CPU); on larger maps oneDNN is as fast or faster.
-# Maps of unknown (dynamic) size use oneDNN.
-GEMM_MAX_POSITIONS = 64
-
-
 def _small_map(height, width, strides=(1, 1)) -> bool:
-    """Whether a map of static size ``height × width``, divided by ``strides``, has at most GEMM_MAX_POSITIONS."""
+    """Whether a map of static size ``height × width``, divided by ``strides``, is small enough for the GEMM
+    path on this machine (:func:`dagan_tf.hardware.use_gemm`); maps of dynamic size use oneDNN."""
     if height is None or width is None:
         return False
-    return -(-height // strides[0]) * -(-width // strides[1]) <= GEMM_MAX_POSITIONS
+    return use_gemm(-(-height // strides[0]) * -(-width // strides[1]))
 
 
 def _check_gemm_config(layer) -> None:
