@@ -149,6 +149,20 @@ def test_auto_precision_follows_the_hardware():
     assert model == "Test CPU" and "avx512_bf16" in flags
 
 
+def test_kernel_choice_follows_the_instruction_set():
+    from dagan_tf.hardware import GEMM_MAX_POSITIONS, kernel_isa, use_gemm
+
+    avx512, avx2, old = frozenset({"avx2", "avx512f", "avx512_bf16"}), frozenset({"avx2", "fma"}), frozenset({"sse4_2"})
+    assert [kernel_isa(f) for f in (avx512, avx2, old)] == ["avx512", "avx2", "baseline"]
+    # oneDNN limited to an older set (ONEDNN_MAX_CPU_ISA) runs that set's kernels; a higher limit changes nothing
+    assert kernel_isa(avx512, "AVX2") == "avx2" and kernel_isa(avx512, "SSE41") == "baseline"
+    assert kernel_isa(avx2, "AVX512_CORE_AMX") == "avx2" and kernel_isa(avx512, "native") == "avx512"
+    for flags, isa in ((avx512, "avx512"), (avx2, "avx2"), (old, "baseline")):
+        limit = GEMM_MAX_POSITIONS[isa]
+        assert use_gemm(limit, flags) and not use_gemm(limit + 1, flags)
+        assert use_gemm(1, flags) and not use_gemm(None, flags)  # a dynamic size uses oneDNN
+
+
 def test_train_adopts_the_data_image_size(tmp_path, real_slices):
     from conftest import tiny_config
     from dagan_tf.training.run import train
