@@ -7,10 +7,14 @@ Each is a subclass with the parent's variables, maths and checkpoints:
   gradient; 3–4× faster on CPU than Keras' unfused ops.
 * ``GemmConv2D`` / ``GemmConv2DTranspose``: 'same'-padded (transposed)
   convolutions that run as one matrix product (im2col / col2im) on small
-  feature maps, where oneDNN's convolution kernels are slow on this CPU
-  (batch 8, forward + both gradients, float32 / bf16: DAGAN's 1024→2048 conv
-  on 8×8 maps 353 → 204 / 319 → 83 ms, its 1536→1024 transposed conv on 4×4
-  maps 269 → 115 / 229 → 65 ms).  On larger maps they are the Keras layers.
+  feature maps, where oneDNN's convolution kernels are slow (batch 8, forward
+  + both gradients, float32 / bf16: DAGAN's 1024→2048 conv on 8×8 maps
+  353 → 204 / 319 → 83 ms, its 1536→1024 transposed conv on 4×4 maps
+  269 → 115 / 229 → 65 ms).  Which maps count as small is
+  :func:`dagan_tf.hardware.use_gemm`, per instruction-set class of the CPU
+  (``scripts/bench_kernels.py`` measures both kernels per layer).  On larger
+  maps they are the Keras layers.  An export keeps the choice of the machine
+  that exported it.
 * ``LeakyReLU``: gradient from the output, which keeps TF's graph optimiser
   working on conv + bias + leaky ReLU training graphs.
 """
