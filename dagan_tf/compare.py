@@ -399,14 +399,12 @@ def _per_subject_plot(per_slice, subjects, names) -> np.ndarray:
 def learning_curves(models: list[Model]) -> dict[str, dict[str, list[float]]]:
     """Per run with a ``history.csv`` that has them: ``{"epoch", "cpu_minutes", "wall_minutes", "val_psnr"}``
     lists (validation PSNR on the run's own validation split and regime, against the training time)."""
+    from dagan_tf.training.callbacks import read_history
+
+    keys = ("epoch", "cpu_minutes", "wall_minutes", "val_psnr")
     curves = {}
     for model in models:
-        path = model.path / "history.csv"
-        if not path.is_file():
-            continue
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        keys = ("epoch", "cpu_minutes", "wall_minutes", "val_psnr")
+        rows = read_history(model.path / "history.csv")
         if rows and all(key in rows[0] for key in keys):
             curves[model.name] = {key: [float(row[key]) for row in rows] for key in keys}
     return curves

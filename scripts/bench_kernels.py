@@ -29,7 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from dagan_tf.hardware import cpu_info, kernel_isa, use_gemm  # noqa: E402
 from dagan_tf.models.dagan import build_discriminator, build_generator  # noqa: E402
-from dagan_tf.models.layers import GemmConv2D, conv2d_gemm, conv2d_transpose_gemm  # noqa: E402
+from dagan_tf.models.layers import GemmConv2D, conv2d_gemm, conv2d_transpose_gemm, small_side  # noqa: E402
 
 
 def gemm_layers(size: int, width: float) -> list[dict]:
@@ -103,7 +103,7 @@ def main() -> None:
     rows = []
     for layer in gemm_layers(args.size, args.width):
         h, w, cin = layer["input"]
-        small = (-(-h // layer["strides"][0]) * -(-w // layer["strides"][1]) if layer["kind"] == "conv" else h * w)
+        small = small_side(h, w, layer["strides"] if layer["kind"] == "conv" else (1, 1))
         onednn, gemm = kernels(layer)
         for dtype in args.dtype:
             for mode, batch in (("infer", 1), ("infer", 16), ("train", args.batch)):

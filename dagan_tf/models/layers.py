@@ -70,12 +70,17 @@ class FusedBatchNorm(layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
+def small_side(height: int, width: int, strides=(1, 1)) -> int:
+    """Positions per image of a ``height × width`` map divided by ``strides`` (a conv's output map)."""
+    return -(-height // strides[0]) * -(-width // strides[1])
+
+
 def _small_map(height, width, strides=(1, 1)) -> bool:
     """Whether a map of static size ``height × width``, divided by ``strides``, is small enough for the GEMM
     path on this machine (:func:`dagan_tf.hardware.use_gemm`); maps of dynamic size use oneDNN."""
     if height is None or width is None:
         return False
-    return use_gemm(-(-height // strides[0]) * -(-width // strides[1]))
+    return use_gemm(small_side(height, width, strides))
 
 
 def _check_gemm_config(layer) -> None:

@@ -1,6 +1,7 @@
 """Callbacks for resumable GAN training: LR schedule, run state (checkpoint, early stopping, NaN) and images."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -298,6 +299,14 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def read_history(path: Path) -> list[dict[str, str]]:
+    """The rows of a run's ``history.csv`` (column -> text); none when it does not exist."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 class TrainingClock(keras.callbacks.Callback):
     """Add ``wall_minutes`` and ``cpu_minutes`` (process CPU time, all threads) spent so far to the epoch logs.
 
@@ -317,13 +326,11 @@ class TrainingClock(keras.callbacks.Callback):
         self.start: tuple[float, float] = (0.0, 0.0)
 
     def on_train_begin(self, logs=None):
-        if self.history_csv.is_file():
-            rows = self.history_csv.read_text().splitlines()
-            header = rows[0].split(",") if rows else []
-            self.enabled = not header or all(key in header for key in self.columns)
-            if self.enabled and len(rows) > 1:
-                last = dict(zip(header, rows[-1].split(",")))
-                self.offsets = {key: float(last[key]) for key in self.columns}
+        rows = read_history(self.history_csv)
+        if rows:
+            self.enabled = all(key in rows[0] for key in self.columns)
+            if self.enabled:
+                self.offsets = {key: float(rows[-1][key]) for key in self.columns}
         self.start = (time.process_time(), time.monotonic())
 
     def on_epoch_end(self, epoch, logs=None):
