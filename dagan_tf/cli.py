@@ -318,6 +318,9 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
 @click.option("--out", "run_dir", required=True, help="Run folder.")
 @click.option("--mask", "mask_kind", default=None, help="Override data.mask (kind or DAGAN .mat file).")
 @click.option("--ratio", type=RATIO, default=None, help="Override data.ratio (not with a .mat mask).")
+@click.option("--regime", type=click.Choice(["magnitude", "phase"]), default=None,
+              help="Override data.regime: k-space simulated from the real image (magnitude) or from "
+                   "image·exp(i·smooth random phase) (phase).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. train.batch_size=8; repeat for several. "
                    "'dagan-tf recipes show NAME' lists every key with its meaning.")
@@ -328,7 +331,8 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
 @click.option("--strategy", type=click.Choice(STRATEGIES), default=None,
               help="Override train.strategy (also with --resume): how tf.distribute spreads the batches; "
                    "multi-worker reads TF_CONFIG (README: 'Several machines').")
-def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, resume, overwrite, strategy):
+def train_command(recipe, data, run_dir, mask_kind, ratio, regime, overrides, epochs, resume, overwrite,
+                  strategy):
     """Train a recipe on a prepared data folder (resumable, early stopping on validation NMSE)."""
     from dagan_tf import recipes
 
@@ -344,9 +348,11 @@ def train_command(recipe, data, run_dir, mask_kind, ratio, overrides, epochs, re
                 extra.append("data.ratio=null")
         if ratio is not None:
             extra.append(f"data.ratio={ratio}")
+        if regime is not None:
+            extra.append(f"data.regime={regime}")
         config = recipes.apply_overrides(config, extra + list(overrides))
         _check_prepared(data)
-    elif recipe or data or overrides or mask_kind or ratio or overwrite:
+    elif recipe or data or overrides or mask_kind or ratio or regime or overwrite:
         raise DaganError("--resume takes the run's own config.yaml; only --epochs and --strategy may change")
 
     _load_tensorflow()

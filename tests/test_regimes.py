@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import assert_user_error, run, tiny_config
 from dagan_tf import metrics
 from dagan_tf.baselines import projection
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks, training_dataset
@@ -144,3 +144,15 @@ def test_predict_simulates_the_requested_regime(tmp_path, trained_run):
         f["kspace"], f["mask"] = np.zeros((2, SIZE, SIZE), np.complex64), np.ones((SIZE, SIZE), np.float32)
     assert_user_error(run("predict", "--model", trained_run, "--input", k, "--out", tmp_path / "k.nii.gz",
                           "--regime", "phase"), "--regime applies to image input", output=tmp_path / "k.nii.gz")
+
+
+def test_train_takes_the_regime_and_records_it(tmp_path, real_slices):
+    from dagan_tf import recipes
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(recipes.dump(tiny_config("ppgr", "train.epochs=1", "train.steps_per_epoch=1")))
+    result = run("train", "--recipe", recipe, "--data", real_slices, "--out", tmp_path / "r", "--regime", "phase")
+    assert result.exit_code == 0, result.output
+    assert "phase regime" in result.output
+    assert recipes.load_config_file(tmp_path / "r" / "config.yaml")["data"]["regime"] == "phase"
+    assert_user_error(run("train", "--out", tmp_path / "r", "--resume", "--regime", "magnitude"), "--resume")
