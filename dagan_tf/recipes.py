@@ -95,6 +95,9 @@ TRAIN = {
                             "monitor); last = the last epoch's", choices=("best", "last"), default="best"),
     "max_minutes": Field("float", "wall-clock cap; training stops after the batch that exceeds it",
                          0, low_open=True, nullable=True),
+    "max_cpu_minutes": Field("float", "process CPU-time cap (all threads, counted across resumes): an equal "
+                                      "budget for comparing recipes on a busy machine; training stops after "
+                                      "the batch that exceeds it", 0, low_open=True, nullable=True),
     "select": Field("choice", "what picks best.weights.h5 (with keep: best): monitor = the trainer's validation "
                               "score (NMSE for reconstructions); fid = validation FID; fid_nmse = the lowest sum of "
                               "FID and NMSE, each normalised over the epochs (cWGAN-AGB, Appendix B.3; keeps "

@@ -91,6 +91,25 @@ def test_training_clock_continues_across_resumes(tmp_path):
     assert 0.0 <= logs["cpu_minutes"] < 1.0
 
 
+def test_cpu_budget_counts_the_spent_minutes(monkeypatch):
+    """train.max_cpu_minutes stops after the batch that exceeds the budget less a resumed run's CPU-minutes."""
+    from dagan_tf.training.callbacks import TimeBudget
+
+    now = [100.0]
+    monkeypatch.setitem(TimeBudget.clocks, "cpu", lambda: now[0])
+    budget = TimeBudget(2.0, "cpu", spent=1.5)  # 30 s left
+    budget.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    budget.model.stop_training = False
+    budget.on_train_begin()
+    for _ in range(3):
+        now[0] += 10.0
+        budget.on_train_batch_end(0)
+    assert not budget.model.stop_training and not budget.cut_short  # 30 s spent: not over yet
+    now[0] += 0.5
+    budget.on_train_batch_end(0)
+    assert budget.model.stop_training and budget.cut_short and budget.steps == 4
+
+
 def test_kill_and_resume_equals_uninterrupted(tmp_path, real_slices, trained_run):
     """kill -9 during epoch 2 of a 3-epoch run, resume, and compare every checkpointed tensor."""
     reference = tmp_path / "reference"

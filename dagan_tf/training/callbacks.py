@@ -277,24 +277,30 @@ class Signals:
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop training after ``minutes`` of wall-clock time (checked after every batch).
+    """Stop training once ``minutes`` of a clock have run (checked after every batch).
 
-    ``cut_short`` tells whether the budget ended training; ``steps`` counts the batches run.
+    ``clock`` is ``"wall"`` (monotonic time of this invocation) or ``"cpu"`` (process CPU time, all
+    threads: a budget that does not depend on how busy the machine is); ``spent`` minutes of an
+    earlier invocation (a resumed run's ``cpu_minutes``) count against it.  ``cut_short`` tells
+    whether the budget ended training; ``steps`` counts the batches run.
     """
 
-    def __init__(self, minutes: float):
+    clocks = {"wall": time.monotonic, "cpu": time.process_time}
+
+    def __init__(self, minutes: float, clock: str = "wall", spent: float = 0.0):
         super().__init__()
-        self.seconds = 60.0 * minutes
+        self.minutes, self.clock = minutes, clock
+        self.seconds = 60.0 * (minutes - spent)
         self.start = None
         self.cut_short = False
         self.steps = 0
 
     def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
+        self.start = self.clocks[self.clock]()
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if time.monotonic() - self.start > self.seconds:
+        if self.clocks[self.clock]() - self.start > self.seconds:
             self.cut_short = True
             self.model.stop_training = True
 

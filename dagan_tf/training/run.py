@@ -41,7 +41,8 @@ from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import make_dir, replace_path
 from dagan_tf.training.callbacks import (HalvingSchedule, ImageGrid, ReplicatedValidation, RunState, Signals,
-                                        TimeBudget, TrainingClock, ValidationFID, checkpoints_newest_first)
+                                        TimeBudget, TrainingClock, ValidationFID, checkpoints_newest_first,
+                                        read_history)
 from dagan_tf.training.distribute import cluster_spec, describe, is_chief, make_strategy, synchronise_batch_norm
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,12 @@ def augment_of(config: dict) -> AugmentConfig | None:
     return AugmentConfig(rotation_deg=d["max_rotation"], elastic_per_image=d["elastic_per_image"])
 
 
+def _spent_cpu_minutes(work: Path) -> float:
+    """CPU-minutes a resumed run spent before (the last ``cpu_minutes`` of its history; 0 without)."""
+    rows = read_history(work / "history.csv")
+    return float(rows[-1].get("cpu_minutes") or 0.0) if rows else 0.0
+
+
 def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, verbose, echo, precision,
          fraction, distribution: tf.distribute.Strategy, extra_callbacks: list):
     t = config["train"]
@@ -280,6 +287,11 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     steps = t["steps_per_epoch"] or len(train_split.images) // t["batch_size"]
     if first_epoch >= t["epochs"]:
         echo(f"the run already reached {first_epoch} epochs (train.epochs = {t['epochs']}); nothing to do")
+        return {}, state
+    spent_cpu = _spent_cpu_minutes(work) if resume else 0.0
+    if t["max_cpu_minutes"] and spent_cpu >= t["max_cpu_minutes"]:
+        echo(f"the run already spent {spent_cpu:.1f} CPU-minutes (train.max_cpu_minutes = "
+             f"{t['max_cpu_minutes']:g}); nothing to do")
         return {}, state
     params = sum(int(np.prod(v.shape)) for v in model.generator.weights)
     d = config["data"]
@@ -319,7 +331,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         train_ds = train_ds.with_options(options)
     # With several replicas every worker validates on its own, outside the distribution (no worker waits).
     replicated = [ReplicatedValidation(val_ds)] if distribution.num_replicas_in_sync > 1 else []
-    budget = TimeBudget(t["max_minutes"]) if t["max_minutes"] else None
+    budgets = ([TimeBudget(t["max_minutes"])] if t["max_minutes"] else []) \
+        + ([TimeBudget(t["max_cpu_minutes"], "cpu", spent_cpu)] if t["max_cpu_minutes"] else [])
     fid = []
     if t["select"] != "monitor":
         from dagan_tf.models.fid import FIDFeatures
@@ -335,14 +348,15 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
         keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
     ] + ([ImageGrid(work / "logs", next(iter(val_ds)))] if trainer.batches != "labels" else []) \
-        + ([budget] if budget else []) + extra_callbacks
+        + budgets + extra_callbacks
     with Signals(state):
         history = model.fit(train_ds, epochs=t["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps,
                             validation_data=None if replicated else val_ds, callbacks=callbacks, verbose=verbose,
                             shuffle=False)
-    if budget is not None and budget.cut_short:
-        echo(f"time budget of {t['max_minutes']:g} min reached: training cut short after "
-             f"{budget.steps} steps (epoch {int(state.next_epoch.numpy())})")
+    ended = [budget for budget in budgets if budget.cut_short]
+    if ended:
+        echo(f"{ended[0].clock} time budget of {ended[0].minutes:g} min reached: training cut short after "
+             f"{ended[0].steps} steps (epoch {int(state.next_epoch.numpy())})")
     elif not state.interrupted and not state.stopped_reason:
         best = float(state.best.numpy())
         selected = f"; selected epoch {best:.0f} (normalised FID + NMSE)" if t["select"] == "fid_nmse" \
