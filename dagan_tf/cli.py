@@ -352,14 +352,16 @@ def train_command(recipe, data, run_dir, mask_kind, ratio, regime, overrides, ep
             extra.append(f"data.regime={regime}")
         config = recipes.apply_overrides(config, extra + list(overrides))
         _check_prepared(data)
-    elif recipe or data or overrides or mask_kind or ratio or regime or overwrite:
-        raise DaganError("--resume takes the run's own config.yaml; only --epochs and --strategy may change")
+    elif recipe or data or mask_kind or ratio or regime or overwrite:
+        raise DaganError("--resume takes the run's own config.yaml; only --epochs, --strategy and the time "
+                         "budgets (--set train.max_minutes / train.max_cpu_minutes) may change")
 
     _load_tensorflow()
     from dagan_tf.training.distribute import is_chief
     from dagan_tf.training.run import train
 
-    train(run_dir, config, data, resume, epochs, overwrite, echo=_echo, strategy=strategy)
+    train(run_dir, config, data, resume, epochs, overwrite, echo=_echo, strategy=strategy,
+          budgets=overrides if resume else ())
     click.echo(f"run saved in {run_dir}" if is_chief() else f"worker done; the chief saved the run in {run_dir}")
 
 

@@ -361,14 +361,21 @@ def load(recipe: str) -> dict:
     return load_config_file(recipe) if Path(recipe).is_file() else load_recipe(recipe)
 
 
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """A validated copy of ``config`` with ``section.key=value`` overrides (values parsed as YAML scalars)."""
+RESUME_KEYS = ("train.max_minutes", "train.max_cpu_minutes")  # the keys ``train --resume`` may ``--set``
+
+
+def apply_overrides(config: dict, overrides: list[str], resume: bool = False) -> dict:
+    """A validated copy of ``config`` with ``section.key=value`` overrides (values parsed as YAML scalars);
+    with ``resume`` only the :data:`RESUME_KEYS` (the time budgets)."""
     config = copy.deepcopy(config)
-    valid = schema.leaf_keys(trainer_of(config).schema)
+    valid = RESUME_KEYS if resume else schema.leaf_keys(trainer_of(config).schema)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise DaganError(f"--set expects key=value, got {item!r}")
+        if resume and key not in valid:
+            raise DaganError(f"--resume takes the run's own config.yaml; --set may change only "
+                             f"{' and '.join(valid)}, not {key!r}")
         if key not in valid or "." not in key:
             raise DaganError(f"unknown --set key {key!r}; valid keys: "
                              f"{', '.join(k for k in valid if '.' in k)} (see 'dagan-tf recipes show NAME')")

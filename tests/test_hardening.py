@@ -214,6 +214,20 @@ def test_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path, trained_ru
     assert (run_dir / "checkpoints" / "ckpt-3.index").exists()
 
 
+def test_resume_may_change_only_the_time_budgets(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+    refused = run("train", "--out", run_dir, "--resume", "--epochs", 3, "--set", "model.width=0.5")
+    assert_user_error(refused, "train.max_cpu_minutes")
+    # the run spent more than 1e-6 CPU-minutes: a resume under that budget does nothing and keeps the run
+    spent = run("train", "--out", run_dir, "--resume", "--epochs", 3, "--set", "train.max_cpu_minutes=1.0e-6")
+    assert spent.exit_code == 0, spent.output
+    assert "already spent" in spent.output and "nothing to do" in spent.output
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before
+    assert recipes.load_config_file(run_dir / "config.yaml")["train"]["max_cpu_minutes"] == 1.0e-6
+
+
 def test_resume_with_no_intact_checkpoint_after_a_kill_during_the_first_write(tmp_path, trained_run):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)

@@ -92,13 +92,14 @@ def _silent(_: str) -> None:
 def train(run_dir: str | Path, config: dict | None = None, data: str | Path | None = None,
           resume: bool = False, epochs: int | None = None, overwrite: bool = False,
           verbose: int | None = None, echo: Callable[[str], None] = _silent, strategy: str | None = None,
-          callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+          callbacks: Sequence[keras.callbacks.Callback] = (), budgets: Sequence[str] = ()) -> dict:
     """Train a validated recipe ``config`` on the prepared folder ``data`` into ``run_dir``, or resume it.
 
     ``echo`` receives progress lines (start summary, resume point, how training ended);
     ``verbose`` is Keras' (default: a progress bar on a terminal, one line per epoch otherwise,
     none when ``echo`` is silent); ``strategy`` overrides ``train.strategy`` (also on resume); ``callbacks``
-    are added to the run's own (after them).
+    are added to the run's own (after them); ``budgets`` are ``KEY=VALUE`` overrides of
+    :data:`dagan_tf.recipes.RESUME_KEYS` (the time budgets), the only keys a resume may change.
     Under ``multi-worker`` every worker calls this with the same arguments; only the chief
     writes ``run_dir`` (the others write to a :func:`worker_folder`).  Returns the history of this call.  Raises
     :class:`DaganError` on bad input and NaN/Inf losses, :class:`TrainingInterrupted` on a signal.
@@ -114,6 +115,8 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         else:
             echo(f"resuming the unfinished --overwrite run in {work} (it replaces {run_dir} when it ends)")
         config = recipes.load_config_file(work / "config.yaml")
+        if budgets:
+            config = recipes.apply_overrides(config, list(budgets), resume=True)
     else:
         if chief and run_dir.exists() and not run_dir.is_dir():
             raise DaganError(f"--out {run_dir} is a file, not a run folder")
