@@ -67,6 +67,20 @@ def test_generator_is_fully_convolutional_and_matches_the_thesis_layout():
     assert strides == [1, 2, 1, 2, 1, 2, 1, 2]
 
 
+def test_zero_initialised_output_makes_the_untrained_refiner_return_its_input():
+    x = tf.random.uniform((2, 32, 32, 1), seed=1)
+    start = build_resnet_generator(None, width=0.125, blocks=2, refine=True, zero_init_output=True)
+    np.testing.assert_allclose(start(x).numpy(), x.numpy(), atol=1e-6)
+    default = build_resnet_generator(None, width=0.125, blocks=2, refine=True)
+    assert float(tf.reduce_mean(tf.abs(default(x) - x))) > 1e-3  # the default output conv adds noise
+    # through the recipe key, and the output convolution still learns (its gradient is not zero)
+    model = build_trainer(srgan_config("srgan-mse", "model.refine=true", "model.zero_init_output=true"))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model.generator(x[:, :PATCH, :PATCH]) - 0.5))
+    grad = tape.gradient(loss, model.generator.get_layer("out").kernel)
+    assert not np.any(model.generator.get_layer("out").kernel.numpy()) and float(tf.reduce_max(tf.abs(grad))) > 0
+
+
 def test_loss_weights_reach_their_terms():
     config = srgan_config()
     model = build_trainer(config)

@@ -7,7 +7,10 @@ channels and tanh (SRGAN's output activation; the thesis is silent).  Same size 
 size (fully convolutional: trained on 96² patches, run on whole slices).  Like the DAGAN U-Net
 its public interface is in [0, 1] (magnitude) and it works in [−1, 1] inside; ``refine`` gives
 ``ramp(G(x) + x)`` (the thesis mentions the refinement connection; off by default).  PReLU has
-one slope per channel, as SRGAN.
+one slope per channel, as SRGAN.  ``zero_init_output`` starts the last convolution at zero
+(ours; the texts are silent), so with ``refine`` the untrained network returns its input exactly:
+the default initialisation of the 9×9 output convolution saturates the tanh, and short runs spend
+their budget undoing that noise.
 
 Discriminator (:func:`build_srgan_discriminator`): eight 3×3 convolutions 64, 64, 128, 128,
 256, 256, 512, 512 (stride 2 on every second one, SRGAN's pattern), leaky ReLU 0.2, BN after
@@ -34,7 +37,8 @@ def _prelu(name: str) -> layers.PReLU:
 
 
 def build_resnet_generator(image_size: int | None = None, width: float = 1.0, blocks: int = 16,
-                           refine: bool = False, channels: int = 1, name: str = "generator") -> keras.Model:
+                           refine: bool = False, channels: int = 1, zero_init_output: bool = False,
+                           name: str = "generator") -> keras.Model:
     """SRGAN ResNet ``[N, S, S, channels] -> [N, S, S, channels]`` (module doc); ``image_size=None``: any size."""
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 (magnitude) or 2 (complex), got {channels}")
@@ -50,7 +54,8 @@ def build_resnet_generator(image_size: int | None = None, width: float = 1.0, bl
         x = layers.Add(name=f"res{b}_add")([x, y])
     x = _bn("trunk_bn")(layers.Conv2D(filters, 3, padding="same", name="trunk_conv")(x))
     x = layers.Add(name="long_skip")([first, x])
-    x = layers.Conv2D(channels, 9, padding="same", name="out")(x)
+    x = layers.Conv2D(channels, 9, padding="same", name="out",
+                      kernel_initializer="zeros" if zero_init_output else "glorot_uniform")(x)
     x = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     if refine:
         x = Ramp(dtype="float32", name="ramp")(layers.Add(dtype="float32", name="refinement")([x, x_in]))
