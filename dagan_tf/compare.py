@@ -8,7 +8,8 @@ split, the mask and the regime, so a comparison grows cheaply and a changed run 
 Outputs (written atomically into ``out``), one sub-folder per regime (``phase/``, ``magnitude/``)::
 
     comparison.md / .csv / .json   per method: NMSE, PSNR, SSIM (mean ± std over slices and over
-                                   subjects), SIS and FID when asked, ms/slice on this machine, parameters;
+                                   subjects), SIS and FID when asked, ms/slice on this machine, parameters,
+                                   the training CPU-minutes of each run (its history.csv);
                                    paired differences against the reference
     comparison.png                 the median-PSNR slice (by the reference) of every subject, every
                                    method in columns with error maps on one scale
@@ -258,6 +259,7 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
     sis = None if sis_run is None else sis_scorer(sis_run)
     fid = fid_features(fid_weights)
     summary = {}
+    curves = learning_curves(loaded)
     with atomic_output_dir(out, overwrite) as tmp:
         for reg in regimes:
             folder = tmp / reg
@@ -292,25 +294,26 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
             per_slice = _read_per_slice(folder, names)
             stats = paired_statistics(per_slice, prepared.subjects, reference)
             params = {m.name: m.parameters for m in loaded}
-            table = _comparison_table(result, names, stats, params, reference, [m.name for m in loaded])
+            trained = {name: c["cpu_minutes"][-1] for name, c in curves.items()}
+            table = _comparison_table(result, names, stats, params, trained, reference, [m.name for m in loaded])
             _write_comparison(folder, table, result, stats, reference, reg, spec, split)
             _comparison_figures(folder, prepared, recons, per_slice, reference, names)
             summary[reg] = {"table": table, "statistics": stats, "seconds": time.perf_counter() - started}
-        curves = learning_curves(loaded)
         if curves:
             _write_learning_curves(tmp, curves)
             echo(f"learning curves of {', '.join(curves)}: {Path(out) / 'learning_curves.png'}")
     return summary
 
 
-def _comparison_table(result: dict, names: list[str], stats: dict, params: dict, reference: str,
+def _comparison_table(result: dict, names: list[str], stats: dict, params: dict, trained: dict, reference: str,
                       models: list[str]) -> list[dict]:
-    """One row per method; network rows (``models``) also get their gain over the strongest classical row."""
+    """One row per method; network rows (``models``) also get their gain over the strongest classical row and
+    (``trained``: name -> CPU-minutes, from the run's history) the training budget they had."""
     best = strongest_baseline(result, models)
     rows = []
     for name in names:
         r = result[name]
-        row = {"method": name, "parameters": params.get(name)}
+        row = {"method": name, "parameters": params.get(name), "training_cpu_minutes": trained.get(name)}
         for m in metrics.METRIC_NAMES:  # per_volume: mean ± std over the subjects' means
             row.update({f"{m}_mean": r[m]["mean"], f"{m}_std": r[m]["std"],
                         f"{m}_subject_mean": r[m]["per_volume"]["mean"], f"{m}_subject_std": r[m]["per_volume"]["std"]})
@@ -346,8 +349,8 @@ def _write_comparison(folder: Path, table, result, stats, reference, regime, spe
              "",
              "| method | PSNR dB (slices) | PSNR dB (subjects) | SSIM (slices) | NMSE (slices) |"
              + (" SIS |" if with_sis else "") + (" FID |" if with_fid else "")
-             + f" ΔPSNR vs {reference} [95 % CI], p | ms/slice | parameters |",
-             "|---|---|---|---|---|" + ("---|" if with_sis else "") + ("---|" if with_fid else "") + "---|---|---|"]
+             + f" ΔPSNR vs {reference} [95 % CI], p | ms/slice | parameters | training CPU-min |",
+             "|---|---|---|---|---|" + ("---|" if with_sis else "") + ("---|" if with_fid else "") + "---|---|---|---|"]
     for row in table:
         diff = "reference" if row["method"] == reference else (
             f"{row['psnr_difference']:+.2f} [{row['psnr_difference_ci95'][0]:+.2f}, "
@@ -358,7 +361,9 @@ def _write_comparison(folder: Path, table, result, stats, reference, regime, spe
                      f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['nmse_mean']:.5f} | "
                      + (f"{row['sis']:.3f} | " if with_sis else "") + (f"{row['fid']:.2f} | " if with_fid else "")
                      + f"{diff} | {row['ms_per_slice']:.1f} | "
-                     + (f"{row['parameters']:,}" if row["parameters"] is not None else "–") + " |")
+                     + (f"{row['parameters']:,}" if row["parameters"] is not None else "–") + " | "
+                     + (f"{row['training_cpu_minutes']:.1f}" if row["training_cpu_minutes"] is not None else "–")
+                     + " |")
     lines += ["", "Paired statistics use the subject as the unit: slices of one subject are not independent, "
               "so per-subject mean differences are bootstrapped (95 % percentile interval, "
               f"{BOOTSTRAP_SAMPLES} resamples) and tested with the Wilcoxon signed-rank test (scipy); with few "

@@ -77,6 +77,8 @@ def test_compare_matches_eval_and_scipy(tmp_path, real_slices, trained_run, seco
         mine = [r for r in curves if r["run"] == name]
         assert [float(r["val_psnr"]) for r in mine] == [float(h["val_psnr"]) for h in history]
         assert [float(r["cpu_minutes"]) for r in mine] == [float(h["cpu_minutes"]) for h in history]
+        assert table[name]["training_cpu_minutes"] == float(history[-1]["cpu_minutes"])  # the budget it had
+    assert table["zero_filled"]["training_cpu_minutes"] is None
     assert (out / "learning_curves.png").is_file()
 
     # a second comparison reuses both runs' cached reconstructions; a changed run is recomputed
