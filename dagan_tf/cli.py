@@ -404,7 +404,7 @@ def export_command(run_dir, out, overwrite):
     from dagan_tf.inference import load_run_generator
 
     click.echo(f"loading the generator of {run_dir} (best weights)")
-    generator, config = load_run_generator(run_dir)
+    generator, config = load_run_generator(run_dir, inference=True)
     click.echo(f"writing the SavedModel (signatures serving_default, from_kspace) to {out}")
     export_generator(generator, out, overwrite, {"recipe": config["recipe"], "trainer": config["trainer"],
                                                  "image_size": config["model"]["image_size"],

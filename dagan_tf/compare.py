@@ -90,7 +90,7 @@ def load_models(paths: list[str], dc: bool, size: int, data) -> list[Model]:
             raise DaganError(f"{path} reconstructs {model_size}² images but {data} holds {size}² slices; "
                              "compare models on data of their own size")
 
-    from dagan_tf.inference import batch_reconstructor, load_run_generator
+    from dagan_tf.inference import batch_reconstructor, inference_copy, load_run_generator
     from dagan_tf.training.run import mask_spec
 
     models, names = [], set()
@@ -122,7 +122,7 @@ def load_models(paths: list[str], dc: bool, size: int, data) -> list[Model]:
             parameters = sum(int(np.prod(w.shape)) for w in generator.weights)
             models.append(Model(path, name, config["model"]["image_size"], mask_spec(config), parameters,
                                 _files_checksum([path / "config.yaml", *weights]),
-                                batch_reconstructor(generator, dc)))
+                                batch_reconstructor(inference_copy(generator), dc)))
         else:
             raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
     return models

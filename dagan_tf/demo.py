@@ -75,7 +75,7 @@ def run_demo(out: str | Path, size: int = 128, steps: int | None = None, minutes
         echo(format_table(evaluate(tmp / "data", DEMO_MASK, tmp / "eval", reconstructors={"model": model},
                                    title="demo: PPGR vs zero-filled")))
         echo("5/6 exporting the model for TF Serving")
-        export_generator(load_run_generator(tmp / "run")[0], tmp / "export" / "1")
+        export_generator(load_run_generator(tmp / "run", inference=True)[0], tmp / "export" / "1")
         echo("6/6 reconstructing the whole demo volume with the export")
         predict_volume(tmp / "export" / "1", volume, tmp / "reconstruction.nii.gz", DEMO_MASK)
     final = out.resolve()

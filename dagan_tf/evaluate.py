@@ -74,7 +74,7 @@ def sis_scorer(seg_run: str | Path, classes: list[int] | None = None) -> SISScor
     """The :class:`SISScorer` of a segmenter run (``recipe segmenter``); ``classes`` default: all foreground."""
     from dagan_tf.inference import load_run_generator
 
-    generator, config = load_run_generator(seg_run)
+    generator, config = load_run_generator(seg_run, inference=True)
     if config["trainer"] != "segmentation":
         raise DaganError(f"--sis {seg_run} is a {config['recipe']} run; it needs a segmenter run "
                          "('dagan-tf train --recipe segmenter')")
@@ -338,7 +338,7 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
         from dagan_tf.inference import batch_reconstructor, load_run_generator
         from dagan_tf.models.refinement import RefinedNetwork
 
-        generator, _ = load_run_generator(run_dir)
+        generator, _ = load_run_generator(run_dir, inference=True)
         if isinstance(generator, RefinedNetwork):  # its stage-1 RecNet beside it, on the same slices
             recons["stage1+dc" if dc else "stage1"] = batch_reconstructor(generator.recnet, dc)
         recons["model+dc" if dc else "model"] = batch_reconstructor(generator, dc)

@@ -16,20 +16,19 @@ import tensorflow as tf
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.errors import DaganError
-from dagan_tf.models.layers import fold_batch_norm
+from dagan_tf.models.layers import inference_network
 from dagan_tf.models.dcinet import network_inputs as coil_network_inputs
 from dagan_tf.models.dcinet import takes_coil_kspace
 from dagan_tf.models.recnet import network_inputs, takes_kspace
 from dagan_tf.models.refinement import RefinedNetwork
 
 
-def load_run_generator(run_dir: str | Path, fold: bool = False):
+def load_run_generator(run_dir: str | Path, inference: bool = False):
     """``(generator, config)`` of a run, with its best weights (else the newest intact checkpoint).
 
-    With ``fold`` batch norms are folded into the convolutions before them
-    (:func:`dagan_tf.models.layers.fold_batch_norm`): the same outputs within 1e-5.  Off by default:
-    on the development CPU the folded graph was no faster at batch 16 (104 ms/image either way) and
-    slower at batch 1 (185 vs 162 ms/image; ``scripts/bench_speed.py --inference-only``).
+    With ``inference`` the generator is its inference copy (:func:`dagan_tf.models.layers.inference_network`:
+    batch norms folded, GEMM kernels in matmul layout; the same outputs within 1e-5, faster, not trainable
+    into the run's checkpoints); ``eval``, ``compare``, ``predict`` and ``export`` use it.
     Raises :class:`DaganError` for weights that are truncated or do not fit the run's config.
     """
     from dagan_tf.training.callbacks import checkpoints_newest_first
@@ -50,19 +49,25 @@ def load_run_generator(run_dir: str | Path, fold: bool = False):
         except Exception as exc:  # h5py OSError (truncated), ValueError (shapes), KeyError (layers)
             raise DaganError(f"cannot load {best}: {str(exc).splitlines()[0][:200]} "
                              "(truncated, or not trained with this config.yaml?)") from None
-        return _folded(generator, fold), config
+        return (inference_copy(generator) if inference else generator), config
     for path in checkpoints_newest_first(run_dir / "checkpoints"):
         try:
             tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
-            return _folded(generator, fold), config
+            return (inference_copy(generator) if inference else generator), config
         except Exception:  # a damaged checkpoint: try the next older one
             continue
     raise DaganError(f"{run_dir} has no trained weights yet (no best.weights.h5, no intact checkpoint)")
 
 
-def _folded(generator, fold: bool):
-    """``generator`` with its batch norms folded when ``fold`` (functional networks; a refined network as is)."""
-    return fold_batch_norm(generator) if fold and not isinstance(generator, RefinedNetwork) else generator
+def inference_copy(generator):
+    """``generator``'s inference copy (:func:`dagan_tf.models.layers.inference_network`; of a refined network,
+    its refinement U-Net's)."""
+    if not isinstance(generator, RefinedNetwork):
+        return inference_network(generator)
+    copy = RefinedNetwork(generator.recnet, inference_network(generator.unet), generator.gate.part,
+                          generator.scaled_input)
+    copy.gate.set_weights(generator.gate.get_weights())
+    return copy
 
 
 def as_complex_image(image: tf.Tensor) -> tf.Tensor:
@@ -147,4 +152,4 @@ def batch_reconstructor(generator, dc: bool) -> Callable[[dict], tf.Tensor]:
 
 def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[dict], tf.Tensor]:
     """The run's batch reconstructor (see :func:`batch_reconstructor`)."""
-    return batch_reconstructor(load_run_generator(run_dir)[0], dc)
+    return batch_reconstructor(load_run_generator(run_dir, inference=True)[0], dc)

@@ -70,7 +70,7 @@ def load_model(path: str | Path) -> LoadedModel:
     if (path / "config.yaml").is_file():
         from dagan_tf.inference import load_run_generator, run_network
 
-        generator, config = load_run_generator(path)
+        generator, config = load_run_generator(path, inference=True)
         channels = config["model"].get("channels", 1)
 
         def network(kspace0, mask):

@@ -389,7 +389,7 @@ def dagan_report(args, report: dict) -> None:
     from dagan_tf import recipes
     from dagan_tf.export import export_generator
     from dagan_tf.models.dagan import build_discriminator, build_generator
-    from dagan_tf.models.layers import fold_batch_norm
+    from dagan_tf.models.layers import inference_network
     from dagan_tf.training.run import build_trainer
 
     g, d = build_generator(args.size, args.width), build_discriminator(args.size, args.width)
@@ -416,16 +416,17 @@ def dagan_report(args, report: dict) -> None:
                      ceiling, args.steps)
     keras.mixed_precision.set_global_policy("float32")
     ceiling = conv_ceiling("float32")
-    g = build_generator(args.size, args.width)  # what eval, predict and export run
-    for name, net in (("inference", g), ("inference_folded", fold_batch_norm(g))):
+    g = build_generator(args.size, args.width)
+    g_inference = inference_network(g)  # what eval, compare, predict and export run
+    for name, net in (("inference", g_inference), ("inference_training_layout", g)):
         inference_report(name, net, lambda batch, size: tf.random.uniform((batch, size, size, 1)), g_flops,
                          args.size, ceiling, report)
     report["batch1_over_batch16"] = (report["inference_batch1"]["ms_per_image"]
                                      / report["inference_batch16"]["ms_per_image"])
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_generator(g, Path(tmp) / "export")
+        out = export_generator(g_inference, Path(tmp) / "export")
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-        param_bytes = sum(int(np.prod(w.shape)) * 4 for w in g.weights)
+        param_bytes = sum(int(np.prod(w.shape)) * 4 for w in g_inference.weights)
         report["export"] = {"bytes": size, "parameter_bytes": param_bytes, "ratio": size / param_bytes}
 
 

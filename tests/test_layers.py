@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dagan_tf import recipes
 from dagan_tf.models import layers as fast
 from dagan_tf.training.optimizers import FusedAdam
 
@@ -190,21 +191,41 @@ def test_fused_adam_under_mirrored_strategy_equals_single_device():
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
 
 
-@pytest.mark.parametrize("arch, refine", [("unet", True), ("unet", False), ("resnet", False)])
-def test_folded_batch_norm_generator_equals_the_unfolded_one(arch, refine):
-    from dagan_tf.models.dagan import build_generator
-    from dagan_tf.models.layers import fold_batch_norm
-    from dagan_tf.models.srgan import build_resnet_generator
+@pytest.mark.parametrize("recipe", recipes.recipe_names())
+def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe):
+    """Batch norms folded and GEMM kernels relaid out: the same outputs within 1e-5 of their scale, for every
+    recipe's network."""
+    from dagan_tf.inference import inference_copy, main_output, run_network
+    from dagan_tf.models.recnet import network_inputs
+    from dagan_tf.models.refinement import RefinedNetwork
+    from dagan_tf.training.run import build_generator
 
-    generator = build_generator(32, 0.125, refine) if arch == "unet" else build_resnet_generator(32, 0.25, 3)
-    rng = np.random.default_rng(0)
-    for layer in generator.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):  # trained-like statistics, not the initial ones
-            for var, values in ((layer.moving_mean, rng.normal(0, 0.2, layer.moving_mean.shape)),
-                                (layer.moving_variance, rng.uniform(0.3, 2.0, layer.moving_variance.shape)),
-                                (layer.beta, rng.normal(0, 0.1, layer.beta.shape))):
-                var.assign(values.astype(np.float32))
-    folded = fold_batch_norm(generator)
-    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
-    x = tf.random.uniform((4, 32, 32, 1), seed=3)
-    np.testing.assert_allclose(folded(x, training=False).numpy(), generator(x, training=False).numpy(), atol=1e-5)
+    size, config = 32, recipes.load_recipe(recipe)
+    overrides = [f"model.image_size={size}"] + (["model.width=0.125"] if "width" in config["model"] else []) \
+        + (["data.patch_size=null"] if config["data"].get("patch_size") else [])
+    generator = build_generator(recipes.apply_overrides(config, overrides))
+    image = tf.complex(tf.random.uniform((8, size, size), seed=2), tf.random.uniform((8, size, size), seed=3))
+    mask = tf.cast(tf.random.uniform((8, size, size), seed=4) < 0.4, tf.float32)
+    kspace = tf.signal.fft2d(image) * tf.complex(mask, 0.0)
+    channels = 1 if isinstance(generator.input, dict) else generator.input_shape[-1]
+    zero_filled = tf.random.uniform((8, size, size, channels), seed=5)
+    refined = isinstance(generator, RefinedNetwork)
+    norms = [layer for layer in (generator.unet if refined else generator).layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:  # moving statistics of this batch (momentum 0), not the initial ones
+        layer.momentum = 0.0
+    if refined:
+        generator.forward(network_inputs(kspace, mask), training=True)
+        generator.gate.gate.assign(0.7)  # λ = 0 would hide the refinement U-Net
+    elif norms:
+        generator(zero_filled, training=True)
+    for layer in norms:
+        layer.momentum = 0.9
+    copy = inference_copy(generator)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+                   for net in ([copy.unet] if isinstance(copy, RefinedNetwork) else [copy]) for layer in net.layers)
+    if recipe in ("pg", "ppg", "ppgr", "ppgr-complex"):  # DAGAN U-Nets: 8×8 and smaller maps on the GEMM path
+        assert sum(isinstance(layer, fast.MatmulConv2DTranspose) for layer in copy.layers) == 4
+    expected = main_output(run_network(generator, zero_filled, kspace, mask)).numpy()
+    actual = main_output(run_network(copy, zero_filled, kspace, mask)).numpy()
+    np.testing.assert_allclose(actual, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
