@@ -17,6 +17,11 @@ Each is a subclass with the parent's variables, maths and checkpoints:
   that exported it.
 * ``LeakyReLU``: gradient from the output, which keeps TF's graph optimiser
   working on conv + bias + leaky ReLU training graphs.
+
+:func:`inference_network` makes the inference copy of a trained network that
+``eval``, ``compare``, ``predict`` and ``export`` run: batch norms folded into
+the convolutions (``FoldedBatchNorm`` marks where one was) and the GEMM path's
+transposed-convolution kernels stored in matmul layout (``MatmulConv2DTranspose``).
 """
 from __future__ import annotations
 
@@ -213,8 +218,7 @@ class FoldedBatchNorm(layers.Layer):
 class MatmulConv2DTranspose(layers.Layer):
     """Inference form of a :class:`GemmConv2DTranspose` on the GEMM path: the same 'same'-padded transposed
     convolution ``[N, H, W, Cin] -> [N, sh·H, sw·W, filters]``, with the kernel stored as the matmul needs it,
-    ``[Cin, kh·kw·filters]``, so no call transposes a weight-sized operand (DAGAN's generator at batch 1:
-    about 10 % faster than the training layout, see :func:`inference_network`)."""
+    ``[Cin, kh·kw·filters]``, so no call transposes a weight-sized operand (see :func:`inference_network`)."""
 
     def __init__(self, filters: int, kernel_size, strides, use_bias: bool = True, activation=None, **kwargs):
         super().__init__(**kwargs)
@@ -249,8 +253,9 @@ def inference_network(model: keras.Model) -> keras.Model:
       its kernel in the matmul layout.
 
     The copy computes ``model(x, training=False)`` (equal within 1e-5) with one pass less over every
-    folded feature map.  DAGAN's generator (256², width 1, float32, a 2-core EPYC with AVX512-BF16):
-    batch 1 134.8 → 121 ms/image, batch 16 101 → 100 (``scripts/bench_speed.py --inference-only``).
+    folded feature map.  DAGAN's generator (256², width 1, float32, a 2-core EPYC with AVX512-BF16, medians
+    of two runs of ``scripts/bench_speed.py --inference-only``): batch 1 129.5 → 120.6 ms/image, batch 16
+    unchanged (101.7 → 102.6), so batch 1 costs 1.18× batch 16 per image instead of 1.27×.
     """
     folds: dict[str, layers.Layer] = {}  # convolution name -> its batch norm
     for layer in model.layers:
