@@ -40,6 +40,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dagan_tf.inference import inference_copy
+
 SHARED_VGG = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_imagenet_notop.weights.h5"
 
 
@@ -207,7 +209,8 @@ def machine_report() -> dict:
 
 
 def inference_report(name: str, network, inputs_of, flops: float, size: int, ceiling: float, report: dict) -> None:
-    """``report[name_batch{1,16}]``: ms/image, GFLOP/s and fraction of ``ceiling`` of ``network(inputs_of(b))``."""
+    """``report[name_batch{1,16}]``: ms/image, GFLOP/s and fraction of ``ceiling`` of ``network(inputs_of(b))``
+    (pass the network's :func:`dagan_tf.inference.inference_copy` to time what eval, predict and export run)."""
     infer = tf.function(lambda t: network(t, training=False))
     for batch in (1, 16):
         x = inputs_of(batch, size)
@@ -265,7 +268,7 @@ def dcinet_report(args, report: dict) -> None:
                      conv_ceiling("float32" if precision == "float32" else "bfloat16"), args.steps)
         report[f"peak_rss_gib_after_{precision}"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     keras.mixed_precision.set_global_policy("float32")
-    inference_report("inference", build_dcinet(size),
+    inference_report("inference", inference_copy(build_dcinet(size)),
                      lambda batch, size: network_inputs(*(coil_batch(batch, size)[k] for k in ("kspace", "mask", "maps"))),
                      flops["DCI-Net"], size, conv_ceiling("float32"), report)
 
@@ -346,8 +349,8 @@ def seitzer_report(args, report: dict) -> None:
         return network_inputs(b["kspace"], b["mask"])
 
     refined = RefinedNetwork(build_recnet(size), build_refinement_unet(size, width=args.width))
-    inference_report("inference_recnet", build_recnet(size), inputs, flops["RecNet"], size, ceiling, report)
-    inference_report("inference_refined", refined, inputs, flops["RecNet"] + flops["refinement U-Net"], size,
+    inference_report("inference_recnet", inference_copy(build_recnet(size)), inputs, flops["RecNet"], size, ceiling, report)
+    inference_report("inference_refined", inference_copy(refined), inputs, flops["RecNet"] + flops["refinement U-Net"], size,
                      ceiling, report)
 
 
@@ -381,7 +384,7 @@ def srgan_report(args, report: dict) -> None:
         train_report(report, f"train_{precision}", lambda: step((x, x))["g_loss"].numpy(), 16, step_flops, ceiling,
                      args.steps)
     keras.mixed_precision.set_global_policy("float32")
-    inference_report("inference", build_resnet_generator(size, args.width),
+    inference_report("inference", inference_copy(build_resnet_generator(size, args.width)),
                      lambda batch, size: tf.random.uniform((batch, size, size, 1)), flops[f"G {size}²"], size,
                      conv_ceiling("float32"), report)
 
