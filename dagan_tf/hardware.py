@@ -10,7 +10,8 @@ float32 there.  Pure Python: the GPU list is passed in by the caller.
 Kernels: :func:`use_gemm` says whether a (transposed) convolution of ``models/layers.py`` runs as one
 matrix product (im2col / col2im) or as oneDNN's convolution, from the layer's small side and the
 instruction-set class of the CPU (:func:`kernel_isa`); the thresholds were measured per class with
-``scripts/bench_kernels.py`` (see :data:`GEMM_MAX_POSITIONS`).
+``scripts/bench_kernels.py`` (see :data:`GEMM_MAX_POSITIONS`); :func:`inference_matmul_layout` says whether an
+inference copy stores their kernels in matmul layout (:data:`INFERENCE_MATMUL_LAYOUT`).
 """
 from __future__ import annotations
 
@@ -103,11 +104,29 @@ def _machine_isa() -> str:
     return kernel_isa(cpu_info()[1], os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"))
 
 
+def _isa(cpu_flags: frozenset[str] | None, onednn_limit: str | None) -> str:
+    return _machine_isa() if cpu_flags is None else kernel_isa(cpu_flags, onednn_limit)
+
+
 def use_gemm(small_side_positions: int | None, cpu_flags: frozenset[str] | None = None,
              onednn_limit: str | None = None) -> bool:
     """Whether a layer whose small side has ``small_side_positions`` positions per image (None: unknown,
     dynamic size) runs as one GEMM; default flags and limit: this machine's."""
     if small_side_positions is None:
         return False
-    isa = _machine_isa() if cpu_flags is None else kernel_isa(cpu_flags, onednn_limit)
-    return small_side_positions <= GEMM_MAX_POSITIONS[isa]
+    return small_side_positions <= GEMM_MAX_POSITIONS[_isa(cpu_flags, onednn_limit)]
+
+
+# Whether the inference copy stores the GEMM path's transposed-convolution kernels in matmul layout
+# ([Cin, kh·kw·Cout], computed as x·K) rather than the training layout ((K·xᵀ)ᵀ), per instruction-set class.
+# Measured with the DAGAN generator (256², width 1, float32, both forms alternately in one process, two runs) on a
+# 2-core EPYC with AVX512-BF16: batch 1 130–131 → 124–125 ms/image, batch 16 101–103 → 104–106; with oneDNN
+# limited to AVX2 batch 1 165–170 → 195–212 and batch 16 105–110 → 114–116 (oneDNN's AVX2 matmul is slow on
+# this shape).  So only the avx512 class uses it; "baseline" was not measured and keeps the training layout.
+INFERENCE_MATMUL_LAYOUT = {"avx512": True, "avx2": False, "baseline": False}
+
+
+def inference_matmul_layout(cpu_flags: frozenset[str] | None = None, onednn_limit: str | None = None) -> bool:
+    """Whether inference copies keep transposed-convolution kernels in matmul layout (see
+    :data:`INFERENCE_MATMUL_LAYOUT`); default flags and limit: this machine's."""
+    return INFERENCE_MATMUL_LAYOUT[_isa(cpu_flags, onednn_limit)]

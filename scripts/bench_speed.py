@@ -198,14 +198,14 @@ def loopback_workers(args) -> dict:
 
 
 def machine_report() -> dict:
-    """CPU model, cores, SIMD flags and the precision ``auto`` picks here."""
-    from dagan_tf.hardware import NATIVE_BF16_CPU_FLAGS, cpu_info, resolve_precision
+    """CPU model, cores, SIMD flags, the precision ``auto`` picks here and the inference copies' kernel layout."""
+    from dagan_tf.hardware import NATIVE_BF16_CPU_FLAGS, cpu_info, inference_matmul_layout, resolve_precision
 
     cpu_model, cpu_flags = cpu_info()
     return {"cpu": {"model": cpu_model, "cores": os.cpu_count(),
                     "simd_flags": sorted(f for f in cpu_flags if f.startswith(("avx", "amx", "fma"))),
                     "native_bf16": sorted(set(NATIVE_BF16_CPU_FLAGS) & cpu_flags)},
-            "precision_auto": resolve_precision("auto")}
+            "precision_auto": resolve_precision("auto"), "inference_matmul_layout": inference_matmul_layout()}
 
 
 def inference_report(name: str, network, inputs_of, flops: float, size: int, ceiling: float, report: dict) -> None:

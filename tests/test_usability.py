@@ -150,7 +150,7 @@ def test_auto_precision_follows_the_hardware():
 
 
 def test_kernel_choice_follows_the_instruction_set():
-    from dagan_tf.hardware import GEMM_MAX_POSITIONS, kernel_isa, use_gemm
+    from dagan_tf.hardware import GEMM_MAX_POSITIONS, inference_matmul_layout, kernel_isa, use_gemm
 
     avx512, avx2, old = frozenset({"avx2", "avx512f", "avx512_bf16"}), frozenset({"avx2", "fma"}), frozenset({"sse4_2"})
     assert [kernel_isa(f) for f in (avx512, avx2, old)] == ["avx512", "avx2", "baseline"]
@@ -161,6 +161,9 @@ def test_kernel_choice_follows_the_instruction_set():
         limit = GEMM_MAX_POSITIONS[isa]
         assert use_gemm(limit, flags) and not use_gemm(limit + 1, flags)
         assert use_gemm(1, flags) and not use_gemm(None, flags)  # a dynamic size uses oneDNN
+    # matmul-layout kernels in inference copies only where oneDNN runs AVX-512 kernels (measured faster there only)
+    assert [inference_matmul_layout(f) for f in (avx512, avx2, old)] == [True, False, False]
+    assert not inference_matmul_layout(avx512, "AVX2")
 
 
 def test_train_adopts_the_data_image_size(tmp_path, real_slices):

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from dagan_tf.hardware import use_gemm
+from dagan_tf.hardware import inference_matmul_layout, use_gemm
 
 
 @keras.saving.register_keras_serializable(package="dagan_tf")
@@ -243,19 +243,21 @@ class MatmulConv2DTranspose(layers.Layer):
                 "activation": keras.activations.serialize(self.activation) if self.activation else None}
 
 
-def inference_network(model: keras.Model) -> keras.Model:
+def inference_network(model: keras.Model, matmul_layout: bool | None = None) -> keras.Model:
     """The inference copy of a functional ``model`` (``model`` itself when there is nothing to change).
 
     * Every batch norm whose only input is a ``Conv2D``/``Conv2DTranspose`` (also the GEMM variants) used
       by nothing else becomes an identity, and the convolution gets ``kernel·γ/√(σ²+ε)`` and bias
       ``(b − μ)·γ/√(σ²+ε) + β`` per output channel (the moving statistics, i.e. inference mode).
-    * Every :class:`GemmConv2DTranspose` on the GEMM path becomes a :class:`MatmulConv2DTranspose` holding
+    * With ``matmul_layout`` (default: :func:`dagan_tf.hardware.inference_matmul_layout` of this machine)
+      every :class:`GemmConv2DTranspose` on the GEMM path becomes a :class:`MatmulConv2DTranspose` holding
       its kernel in the matmul layout.
 
     The copy computes ``model(x, training=False)`` (equal within 1e-5 of its scale) with one pass less over every
     folded feature map.  DAGAN's generator (256², width 1, float32, a 2-core EPYC with AVX512-BF16, medians
     of two runs of ``scripts/bench_speed.py --inference-only``): batch 1 129.5 → 120.6 ms/image, batch 16
-    unchanged (101.7 → 102.6), so batch 1 costs 1.18× batch 16 per image instead of 1.27×.
+    unchanged (101.7 → 102.6), so batch 1 costs 1.18× batch 16 per image instead of 1.27×.  Folding alone
+    (the copy where oneDNN is limited to AVX2): batch 1 174–180 → 165–170, batch 16 113–115 → 105–110.
     """
     folds: dict[str, layers.Layer] = {}  # convolution name -> its batch norm
     for layer in model.layers:
@@ -265,8 +267,9 @@ def inference_network(model: keras.Model) -> keras.Model:
             if isinstance(conv, (layers.Conv2D, layers.Conv2DTranspose)) and len(conv._outbound_nodes) == 1:
                 folds[conv.name] = layer
     folded_bns = {bn.name for bn in folds.values()}
-    relayout = {layer.name for layer in model.layers
-                if isinstance(layer, GemmConv2DTranspose) and _small_map(*layer.input.shape[1:3])}
+    matmul_layout = inference_matmul_layout() if matmul_layout is None else matmul_layout
+    relayout = {layer.name for layer in model.layers if matmul_layout
+                and isinstance(layer, GemmConv2DTranspose) and _small_map(*layer.input.shape[1:3])}
     if not folds and not relayout:
         return model
 
