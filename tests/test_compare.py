@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import SIZE, assert_user_error, run, tiny_config
 from dagan_tf.compare import bootstrap_interval, median_slices
@@ -122,3 +123,11 @@ def test_compare_errors(tmp_path, real_slices, trained_run):
     (small / "config.yaml").write_text(text)
     assert_user_error(run("compare", small, "--data", real_slices, "--out", out, "--no-cache"), "64²", f"{SIZE}²",
                       output=out)
+    # two runs trained with different masks are refused unless --mask sets one for all
+    other = tmp_path / "other-mask"
+    shutil.copytree(trained_run, other)
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    config["data"]["ratio"] = 0.5 if config["data"]["ratio"] != 0.5 else 0.25
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    assert_user_error(run("compare", trained_run, other, "--data", real_slices, "--out", out, "--no-cache"),
+                      "the runs use different masks", output=out)
