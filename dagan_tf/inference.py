@@ -31,7 +31,6 @@ def load_run_generator(run_dir: str | Path, inference: bool = False):
     not for training into the run's checkpoints); ``eval``, ``compare``, ``predict`` and ``export`` use it.
     Raises :class:`DaganError` for weights that are truncated or do not fit the run's config.
     """
-    from dagan_tf.training.callbacks import checkpoints_newest_first
     from dagan_tf.training.run import build_generator, precision_policy
 
     run_dir = Path(run_dir)
@@ -40,6 +39,14 @@ def load_run_generator(run_dir: str | Path, inference: bool = False):
     config = recipes.load_config_file(run_dir / "config.yaml")
     with precision_policy("float32"):  # inference in float32 whatever the training precision
         generator = build_generator(config)
+    _load_trained_weights(generator, run_dir)
+    return (inference_copy(generator) if inference else generator), config
+
+
+def _load_trained_weights(generator, run_dir: Path) -> None:
+    """Load ``run_dir``'s best weights into ``generator``, else its newest intact checkpoint."""
+    from dagan_tf.training.callbacks import checkpoints_newest_first
+
     best = run_dir / "best.weights.h5"
     if best.is_file():
         try:
@@ -49,11 +56,11 @@ def load_run_generator(run_dir: str | Path, inference: bool = False):
         except Exception as exc:  # h5py OSError (truncated), ValueError (shapes), KeyError (layers)
             raise DaganError(f"cannot load {best}: {str(exc).splitlines()[0][:200]} "
                              "(truncated, or not trained with this config.yaml?)") from None
-        return (inference_copy(generator) if inference else generator), config
+        return
     for path in checkpoints_newest_first(run_dir / "checkpoints"):
         try:
             tf.train.Checkpoint(generator=generator).restore(path).expect_partial()
-            return (inference_copy(generator) if inference else generator), config
+            return
         except Exception:  # a damaged checkpoint: try the next older one
             continue
     raise DaganError(f"{run_dir} has no trained weights yet (no best.weights.h5, no intact checkpoint)")

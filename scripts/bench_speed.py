@@ -415,7 +415,6 @@ def dagan_report(args, report: dict) -> None:
     # Inference first: measured after training steps in the same process, batch 1 was 10–15 % slower (the state
     # the training left behind), and eval, predict and TF Serving run in processes that do not train.
     ceiling = conv_ceiling("float32")
-    g = build_generator(args.size, args.width)
     g_inference = inference_network(g)  # what eval, compare, predict and export run
     for name, net in (("inference", g_inference), ("inference_training_layout", g)):
         inference_report(name, net, lambda batch, size: tf.random.uniform((batch, size, size, 1)), g_flops,
