@@ -10,8 +10,10 @@ float32 there.  Pure Python: the GPU list is passed in by the caller.
 Kernels: :func:`use_gemm` says whether a (transposed) convolution of ``models/layers.py`` runs as one
 matrix product (im2col / col2im) or as oneDNN's convolution, from the layer's small side and the
 instruction-set class of the CPU (:func:`kernel_isa`); the thresholds were measured per class with
-``scripts/bench_kernels.py`` (see :data:`GEMM_MAX_POSITIONS`); :func:`inference_matmul_layout` says whether an
-inference copy stores their kernels in matmul layout (:data:`INFERENCE_MATMUL_LAYOUT`).
+``scripts/bench_kernels.py`` (see :data:`GEMM_MAX_POSITIONS`); :func:`use_tap_gemm` says whether a stride-1
+convolution with few output channels runs as a matmul to per-tap products and col2im (:data:`TAP_GEMM_MAX_FILTERS`);
+:func:`inference_matmul_layout` says whether an inference copy stores the transposed convolutions' kernels in matmul
+layout (:data:`INFERENCE_MATMUL_LAYOUT`).
 """
 from __future__ import annotations
 
@@ -115,6 +117,41 @@ def use_gemm(small_side_positions: int | None, cpu_flags: frozenset[str] | None 
     if small_side_positions is None:
         return False
     return small_side_positions <= GEMM_MAX_POSITIONS[_isa(cpu_flags, onednn_limit)]
+
+
+# Most output channels of a stride-1 'same' convolution with odd kernel sides that runs as a matmul to per-tap
+# products [N·H·W, kh·kw·Cout] and col2im (models/layers.py:conv2d_by_taps) rather than as oneDNN's convolution,
+# whose kernels block the output channels by the vector width and so waste 7/8 (AVX2) or 15/16 (AVX-512) of their
+# work on one output channel.  Measured (scripts/bench_kernels.py --taps, TF 2.21, float32, a 2-core EPYC with
+# AVX512-BF16 and the same CPU with oneDNN limited to AVX2), ms per image, oneDNN -> taps:
+#   9×9 64→1 (SRGAN's output), 96², batch 16, forward + both gradients: 14.5 -> 6.9 (AVX2 10.0 -> 6.9);
+#   the same at 256², forward, batch 1: 48.5 -> 21.3 (AVX2 193.9 -> 26.1); batch 16: 47.9 -> 26.9 (27.5 -> 26.0);
+#   1×1 64→1 (DAGAN's output), 256², batch 16, forward: 1.66 -> 0.77 (1.25 -> 0.67).
+# Two output channels are mixed (5×5 40→2, 256², batch 16: forward 10.7 -> 11.5, training 25.1 -> 24.4), so 1.
+TAP_GEMM_MAX_FILTERS = {"avx512": 1, "avx2": 1, "baseline": 1}
+
+
+def use_tap_gemm(filters: int, kernel_size: tuple[int, int], strides: tuple[int, int],
+                 cpu_flags: frozenset[str] | None = None, onednn_limit: str | None = None) -> bool:
+    """Whether a 'same' convolution to ``filters`` channels runs as per-tap products + col2im (see
+    :data:`TAP_GEMM_MAX_FILTERS`): stride 1, odd kernel sides, few filters; default flags and limit: this machine's."""
+    return (tuple(strides) == (1, 1) and all(k % 2 for k in kernel_size)
+            and filters <= TAP_GEMM_MAX_FILTERS[_isa(cpu_flags, onednn_limit)])
+
+
+# Whether the inference copy runs a batch of one image through a oneDNN convolution as two row blocks (a batch of
+# two, models/layers.py:RowBlockConv2D), per instruction-set class.  With its AVX2 kernels oneDNN takes its slow
+# x64:gemm:jit convolution at batch 1 and brg_conv_fwd:avx2 from batch 2 (ONEDNN_VERBOSE), e.g. a 4×4 128→64
+# convolution on 128² maps 88 ms at batch 1 against 24 ms per image at batch 2; with AVX-512 kernels it takes
+# brg_conv at batch 1 too.  Measured on a 2-core EPYC with AVX512-BF16, oneDNN limited to AVX2, inference copies
+# at 256², ms per image, batch 1 without -> with (batch 16 without -> with), scripts/bench_speed.py: see the README.
+SPLIT_BATCH_OF_ONE = {"avx512": False, "avx2": True, "baseline": False}
+
+
+def split_batch_of_one(cpu_flags: frozenset[str] | None = None, onednn_limit: str | None = None) -> bool:
+    """Whether inference copies run single images through oneDNN convolutions as two row blocks (see
+    :data:`SPLIT_BATCH_OF_ONE`); default flags and limit: this machine's."""
+    return SPLIT_BATCH_OF_ONE[_isa(cpu_flags, onednn_limit)]
 
 
 # Whether the inference copy stores the GEMM path's transposed-convolution kernels in matmul layout

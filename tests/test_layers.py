@@ -82,6 +82,40 @@ def test_gemm_conv_transpose_equals_keras(monkeypatch, side, kernel, stride):
     _assert_same(_values_and_gradients(ours, x), _values_and_gradients(theirs, x), 1e-5)
 
 
+@pytest.mark.parametrize("kernel", [1, 3, 9])
+def test_one_channel_conv_by_taps_equals_keras_conv(monkeypatch, kernel):
+    """The per-tap path (one output channel): values and gradients of Keras' convolution, on static and
+    dynamic map sizes."""
+    calls = []
+    by_taps = fast.conv2d_by_taps
+    monkeypatch.setattr(fast, "conv2d_by_taps", lambda *args: calls.append(1) or by_taps(*args))
+    x = tf.random.stateless_normal((2, 11, 13, 4), [3, kernel])
+    ours, theirs = fast.GemmConv2D(1, kernel, padding="same"), keras.layers.Conv2D(1, kernel, padding="same")
+    ours.build(x.shape), theirs.build(x.shape)
+    ours.set_weights([w + 0.1 for w in theirs.get_weights()])
+    theirs.set_weights(ours.get_weights())
+    _assert_same(_values_and_gradients(ours, x), _values_and_gradients(theirs, x), 1e-5)
+    dynamic = tf.function(ours, input_signature=[tf.TensorSpec([None, None, None, 4])])
+    np.testing.assert_allclose(dynamic(x).numpy(), theirs(x).numpy(), atol=1e-5)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("side,kernel,stride,padding", [(8, 3, 1, "same"), (12, 4, 2, "same"), (11, 4, 1, "valid"),
+                                                        (13, 3, 2, "valid")])
+def test_row_block_conv_equals_keras_conv(side, kernel, stride, padding):
+    """Two row blocks per image (the batch-of-one form): Keras' convolution, at batch 1 and 3."""
+    theirs = keras.layers.Conv2D(5, kernel, strides=stride, padding=padding, activation="relu")
+    ours = fast.RowBlockConv2D.from_config(theirs.get_config())
+    ours.build((None, side, side + 2, 3)), theirs.build((None, side, side + 2, 3))
+    theirs.set_weights([w + 0.1 for w in ours.get_weights()])
+    ours.set_weights(theirs.get_weights())
+    for batch in (1, 3):
+        x = tf.random.stateless_normal((batch, side, side + 2, 3), [5, side])
+        np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(fast.conv2d_row_blocks(x, theirs.kernel, (stride, stride), padding).numpy(),
+                                   tf.nn.conv2d(x, theirs.kernel, stride, padding.upper()).numpy(), atol=1e-5)
+
+
 def test_gemm_path_is_taken_only_on_small_maps(monkeypatch):
     calls = []
     monkeypatch.setattr(fast, "conv2d_gemm", lambda x, *args: calls.append(x.shape) or tf.zeros((1, 1, 1, 1)))
@@ -192,9 +226,9 @@ def test_fused_adam_under_mirrored_strategy_equals_single_device():
 
 
 @pytest.mark.parametrize("recipe", recipes.recipe_names())
-def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe):
-    """Batch norms folded and GEMM kernels relaid out: the same outputs within 1e-5 of their scale, for every
-    recipe's network."""
+def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, monkeypatch):
+    """Batch norms folded, GEMM kernels relaid out, one-channel outputs on the per-tap path, convolutions in row
+    blocks at batch 1: the same outputs within 1e-5 of their scale, for every recipe's network."""
     from dagan_tf.inference import inference_copy, main_output, run_network
     from dagan_tf.models.recnet import network_inputs
     from dagan_tf.models.refinement import RefinedNetwork
@@ -229,6 +263,16 @@ def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe):
     if recipe in ("pg", "ppg", "ppgr", "ppgr-complex"):  # DAGAN U-Nets: 8×8 and smaller maps on the GEMM path
         copies = [fast.inference_network(generator, matmul_layout) for matmul_layout in (True, False)]
         assert [sum(isinstance(layer, fast.MatmulConv2DTranspose) for layer in c.layers) for c in copies] == [4, 0]
+    if recipe in ("pg", "ppg", "ppgr", "srgan-hybrid", "srgan-mse", "srgan-vgg", "refinement"):  # one-channel outputs
+        output = "head" if refined else "out"
+        assert all(type((c.unet if refined else c).get_layer(output)) is fast.GemmConv2D for c in copies)
+        assert type((generator.unet if refined else generator).get_layer(output)) is keras.layers.Conv2D
+    monkeypatch.setattr(fast, "split_batch_of_one", lambda: True)  # what AVX2 machines get
+    copies.append(inference_copy(generator))
+    blocked = (copies[-1].unet if refined else copies[-1]).layers
+    assert any(isinstance(layer, fast.RowBlockConv2D) for layer in blocked)
     for copy in copies:
         actual = main_output(run_network(copy, zero_filled, kspace, mask)).numpy()
         np.testing.assert_allclose(actual, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
+    single = main_output(run_network(copies[-1], zero_filled[:1], kspace[:1], mask[:1])).numpy()
+    np.testing.assert_allclose(single, expected[:1], atol=1e-5 * max(1.0, np.abs(expected).max()))

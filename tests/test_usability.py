@@ -150,7 +150,8 @@ def test_auto_precision_follows_the_hardware():
 
 
 def test_kernel_choice_follows_the_instruction_set():
-    from dagan_tf.hardware import GEMM_MAX_POSITIONS, inference_matmul_layout, kernel_isa, use_gemm
+    from dagan_tf.hardware import (GEMM_MAX_POSITIONS, inference_matmul_layout, kernel_isa, split_batch_of_one,
+                                   use_gemm, use_tap_gemm)
 
     avx512, avx2, old = frozenset({"avx2", "avx512f", "avx512_bf16"}), frozenset({"avx2", "fma"}), frozenset({"sse4_2"})
     assert [kernel_isa(f) for f in (avx512, avx2, old)] == ["avx512", "avx2", "baseline"]
@@ -164,6 +165,14 @@ def test_kernel_choice_follows_the_instruction_set():
     # matmul-layout kernels in inference copies only where oneDNN runs AVX-512 kernels (measured faster there only)
     assert [inference_matmul_layout(f) for f in (avx512, avx2, old)] == [True, False, False]
     assert not inference_matmul_layout(avx512, "AVX2")
+    # row blocks for a batch of one only where oneDNN runs AVX2 kernels (its slow gemm:jit convolution at batch 1)
+    assert [split_batch_of_one(f) for f in (avx512, avx2, old)] == [False, True, False]
+    assert split_batch_of_one(avx512, "AVX2")
+    # per-tap path: one output channel, stride 1, odd kernel sides, on every class (measured on avx512 and avx2)
+    for flags in (avx512, avx2, old):
+        assert use_tap_gemm(1, (9, 9), (1, 1), flags) and use_tap_gemm(1, (1, 1), (1, 1), flags)
+        assert not use_tap_gemm(2, (5, 5), (1, 1), flags) and not use_tap_gemm(1, (4, 4), (1, 1), flags)
+        assert not use_tap_gemm(1, (3, 3), (2, 2), flags)
 
 
 def test_train_adopts_the_data_image_size(tmp_path, real_slices):

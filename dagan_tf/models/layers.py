@@ -12,16 +12,22 @@ Each is a subclass with the parent's variables, maths and checkpoints:
   353 → 204 / 319 → 83 ms, its 1536→1024 transposed conv on 4×4 maps
   269 → 115 / 229 → 65 ms).  Which maps count as small is
   :func:`dagan_tf.hardware.use_gemm`, per instruction-set class of the CPU
-  (``scripts/bench_kernels.py`` measures both kernels per layer).  On larger
-  maps they are the Keras layers.  An export keeps the choice of the machine
-  that exported it.
+  (``scripts/bench_kernels.py`` measures both kernels per layer).  A stride-1
+  ``GemmConv2D`` to one channel runs as a matmul to per-tap products and
+  col2im on maps of any size (:func:`conv2d_by_taps`,
+  :func:`dagan_tf.hardware.use_tap_gemm`).  Otherwise they are the Keras
+  layers.  An export keeps the choice of the machine that exported it.
 * ``LeakyReLU``: gradient from the output, which keeps TF's graph optimiser
   working on conv + bias + leaky ReLU training graphs.
 
 :func:`inference_network` makes the inference copy of a trained network that
 ``eval``, ``compare``, ``predict`` and ``export`` run: batch norms folded into
-the convolutions (``FoldedBatchNorm`` marks where one was) and the GEMM path's
-transposed-convolution kernels stored in matmul layout (``MatmulConv2DTranspose``).
+the convolutions (``FoldedBatchNorm`` marks where one was), the GEMM path's
+transposed-convolution kernels stored in matmul layout (``MatmulConv2DTranspose``)
+and the one-channel output convolutions (DAGAN's, SRGAN's, the refinement's)
+on the per-tap path.  The networks themselves keep Keras' ``Conv2D`` there:
+Keras names a layer's weights in a ``.weights.h5`` file by its class, so
+changing the class would orphan every trained run's weights.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from dagan_tf.hardware import inference_matmul_layout, use_gemm
+from dagan_tf.hardware import inference_matmul_layout, split_batch_of_one, use_gemm, use_tap_gemm
 
 
 @keras.saving.register_keras_serializable(package="dagan_tf")
@@ -118,6 +124,16 @@ def conv2d_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int]) -> tf
     return tf.reshape(y, [-1, out_h, out_w, cout])
 
 
+def conv2d_by_taps(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """Stride-1 'same' convolution of ``[N, H, W, Cin]`` (any, also dynamic, H and W) with a ``[kh, kw, Cin, Cout]``
+    kernel of odd sides, as one matmul to the per-tap products ``[N·H·W, kh·kw·Cout]`` and :func:`col2im`: a
+    stride-1 convolution is the transposed convolution with the kernel flipped.  For few output channels."""
+    kh, kw, cin, _ = kernel.shape
+    taps = tf.reshape(tf.transpose(tf.reverse(kernel, [0, 1]), [2, 0, 1, 3]), [cin, -1])  # [Cin, kh·kw·Cout]
+    size = [x.shape[i] if x.shape[i] is not None else tf.shape(x)[i] for i in (1, 2)]
+    return col2im(tf.matmul(tf.reshape(x, [-1, cin]), taps), size, (kh, kw), (1, 1))
+
+
 def conv2d_transpose_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int]) -> tf.Tensor:
     """'same' transposed convolution of ``[N, H, W, Cin]`` with a ``[kh, kw, Cout, Cin]`` kernel
     (kernel sides multiples of the strides) by matmul + col2im -> ``[N, sh·H, sw·W, Cout]``."""
@@ -131,7 +147,8 @@ def conv2d_transpose_gemm(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, i
 def col2im(columns: tf.Tensor, size: tuple[int, int], kernel_size: tuple[int, int],
            strides: tuple[int, int]) -> tf.Tensor:
     """The 'same' transposed convolution ``[N, sh·H, sw·W, Cout]`` from its per-tap products ``columns
-    [N·H·W, kh·kw·Cout]`` (input position × (tap row, tap column, output channel))."""
+    [N·H·W, kh·kw·Cout]`` (input position × (tap row, tap column, output channel)); ``size`` may hold
+    scalar tensors (a dynamic map size)."""
     (height, width), (kh, kw), (sh, sw) = size, kernel_size, strides
     th, tw = kh // sh, kw // sw                     # kernel taps per output phase
     cout = columns.shape[-1] // (kh * kw)
@@ -147,7 +164,8 @@ def col2im(columns: tf.Tensor, size: tuple[int, int], kernel_size: tuple[int, in
 
 @keras.saving.register_keras_serializable(package="dagan_tf")
 class GemmConv2D(layers.Conv2D):
-    """``keras.layers.Conv2D`` ('same', channels_last, no dilation) with the GEMM path on small maps."""
+    """``keras.layers.Conv2D`` ('same', channels_last, no dilation) with the GEMM path on small maps and the
+    per-tap path for few output channels (module doc)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -156,6 +174,8 @@ class GemmConv2D(layers.Conv2D):
     def convolution_op(self, inputs, kernel):
         if _small_map(*inputs.shape[1:3], self.strides):
             return conv2d_gemm(inputs, kernel, self.strides)
+        if use_tap_gemm(self.filters, self.kernel_size, self.strides):
+            return conv2d_by_taps(inputs, kernel)
         return super().convolution_op(inputs, kernel)
 
 
@@ -243,7 +263,62 @@ class MatmulConv2DTranspose(layers.Layer):
                 "activation": keras.activations.serialize(self.activation) if self.activation else None}
 
 
-def inference_network(model: keras.Model, matmul_layout: bool | None = None) -> keras.Model:
+def conv2d_row_blocks(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int], padding: str) -> tf.Tensor:
+    """``tf.nn.conv2d`` of ``[N, H, W, Cin]`` (static H, W; an even number of output rows) computed as a batch of
+    ``2N`` row blocks, the top and bottom halves of the output rows with the input rows they read."""
+    (kh, kw, _, cout), (sh, sw) = kernel.shape, strides
+    height, width = x.shape[1:3]
+    if padding == "same":
+        (top, bottom), (left, right) = _same_padding(height, kh, sh), _same_padding(width, kw, sw)
+        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
+    out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    half, rows = out_h // 2, (out_h // 2 - 1) * sh + kh
+    blocks = tf.stack([x[:, :rows], x[:, half * sh:half * sh + rows]], axis=1)   # [N, 2, rows, W', Cin]
+    y = tf.nn.conv2d(tf.reshape(blocks, [-1, rows, x.shape[2], x.shape[3]]), kernel, strides, "VALID")
+    return tf.reshape(y, [-1, out_h, out_w, cout])
+
+
+@keras.saving.register_keras_serializable(package="dagan_tf")
+class RowBlockConv2D(layers.Conv2D):
+    """Inference form of a ``Conv2D`` on oneDNN's path where a batch of one is slow (see
+    :data:`dagan_tf.hardware.SPLIT_BATCH_OF_ONE`): a batch of one image runs as two row blocks
+    (:func:`conv2d_row_blocks`), larger batches as ``Conv2D``.  Same weights, same outputs."""
+
+    def call(self, inputs):
+        plain = super().call  # convolution, bias and activation inside the branch, where TF fuses them
+        return tf.cond(tf.shape(inputs)[0] == 1, lambda: self._row_blocks(inputs), lambda: plain(inputs))
+
+    def _row_blocks(self, inputs):
+        outputs = conv2d_row_blocks(inputs, tf.cast(self.kernel, inputs.dtype), self.strides, self.padding)
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        return outputs if self.activation is None else self.activation(outputs)
+
+
+def _row_blocks_apply(layer) -> bool:
+    """Whether ``layer`` is a ``Conv2D`` that runs on oneDNN's path on a static map with an even number (≥ 4) of
+    output rows, so that its inference form may be :class:`RowBlockConv2D`."""
+    if type(layer) not in (layers.Conv2D, GemmConv2D) or layer.groups != 1 or layer.dilation_rate != (1, 1):
+        return False
+    height, width = layer.input.shape[1:3]
+    if height is None or width is None or _runs_by_taps(layer) or (
+            type(layer) is GemmConv2D and (_small_map(height, width, layer.strides)
+                                           or use_tap_gemm(layer.filters, layer.kernel_size, layer.strides))):
+        return False
+    kh, sh = layer.kernel_size[0], layer.strides[0]
+    out_h = -(-height // sh) if layer.padding == "same" else (height - kh) // sh + 1
+    return out_h >= 4 and out_h % 2 == 0
+
+
+def _runs_by_taps(layer) -> bool:
+    """Whether ``layer`` is a Keras ``Conv2D`` (not ours) that the inference copy puts on the per-tap path."""
+    return (type(layer) is layers.Conv2D and (layer.padding == "same" or layer.kernel_size == (1, 1))
+            and layer.data_format == "channels_last" and layer.dilation_rate == (1, 1) and layer.groups == 1
+            and use_tap_gemm(layer.filters, layer.kernel_size, layer.strides))
+
+
+def inference_network(model: keras.Model, matmul_layout: bool | None = None,
+                      row_blocks: bool | None = None) -> keras.Model:
     """The inference copy of a functional ``model`` (``model`` itself when there is nothing to change).
 
     * Every batch norm whose only input is a ``Conv2D``/``Conv2DTranspose`` (also the GEMM variants) used
@@ -252,6 +327,10 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None) -> 
     * With ``matmul_layout`` (default: :func:`dagan_tf.hardware.inference_matmul_layout` of this machine)
       every :class:`GemmConv2DTranspose` on the GEMM path becomes a :class:`MatmulConv2DTranspose` holding
       its kernel in the matmul layout.
+    * Every Keras ``Conv2D`` that :func:`dagan_tf.hardware.use_tap_gemm` sends to the per-tap path (one output
+      channel, stride 1, odd kernel, 'same' padding or 1×1) becomes a :class:`GemmConv2D` with the same weights.
+    * With ``row_blocks`` (default: :func:`dagan_tf.hardware.split_batch_of_one` of this machine) every other
+      convolution on oneDNN's path whose map allows it becomes a :class:`RowBlockConv2D`.
 
     The copy computes ``model(x, training=False)`` (equal within 1e-5 of its scale) with one pass less over every
     folded feature map.  DAGAN's generator (256², width 1, float32, a 2-core EPYC with AVX512-BF16, medians
@@ -270,7 +349,10 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None) -> 
     matmul_layout = inference_matmul_layout() if matmul_layout is None else matmul_layout
     relayout = {layer.name for layer in model.layers if matmul_layout
                 and isinstance(layer, GemmConv2DTranspose) and _small_map(*layer.input.shape[1:3])}
-    if not folds and not relayout:
+    by_taps = {layer.name for layer in model.layers if _runs_by_taps(layer)}
+    row_blocks = split_batch_of_one() if row_blocks is None else row_blocks
+    blocked = {layer.name for layer in model.layers if row_blocks and _row_blocks_apply(layer)}
+    if not folds and not relayout and not by_taps and not blocked:
         return model
 
     def clone(layer):
@@ -283,6 +365,10 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None) -> 
         config = layer.get_config()
         if layer.name in folds:
             config["use_bias"] = True
+        if layer.name in by_taps:
+            return GemmConv2D.from_config({**config, "padding": "same"})
+        if layer.name in blocked:
+            return RowBlockConv2D.from_config(config)
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
