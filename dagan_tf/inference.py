@@ -68,10 +68,10 @@ def _load_trained_weights(generator, run_dir: Path) -> None:
 
 def inference_copy(generator):
     """``generator``'s inference copy (:func:`dagan_tf.models.layers.inference_network`; of a refined network,
-    its refinement U-Net's)."""
+    its RecNet's and its refinement U-Net's)."""
     if not isinstance(generator, RefinedNetwork):
         return inference_network(generator)
-    copy = RefinedNetwork(generator.recnet, inference_network(generator.unet), generator.gate.part,
+    copy = RefinedNetwork(inference_network(generator.recnet), inference_network(generator.unet), generator.gate.part,
                           generator.scaled_input)
     copy.gate.set_weights(generator.gate.get_weights())
     return copy

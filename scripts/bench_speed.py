@@ -16,6 +16,8 @@ the local weights: no VGG19 weights exist offline here), training images/s of bo
 trainers and inference ms/image of RecNet and of the refined network.  ``--networks dcinet`` measures
 DCI-Net 20I-5G-40K and its critic on ``--coils``-coil k-space (FFT data-consistency units timed, not counted):
 cWGAN-AGB training images/s at ``--batch``, the process's peak RSS after each precision, and inference.
+For RecNet and DCI-Net the report also holds ``own_width_ceilings``: the GFLOP/s of their own main convolution
+(3×3 32->32, 5×5 40->40) beside the 3×3 128->128 ceiling, since narrow convolutions cannot reach the latter.
 
 ``--strategy one-device|mirrored|multi-worker --data PREPARED`` times training steps of ``--recipe`` (default
 ``ppgr``; ``--width``, ``--batch``) through ``dagan_tf.training.run.train`` on the real pipeline, under that
@@ -85,13 +87,28 @@ def timed(fn, repeats: int) -> float:
     return float(np.median(seconds))
 
 
-def conv_ceiling(dtype: str) -> float:
-    """GFLOP/s of a 3×3, 128->128 convolution on 8×128×128 inputs."""
-    x = tf.cast(tf.random.uniform((8, 128, 128, 128)), dtype)
-    k = tf.cast(tf.random.uniform((3, 3, 128, 128)), dtype)
+def conv_ceiling(dtype: str, kernel: int = 3, channels: int = 128, side: int = 128) -> float:
+    """GFLOP/s of a ``kernel``², ``channels``->``channels`` convolution on 8×``side``² inputs (default: the
+    3×3, 128->128 ceiling every fraction in the report refers to)."""
+    x = tf.cast(tf.random.uniform((8, side, side, channels)), dtype)
+    k = tf.cast(tf.random.uniform((kernel, kernel, channels, channels)), dtype)
     conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
     seconds = timed(lambda: conv().numpy(), 5)
-    return 2.0 * 8 * 128 * 128 * 9 * 128 * 128 / seconds / 1e9
+    return 2.0 * 8 * side * side * kernel ** 2 * channels ** 2 / seconds / 1e9
+
+
+def own_width_ceilings(report: dict, kernel: int, channels: int, size: int) -> None:
+    """``report["own_width_ceilings"]``: float32 GFLOP/s of the network's own main convolution (``kernel``²,
+    ``channels``->``channels`` on ``size``² maps) and, for comparison, of the next multiple of 16 channels (oneDNN
+    blocks channels by the vector width) and of the 3×3, 128->128 ceiling, measured alternately, medians of 3."""
+    padded = -(-channels // 16) * 16
+    shapes = {f"{kernel}x{kernel}_{channels}": (kernel, channels, size), f"{kernel}x{kernel}_{padded}": (kernel, padded, size),
+              "3x3_128": (3, 128, 128)}
+    rates = {name: [] for name in shapes}
+    for _ in range(3):
+        for name, (k, c, side) in shapes.items():
+            rates[name].append(conv_ceiling("float32", k, c, side))
+    report["own_width_ceilings"] = {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def main() -> None:
@@ -268,6 +285,7 @@ def dcinet_report(args, report: dict) -> None:
                      conv_ceiling("float32" if precision == "float32" else "bfloat16"), args.steps)
         report[f"peak_rss_gib_after_{precision}"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     keras.mixed_precision.set_global_policy("float32")
+    own_width_ceilings(report, 5, 40, size)
     inference_report("inference", inference_copy(build_dcinet(size)),
                      lambda batch, size: network_inputs(*(coil_batch(batch, size)[k] for k in ("kspace", "mask", "maps"))),
                      flops["DCI-Net"], size, conv_ceiling("float32"), report)
@@ -342,6 +360,7 @@ def seitzer_report(args, report: dict) -> None:
                     keras.mixed_precision.set_global_policy(precision)
         shutil.rmtree(stage1, ignore_errors=True)
     keras.mixed_precision.set_global_policy("float32")
+    own_width_ceilings(report, 3, 32, size)
     ceiling = conv_ceiling("float32")
 
     def inputs(batch, size):

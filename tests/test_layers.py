@@ -269,8 +269,8 @@ def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, m
         assert type((generator.unet if refined else generator).get_layer(output)) is keras.layers.Conv2D
     monkeypatch.setattr(fast, "split_batch_of_one", lambda: True)  # what AVX2 machines get
     copies.append(inference_copy(generator))
-    blocked = (copies[-1].unet if refined else copies[-1]).layers
-    assert any(isinstance(layer, fast.RowBlockConv2D) for layer in blocked)
+    for net in ([copies[-1].recnet, copies[-1].unet] if refined else [copies[-1]]):
+        assert any(isinstance(layer, fast.RowBlockConv2D) for layer in net.layers)
     for copy in copies:
         actual = main_output(run_network(copy, zero_filled, kspace, mask)).numpy()
         np.testing.assert_allclose(actual, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
