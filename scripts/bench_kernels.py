@@ -1,4 +1,4 @@
-"""Per-layer kernel timing: oneDNN's (transposed) convolution against the GEMM path of ``models/layers.py``.
+"""Per-layer kernel timing: oneDNN's (transposed) convolution against the GEMM paths of ``models/layers.py``.
 
 For every ``GemmConv2D`` / ``GemmConv2DTranspose`` of the DAGAN generator and discriminator (``--size``,
 ``--width``) it times both kernels on the layer's own shapes, in the same process, alternating the two so
@@ -7,11 +7,15 @@ gradients) at ``--batch``, per dtype.  It prints one row per layer with the fast
 (output map of a conv, input map of a transposed conv, positions per image) and the path
 :func:`dagan_tf.hardware.use_gemm` picks on this machine, and writes the table as JSON.
 
+``--taps`` times the one-channel output convolutions instead (DAGAN's 1×1 and the refinement's 1×1 at
+``--size``, SRGAN's 9×9 at 96² and ``--size``): oneDNN against :func:`conv2d_by_taps`, the path
+:func:`dagan_tf.hardware.use_tap_gemm` picks.
+
 oneDNN can be limited to an older instruction set to see what another CPU would run, e.g.
 ``ONEDNN_MAX_CPU_ISA=AVX2`` for an AVX2-only machine (the machine report records it).
 
 Usage: python scripts/bench_kernels.py [--size 256] [--width 1] [--batch 8] [--dtype float32 bfloat16]
-       [--repeats 5] [--out kernels.json]
+       [--repeats 5] [--taps] [--out kernels.json]
 """
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tensorflow as tf  # noqa: E402
 
-from dagan_tf.hardware import cpu_info, kernel_isa, use_gemm  # noqa: E402
+from dagan_tf.hardware import cpu_info, kernel_isa, use_gemm, use_tap_gemm  # noqa: E402
 from dagan_tf.models.dagan import build_discriminator, build_generator  # noqa: E402
-from dagan_tf.models.layers import GemmConv2D, conv2d_gemm, conv2d_transpose_gemm, small_side  # noqa: E402
+from dagan_tf.models.layers import GemmConv2D, conv2d_by_taps, conv2d_gemm, conv2d_transpose_gemm, small_side  # noqa: E402
 
 
 def gemm_layers(size: int, width: float) -> list[dict]:
@@ -45,12 +49,29 @@ def gemm_layers(size: int, width: float) -> list[dict]:
     return found
 
 
+def tap_layers(size: int, width: float) -> list[dict]:
+    """The one-channel output convolutions of DAGAN, SRGAN (at 96², its training patches, and ``size``) and the
+    refinement U-Net, as :func:`gemm_layers` rows of kind ``taps``."""
+    from dagan_tf.models.refinement import build_refinement_unet
+    from dagan_tf.models.srgan import build_resnet_generator
+
+    found = []
+    for model, name in ((build_generator(size, width), "out"), (build_resnet_generator(96, width), "out"),
+                        (build_resnet_generator(size, width), "out"), (build_refinement_unet(size, width=width), "head")):
+        layer = model.get_layer(name)
+        found.append({"name": f"{model.name}/{name}", "kind": "taps", "input": tuple(layer.input.shape[1:]),
+                      "kernel": tuple(layer.kernel.shape), "strides": (1, 1)})
+    return found
+
+
 def kernels(layer: dict):
     """``(onednn, gemm)``: functions of ``(x, kernel)`` computing the layer's 'same' (transposed) convolution."""
     strides = layer["strides"]
     if layer["kind"] == "conv":
         return (lambda x, k: tf.nn.conv2d(x, k, strides, "SAME"),
                 lambda x, k: conv2d_gemm(x, k, strides))
+    if layer["kind"] == "taps":
+        return lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), conv2d_by_taps
 
     def onednn(x, k):
         shape = [tf.shape(x)[0], x.shape[1] * strides[0], x.shape[2] * strides[1], k.shape[2]]
@@ -94,6 +115,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="Training batch.")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16"))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--taps", action="store_true", help="Time the one-channel output convolutions (module doc).")
     parser.add_argument("--out", default=None, help="JSON file for the table.")
     args = parser.parse_args()
 
@@ -101,9 +123,11 @@ def main() -> None:
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA") or "native"
     print(f"CPU {model}; oneDNN ISA limit: {isa}; kernel ISA class: {kernel_isa(flags, isa)}")
     rows = []
-    for layer in gemm_layers(args.size, args.width):
+    for layer in (tap_layers if args.taps else gemm_layers)(args.size, args.width):
         h, w, cin = layer["input"]
-        small = small_side(h, w, layer["strides"] if layer["kind"] == "conv" else (1, 1))
+        small = small_side(h, w, layer["strides"] if layer["kind"] != "transpose" else (1, 1))
+        rule = (use_tap_gemm(layer["kernel"][-1], layer["kernel"][:2], (1, 1), flags, isa) if layer["kind"] == "taps"
+                else use_gemm(small, flags, isa))
         onednn, gemm = kernels(layer)
         for dtype in args.dtype:
             for mode, batch in (("infer", 1), ("infer", 16), ("train", args.batch)):
@@ -114,9 +138,9 @@ def main() -> None:
                 row = {**layer, "small_side_positions": small, "dtype": dtype, "mode": mode, "batch": batch,
                        "onednn_ms": 1000 * t_dnn, "gemm_ms": 1000 * t_gemm,
                        "faster": "gemm" if t_gemm < t_dnn else "onednn",
-                       "rule": "gemm" if use_gemm(small, flags, isa) else "onednn"}
+                       "rule": "gemm" if rule else "onednn"}
                 rows.append(row)
-                print(f"{layer['name']:26s} {layer['kind']:9s} {h:4d}² {cin:5d}->{layer['kernel'][-1 if layer['kind'] == 'conv' else 2]:5d}"
+                print(f"{layer['name']:26s} {layer['kind']:9s} {h:4d}² {cin:5d}->{layer['kernel'][2 if layer['kind'] == 'transpose' else -1]:5d}"
                       f" small {small:6d} {dtype:8s} {mode} b{batch:<3d} oneDNN {row['onednn_ms']:9.2f} ms"
                       f"  GEMM {row['gemm_ms']:9.2f} ms  faster {row['faster']:6s} rule {row['rule']}", flush=True)
     if args.out:
