@@ -122,12 +122,14 @@ def use_gemm(small_side_positions: int | None, cpu_flags: frozenset[str] | None 
 # Most output channels of a stride-1 'same' convolution with odd kernel sides that runs as a matmul to per-tap
 # products [N·H·W, kh·kw·Cout] and col2im (models/layers.py:conv2d_by_taps) rather than as oneDNN's convolution,
 # whose kernels block the output channels by the vector width and so waste 7/8 (AVX2) or 15/16 (AVX-512) of their
-# work on one output channel.  Measured (scripts/bench_kernels.py --taps, TF 2.21, float32, a 2-core EPYC with
-# AVX512-BF16 and the same CPU with oneDNN limited to AVX2), ms per image, oneDNN -> taps:
-#   9×9 64→1 (SRGAN's output), 96², batch 16, forward + both gradients: 14.5 -> 6.9 (AVX2 10.0 -> 6.9);
-#   the same at 256², forward, batch 1: 48.5 -> 21.3 (AVX2 193.9 -> 26.1); batch 16: 47.9 -> 26.9 (27.5 -> 26.0);
-#   1×1 64→1 (DAGAN's output), 256², batch 16, forward: 1.66 -> 0.77 (1.25 -> 0.67).
-# Two output channels are mixed (5×5 40→2, 256², batch 16: forward 10.7 -> 11.5, training 25.1 -> 24.4), so 1.
+# work on one output channel.  Measured with scripts/bench_kernels.py --taps (TF 2.21, float32, a 2-core EPYC with
+# AVX512-BF16, and the same CPU with oneDNN limited to AVX2), ms per call, oneDNN -> taps, AVX-512 (AVX2):
+#   SRGAN's 9×9 64→1 on 96² patches, training at batch 8: 113.9 -> 60.3 (93.9 -> 68.1);
+#   the same on 256² slices, batch 1: 50.3 -> 28.9 (281.1 -> 31.7); batch 16: 765 -> 460 (519 -> 429);
+#   DAGAN's 1×1 64→1 at 256², batch 16: 26.6 -> 10.8 (36.2 -> 12.1); batch 1: 2.7 -> 1.6 (1.6 -> 1.7, the only
+#   row of 24 where oneDNN was not slower).
+# Two output channels were mixed in a micro-benchmark of the same kind (5×5 40→2, 256², batch 16, ms per image:
+# forward 10.7 -> 11.5, training 25.1 -> 24.4), so 1.
 TAP_GEMM_MAX_FILTERS = {"avx512": 1, "avx2": 1, "baseline": 1}
 
 
@@ -143,8 +145,9 @@ def use_tap_gemm(filters: int, kernel_size: tuple[int, int], strides: tuple[int,
 # two, models/layers.py:RowBlockConv2D), per instruction-set class.  With its AVX2 kernels oneDNN takes its slow
 # x64:gemm:jit convolution at batch 1 and brg_conv_fwd:avx2 from batch 2 (ONEDNN_VERBOSE), e.g. a 4×4 128→64
 # convolution on 128² maps 88 ms at batch 1 against 24 ms per image at batch 2; with AVX-512 kernels it takes
-# brg_conv at batch 1 too.  Measured on a 2-core EPYC with AVX512-BF16, oneDNN limited to AVX2, inference copies
-# at 256², ms per image, batch 1 without -> with (batch 16 without -> with), scripts/bench_speed.py: see the README.
+# brg_conv at batch 1 too.  Measured on a 2-core EPYC with AVX512-BF16 with oneDNN limited to AVX2, inference copies
+# at 256², without and with row blocks alternately in one process, ms per image at batch 1 (batch 16): refinement
+# U-Net 402 -> 181 (164 -> 164), SRGAN ResNet-16 1264 -> 1057 (935 -> 906), DAGAN 155 -> 142 (107 -> 110).
 SPLIT_BATCH_OF_ONE = {"avx512": False, "avx2": True, "baseline": False}
 
 

@@ -56,10 +56,12 @@ def tap_layers(size: int, width: float) -> list[dict]:
     from dagan_tf.models.srgan import build_resnet_generator
 
     found = []
-    for model, name in ((build_generator(size, width), "out"), (build_resnet_generator(96, width), "out"),
-                        (build_resnet_generator(size, width), "out"), (build_refinement_unet(size, width=width), "head")):
+    for label, model, name in (("dagan", build_generator(size, width), "out"),
+                               ("srgan", build_resnet_generator(96, width), "out"),
+                               ("srgan", build_resnet_generator(size, width), "out"),
+                               ("refinement", build_refinement_unet(size, width=width), "head")):
         layer = model.get_layer(name)
-        found.append({"name": f"{model.name}/{name}", "kind": "taps", "input": tuple(layer.input.shape[1:]),
+        found.append({"name": f"{label}/{name}", "kind": "taps", "input": tuple(layer.input.shape[1:]),
                       "kernel": tuple(layer.kernel.shape), "strides": (1, 1)})
     return found
 
