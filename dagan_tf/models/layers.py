@@ -298,7 +298,8 @@ class RowBlockConv2D(layers.Conv2D):
 def _row_blocks_apply(layer) -> bool:
     """Whether ``layer`` is a ``Conv2D`` that runs on oneDNN's path on a static map with an even number (≥ 4) of
     output rows, so that its inference form may be :class:`RowBlockConv2D`."""
-    if type(layer) not in (layers.Conv2D, GemmConv2D) or layer.groups != 1 or layer.dilation_rate != (1, 1):
+    if (type(layer) not in (layers.Conv2D, GemmConv2D) or layer.groups != 1 or layer.dilation_rate != (1, 1)
+            or layer.data_format != "channels_last"):
         return False
     height, width = layer.input.shape[1:3]
     if height is None or width is None or _runs_by_taps(layer) or (
