@@ -26,9 +26,9 @@ from dagan_tf.models.refinement import RefinedNetwork
 def load_run_generator(run_dir: str | Path, inference: bool = False):
     """``(generator, config)`` of a run, with its best weights (else the newest intact checkpoint).
 
-    With ``inference`` the generator is its inference copy (:func:`inference_copy`: batch norms folded and,
-    on AVX-512 machines, GEMM kernels in matmul layout; the same outputs within 1e-5 of their scale, faster,
-    not for training into the run's checkpoints); ``eval``, ``compare``, ``predict`` and ``export`` use it.
+    With ``inference`` the generator is its inference copy (:func:`inference_copy`: the same outputs within 1e-5
+    of their scale, faster on this machine, not for training into the run's checkpoints); ``eval``, ``compare``,
+    ``predict`` and ``export`` use it.
     Raises :class:`DaganError` for weights that are truncated or do not fit the run's config.
     """
     from dagan_tf.training.run import build_generator, precision_policy

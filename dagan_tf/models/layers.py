@@ -94,10 +94,30 @@ def _small_map(height, width, strides=(1, 1)) -> bool:
     return use_gemm(small_side(height, width, strides))
 
 
+def _plain_config(layer) -> bool:
+    """Whether a (transposed) convolution layer is channels_last, without dilation or groups."""
+    return (layer.data_format == "channels_last" and all(d == 1 for d in layer.dilation_rate)
+            and getattr(layer, "groups", 1) == 1)
+
+
 def _check_gemm_config(layer) -> None:
-    if (layer.padding != "same" or layer.data_format != "channels_last" or any(d != 1 for d in layer.dilation_rate)
-            or getattr(layer, "groups", 1) != 1):
+    if layer.padding != "same" or not _plain_config(layer):
         raise ValueError(f"{type(layer).__name__} supports 'same' padding, channels_last, no dilation and no groups only")
+
+
+def _conv_path(filters: int, kernel_size, strides, height, width) -> str:
+    """The kernel a :class:`GemmConv2D` runs on a ``height × width`` input: ``gemm`` (im2col on small maps),
+    ``taps`` (per-tap products for few output channels) or ``onednn``."""
+    if _small_map(height, width, strides):
+        return "gemm"
+    return "taps" if use_tap_gemm(filters, kernel_size, strides) else "onednn"
+
+
+def _bias_and_activation(layer, outputs: tf.Tensor) -> tf.Tensor:
+    """``layer``'s bias (if any) and activation applied to its convolution ``outputs``, as Keras' layers do."""
+    if layer.use_bias:
+        outputs = outputs + tf.cast(layer.bias, outputs.dtype)
+    return outputs if layer.activation is None else layer.activation(outputs)
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -172,9 +192,10 @@ class GemmConv2D(layers.Conv2D):
         _check_gemm_config(self)
 
     def convolution_op(self, inputs, kernel):
-        if _small_map(*inputs.shape[1:3], self.strides):
+        path = _conv_path(self.filters, self.kernel_size, self.strides, *inputs.shape[1:3])
+        if path == "gemm":
             return conv2d_gemm(inputs, kernel, self.strides)
-        if use_tap_gemm(self.filters, self.kernel_size, self.strides):
+        if path == "taps":
             return conv2d_by_taps(inputs, kernel)
         return super().convolution_op(inputs, kernel)
 
@@ -195,9 +216,7 @@ class GemmConv2DTranspose(layers.Conv2DTranspose):
         if not _small_map(*inputs.shape[1:3]):
             return super().call(inputs)
         outputs = conv2d_transpose_gemm(inputs, tf.cast(self.kernel, inputs.dtype), self.strides)
-        if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, outputs.dtype)
-        return outputs if self.activation is None else self.activation(outputs)
+        return _bias_and_activation(self, outputs)
 
 
 @keras.saving.register_keras_serializable(package="dagan_tf")
@@ -253,9 +272,7 @@ class MatmulConv2DTranspose(layers.Layer):
     def call(self, inputs):
         columns = tf.matmul(tf.reshape(inputs, [-1, inputs.shape[-1]]), tf.cast(self.kernel, inputs.dtype))
         outputs = col2im(columns, inputs.shape[1:3], self.kernel_size, self.strides)
-        if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, outputs.dtype)
-        return outputs if self.activation is None else self.activation(outputs)
+        return _bias_and_activation(self, outputs)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
@@ -290,21 +307,18 @@ class RowBlockConv2D(layers.Conv2D):
 
     def _row_blocks(self, inputs):
         outputs = conv2d_row_blocks(inputs, tf.cast(self.kernel, inputs.dtype), self.strides, self.padding)
-        if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, outputs.dtype)
-        return outputs if self.activation is None else self.activation(outputs)
+        return _bias_and_activation(self, outputs)
 
 
 def _row_blocks_apply(layer) -> bool:
     """Whether ``layer`` is a ``Conv2D`` that runs on oneDNN's path on a static map with an even number (≥ 4) of
     output rows, so that its inference form may be :class:`RowBlockConv2D`."""
-    if (type(layer) not in (layers.Conv2D, GemmConv2D) or layer.groups != 1 or layer.dilation_rate != (1, 1)
-            or layer.data_format != "channels_last"):
+    if type(layer) not in (layers.Conv2D, GemmConv2D) or not _plain_config(layer):
         return False
     height, width = layer.input.shape[1:3]
     if height is None or width is None or _runs_by_taps(layer) or (
-            type(layer) is GemmConv2D and (_small_map(height, width, layer.strides)
-                                           or use_tap_gemm(layer.filters, layer.kernel_size, layer.strides))):
+            type(layer) is GemmConv2D and _conv_path(layer.filters, layer.kernel_size, layer.strides, height, width)
+            != "onednn"):
         return False
     kh, sh = layer.kernel_size[0], layer.strides[0]
     out_h = -(-height // sh) if layer.padding == "same" else (height - kh) // sh + 1
@@ -314,8 +328,7 @@ def _row_blocks_apply(layer) -> bool:
 def _runs_by_taps(layer) -> bool:
     """Whether ``layer`` is a Keras ``Conv2D`` (not ours) that the inference copy puts on the per-tap path."""
     return (type(layer) is layers.Conv2D and (layer.padding == "same" or layer.kernel_size == (1, 1))
-            and layer.data_format == "channels_last" and layer.dilation_rate == (1, 1) and layer.groups == 1
-            and use_tap_gemm(layer.filters, layer.kernel_size, layer.strides))
+            and _plain_config(layer) and use_tap_gemm(layer.filters, layer.kernel_size, layer.strides))
 
 
 def inference_network(model: keras.Model, matmul_layout: bool | None = None,
