@@ -16,8 +16,9 @@ the local weights: no VGG19 weights exist offline here), training images/s of bo
 trainers and inference ms/image of RecNet and of the refined network.  ``--networks dcinet`` measures
 DCI-Net 20I-5G-40K and its critic on ``--coils``-coil k-space (FFT data-consistency units timed, not counted):
 cWGAN-AGB training images/s at ``--batch``, the process's peak RSS after each precision, and inference.
-For RecNet and DCI-Net the report also holds ``own_width_ceilings``: the GFLOP/s of their own main convolution
-(3×3 32->32, 5×5 40->40) beside the 3×3 128->128 ceiling, since narrow convolutions cannot reach the latter.
+For SRGAN, RecNet and DCI-Net the report also holds ``own_width_ceilings``: the GFLOP/s of their own main
+convolution (3×3 64->64 on 96² patches, 3×3 32->32, 5×5 40->40), forward and with both gradients, beside the
+3×3 128->128 ceiling, since narrower convolutions cannot reach the latter.
 
 ``--strategy one-device|mirrored|multi-worker --data PREPARED`` times training steps of ``--recipe`` (default
 ``ppgr``; ``--width``, ``--batch``) through ``dagan_tf.training.run.train`` on the real pipeline, under that
@@ -87,28 +88,41 @@ def timed(fn, repeats: int) -> float:
     return float(np.median(seconds))
 
 
-def conv_ceiling(dtype: str, kernel: int = 3, channels: int = 128, side: int = 128) -> float:
+def conv_ceiling(dtype: str, kernel: int = 3, channels: int = 128, side: int = 128, train: bool = False) -> float:
     """GFLOP/s of a ``kernel``², ``channels``->``channels`` convolution on 8×``side``² inputs (default: the
-    3×3, 128->128 ceiling every fraction in the report refers to)."""
+    3×3, 128->128 ceiling every fraction in the report refers to); ``train``: of its forward pass and both
+    gradients (3× the forward FLOPs), as a training step runs it."""
     x = tf.cast(tf.random.uniform((8, side, side, channels)), dtype)
-    k = tf.cast(tf.random.uniform((kernel, kernel, channels, channels)), dtype)
-    conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
-    seconds = timed(lambda: conv().numpy(), 5)
-    return 2.0 * 8 * side * side * kernel ** 2 * channels ** 2 / seconds / 1e9
+    k = tf.Variable(tf.cast(tf.random.uniform((kernel, kernel, channels, channels)), dtype))
+
+    @tf.function
+    def step():
+        if not train:
+            return [tf.nn.conv2d(x, k, 1, "SAME")]
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.cast(tf.nn.conv2d(x, k, 1, "SAME"), tf.float32))
+        return [loss, *tape.gradient(loss, [x, k])]  # the loss keeps the forward convolution in the graph
+
+    seconds = timed(lambda: [t.numpy() for t in step()], 5)
+    return (3 if train else 1) * 2.0 * 8 * side * side * kernel ** 2 * channels ** 2 / seconds / 1e9
 
 
 def own_width_ceilings(report: dict, kernel: int, channels: int, size: int) -> None:
     """``report["own_width_ceilings"]``: float32 GFLOP/s of the network's own main convolution (``kernel``²,
-    ``channels``->``channels`` on ``size``² maps) and, for comparison, of the next multiple of 16 channels (oneDNN
-    blocks channels by the vector width) and of the 3×3, 128->128 ceiling, measured alternately, medians of 3."""
+    ``channels``->``channels`` on ``size``² maps), of the next multiple of 16 channels (oneDNN blocks channels by
+    the vector width) and of the 3×3, 128->128 ceiling, forward (``forward``) and with both gradients
+    (``train``), measured alternately, medians of 3."""
     padded = -(-channels // 16) * 16
     shapes = {f"{kernel}x{kernel}_{channels}": (kernel, channels, size), f"{kernel}x{kernel}_{padded}": (kernel, padded, size),
               "3x3_128": (3, 128, 128)}
-    rates = {name: [] for name in shapes}
+    rates = {(name, mode): [] for name in shapes for mode in ("forward", "train")}
     for _ in range(3):
-        for name, (k, c, side) in shapes.items():
-            rates[name].append(conv_ceiling("float32", k, c, side))
-    report["own_width_ceilings"] = {name: float(np.median(r)) for name, r in rates.items()}
+        for (name, mode), values in rates.items():
+            k, c, side = shapes[name]
+            values.append(conv_ceiling("float32", k, c, side, train=mode == "train"))
+    report["own_width_ceilings"] = {mode: {name: float(np.median(rates[name, mode])) for name in shapes}
+                                    for mode in ("forward", "train")}
 
 
 def main() -> None:
@@ -376,6 +390,7 @@ def seitzer_report(args, report: dict) -> None:
 def srgan_report(args, report: dict) -> None:
     """The SRGAN-style generator and discriminator (module doc)."""
     from dagan_tf import recipes
+    from dagan_tf.models.dagan import scaled_filters
     from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
     from dagan_tf.training.run import build_trainer
 
@@ -403,6 +418,7 @@ def srgan_report(args, report: dict) -> None:
         train_report(report, f"train_{precision}", lambda: step((x, x))["g_loss"].numpy(), 16, step_flops, ceiling,
                      args.steps)
     keras.mixed_precision.set_global_policy("float32")
+    own_width_ceilings(report, 3, scaled_filters(64, args.width), patch)
     inference_report("inference", inference_copy(build_resnet_generator(size, args.width)),
                      lambda batch, size: tf.random.uniform((batch, size, size, 1)), flops[f"G {size}²"], size,
                      conv_ceiling("float32"), report)
