@@ -119,17 +119,21 @@ def use_gemm(small_side_positions: int | None, cpu_flags: frozenset[str] | None 
     return small_side_positions <= GEMM_MAX_POSITIONS[_isa(cpu_flags, onednn_limit)]
 
 
-# Most output channels of a stride-1 'same' convolution with odd kernel sides that runs as a matmul to per-tap
-# products [N·H·W, kh·kw·Cout] and col2im (models/layers.py:conv2d_by_taps) rather than as oneDNN's convolution,
+# Most output channels of a stride-1 'same' convolution with odd kernel sides that an inference copy runs as a matmul
+# to per-tap products summed as shifted planes (models/layers.py:conv2d_by_taps) rather than as oneDNN's convolution,
 # whose kernels block the output channels by the vector width and so waste 7/8 (AVX2) or 15/16 (AVX-512) of their
 # work on one output channel.  Measured with scripts/bench_kernels.py --taps (TF 2.21, float32, a 2-core EPYC with
 # AVX512-BF16, and the same CPU with oneDNN limited to AVX2), ms per call, oneDNN -> taps, AVX-512 (AVX2):
-#   SRGAN's 9×9 64→1 on 96² patches, training at batch 8: 113.9 -> 60.3 (93.9 -> 68.1);
-#   the same on 256² slices, batch 1: 50.3 -> 28.9 (281.1 -> 31.7); batch 16: 765 -> 460 (519 -> 429);
-#   DAGAN's 1×1 64→1 at 256², batch 16: 26.6 -> 10.8 (36.2 -> 12.1); batch 1: 2.7 -> 1.6 (1.6 -> 1.7, the only
-#   row of 24 where oneDNN was not slower).
-# Two output channels were mixed in a micro-benchmark of the same kind (5×5 40→2, 256², batch 16, ms per image:
-# forward 10.7 -> 11.5, training 25.1 -> 24.4), so 1.
+#   SRGAN's 9×9 64→1 on 256² slices, batch 1: 55.7 -> 15.2 (192.8 -> 12.5); batch 16: 1147 -> 223 (462 -> 178);
+#   the same on 96² patches, batch 16: 113.2 -> 27.8 (77.3 -> 24.6);
+#   DAGAN's 1×1 64→1 at 256², batch 16: 31.4 -> 17.5 (20.3 -> 10.7); the refinement's 1×1 32→1: 18.3 -> 7.1 (9.0 -> 5.3).
+# Whole inference copies, alternating in one process, ms per image at batch 1 / 16: SRGAN (256²) against the earlier
+# form of the path (its products as [N·H·W, kh·kw·Cout] columns, col2im) 842 -> 805 / 865 -> 830 (AVX2 kernels
+# 1280 -> 1260 / 1067 -> 1072).  It is an inference form: through its shifted slices the gradient is slower than
+# oneDNN's (SRGAN's 9×9 on 96², batch 8, forward and both gradients: 271 against 120 ms), and trained networks keep
+# Keras' Conv2D.  Two output channels: faster alone (AVX-512, ms per image at batch 16: RecNet's 3×3 32→2 3.38 ->
+# 2.59, DCI-Net's 5×5 40→2 10.2 -> 5.8; with AVX2 kernels slower, 2.29 -> 2.64 and 5.92 -> 6.67), but no faster in the
+# whole networks (RecNet 32.8 -> 32.6, the refined network 208 -> 217, DCI-Net at batch 4 1219 -> 1183), so 1.
 TAP_GEMM_MAX_FILTERS = {"avx512": 1, "avx2": 1, "baseline": 1}
 
 

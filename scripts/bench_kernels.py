@@ -9,7 +9,7 @@ gradients) at ``--batch``, per dtype.  It prints one row per layer with the fast
 
 ``--taps`` times the one-channel output convolutions instead (DAGAN's 1×1 and the refinement's 1×1 at
 ``--size``, SRGAN's 9×9 at 96² and ``--size``): oneDNN against :func:`conv2d_by_taps`, the path
-:func:`dagan_tf.hardware.use_tap_gemm` picks.
+:func:`dagan_tf.hardware.use_tap_gemm` picks in inference copies (inference rows only).
 
 oneDNN can be limited to an older instruction set to see what another CPU would run, e.g.
 ``ONEDNN_MAX_CPU_ISA=AVX2`` for an AVX2-only machine (the machine report records it).
@@ -132,7 +132,8 @@ def main() -> None:
                 else use_gemm(small, flags, isa))
         onednn, gemm = kernels(layer)
         for dtype in args.dtype:
-            for mode, batch in (("infer", 1), ("infer", 16), ("train", args.batch)):
+            modes = (("infer", 1), ("infer", 16)) + (() if args.taps else (("train", args.batch),))
+            for mode, batch in modes:  # the per-tap path is an inference form (hardware.TAP_GEMM_MAX_FILTERS)
                 x = tf.cast(tf.random.normal([batch, h, w, cin]), dtype)
                 k = tf.cast(tf.random.normal(layer["kernel"]) * 0.05, dtype)
                 t_dnn, t_gemm = time_pair(step_functions(onednn, mode == "train"),

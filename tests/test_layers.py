@@ -82,15 +82,16 @@ def test_gemm_conv_transpose_equals_keras(monkeypatch, side, kernel, stride):
     _assert_same(_values_and_gradients(ours, x), _values_and_gradients(theirs, x), 1e-5)
 
 
-@pytest.mark.parametrize("kernel", [1, 3, 9])
-def test_one_channel_conv_by_taps_equals_keras_conv(monkeypatch, kernel):
-    """The per-tap path (one output channel): values and gradients of Keras' convolution, on static and
-    dynamic map sizes."""
+@pytest.mark.parametrize("filters,kernel", [(1, 1), (1, 3), (1, 9), (2, 3), (2, (3, 5))])
+def test_few_channel_conv_by_taps_equals_keras_conv(monkeypatch, filters, kernel):
+    """The per-tap path (few output channels; taken here whatever this machine's rule): values and gradients of
+    Keras' convolution, on static and dynamic map sizes."""
     calls = []
     by_taps = fast.conv2d_by_taps
     monkeypatch.setattr(fast, "conv2d_by_taps", lambda *args: calls.append(1) or by_taps(*args))
-    x = tf.random.stateless_normal((2, 11, 13, 4), [3, kernel])
-    ours, theirs = fast.GemmConv2D(1, kernel, padding="same"), keras.layers.Conv2D(1, kernel, padding="same")
+    monkeypatch.setattr(fast, "use_tap_gemm", lambda filters, kernel_size, strides: True)
+    x = tf.random.stateless_normal((2, 11, 13, 4), [3, filters])
+    ours, theirs = fast.GemmConv2D(filters, kernel, padding="same"), keras.layers.Conv2D(filters, kernel, padding="same")
     ours.build(x.shape), theirs.build(x.shape)
     ours.set_weights([w + 0.1 for w in theirs.get_weights()])
     theirs.set_weights(ours.get_weights())
