@@ -13,7 +13,7 @@ Each is a subclass with the parent's variables, maths and checkpoints:
   269 → 115 / 229 → 65 ms).  Which maps count as small is
   :func:`dagan_tf.hardware.use_gemm`, per instruction-set class of the CPU
   (``scripts/bench_kernels.py`` measures both kernels per layer).  A stride-1
-  ``GemmConv2D`` to few channels runs as a matmul to per-tap products, summed
+  ``GemmConv2D`` to one channel runs as a matmul to per-tap products, summed
   as shifted planes, on maps of any size (:func:`conv2d_by_taps`,
   :func:`dagan_tf.hardware.use_tap_gemm`).  Otherwise they are the Keras
   layers.  An export keeps the choice of the machine that exported it.
