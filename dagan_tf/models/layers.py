@@ -290,19 +290,33 @@ class MatmulConv2DTranspose(layers.Layer):
                 "activation": keras.activations.serialize(self.activation) if self.activation else None}
 
 
-def conv2d_row_blocks(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int], padding: str) -> tf.Tensor:
-    """``tf.nn.conv2d`` of ``[N, H, W, Cin]`` (static H, W; an even number of output rows) computed as a batch of
-    ``2N`` row blocks, the top and bottom halves of the output rows with the input rows they read."""
-    (kh, kw, _, cout), (sh, sw) = kernel.shape, strides
+def conv2d_row_blocks(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int], padding: str,
+                      epilogue=None) -> tf.Tensor:
+    """``epilogue(tf.nn.conv2d(x, ...))`` of one image ``[1, H, W, Cin]`` (static H, W; an even number of output
+    rows) computed as a batch of two row blocks, the top and bottom halves of the output rows with the input rows
+    they read; ``epilogue`` (default: none) maps the blocks' outputs ``[2, rows, W', Cout]`` per pixel.
+
+    The blocks are one concatenation of row slices of the image seen as ``[H, W, Cin]`` (slices of the first
+    dimension alias the image) and of zero rows for the vertical padding; the convolution pads the width itself.
+    Against padding, slicing and stacking (three copies of the image), a RecNet at 256² with oneDNN's AVX2 kernels
+    took 32.0 instead of 40.5 ms at batch 1 (medians of 6 alternating rounds, 2-core EPYC with AVX512-BF16).
+    """
+    (kh, kw, cin, _), (sh, sw) = kernel.shape, strides
     height, width = x.shape[1:3]
-    if padding == "same":
-        (top, bottom), (left, right) = _same_padding(height, kh, sh), _same_padding(width, kw, sw)
-        x = tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]])
-    out_h, out_w = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    (top, bottom), (left, right) = ((_same_padding(height, kh, sh), _same_padding(width, kw, sw))
+                                    if padding == "same" else ((0, 0), (0, 0)))
+    out_h = (height + top + bottom - kh) // sh + 1
     half, rows = out_h // 2, (out_h // 2 - 1) * sh + kh
-    blocks = tf.stack([x[:, :rows], x[:, half * sh:half * sh + rows]], axis=1)   # [N, 2, rows, W', Cin]
-    y = tf.nn.conv2d(tf.reshape(blocks, [-1, rows, x.shape[2], x.shape[3]]), kernel, strides, "VALID")
-    return tf.reshape(y, [-1, out_h, out_w, cout])
+    image = tf.reshape(x, [-1, width, cin])   # [H, W, Cin] (batch one; -1 lets a graph trace it for any batch)
+    pieces = []
+    for first in (-top, half * sh - top):   # each block's first input row; negative or past the end: zero rows
+        start, stop = max(first, 0), min(first + rows, height)
+        pieces += [tf.zeros([start - first, width, cin], x.dtype), image[start:stop],
+                   tf.zeros([first + rows - stop, width, cin], x.dtype)]
+    blocks = tf.reshape(tf.concat(pieces, 0), [2, rows, width, cin])
+    y = tf.nn.conv2d(blocks, kernel, strides, [[0, 0], [0, 0], [left, right], [0, 0]])
+    y = y if epilogue is None else epilogue(y)
+    return tf.reshape(y, [1, out_h, y.shape[2], y.shape[3]])
 
 
 @keras.saving.register_keras_serializable(package="dagan_tf")
@@ -316,8 +330,9 @@ class RowBlockConv2D(layers.Conv2D):
         return tf.cond(tf.shape(inputs)[0] == 1, lambda: self._row_blocks(inputs), lambda: plain(inputs))
 
     def _row_blocks(self, inputs):
-        outputs = conv2d_row_blocks(inputs, tf.cast(self.kernel, inputs.dtype), self.strides, self.padding)
-        return _bias_and_activation(self, outputs)
+        # bias and activation on the blocks, before they are joined, where TF fuses them into the convolution
+        return conv2d_row_blocks(inputs, tf.cast(self.kernel, inputs.dtype), self.strides, self.padding,
+                                 lambda outputs: _bias_and_activation(self, outputs))
 
 
 def _row_blocks_apply(layer) -> bool:
