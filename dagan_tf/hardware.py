@@ -152,6 +152,8 @@ def use_tap_gemm(filters: int, kernel_size: tuple[int, int], strides: tuple[int,
 # brg_conv at batch 1 too.  Measured on a 2-core EPYC with AVX512-BF16 with oneDNN limited to AVX2, inference copies
 # at 256², without and with row blocks alternately in one process, ms per image at batch 1 (batch 16): refinement
 # U-Net 402 -> 181 (164 -> 164), SRGAN ResNet-16 1264 -> 1057 (935 -> 906), DAGAN 155 -> 142 (107 -> 110).
+# With AVX-512 kernels the blocks stay slower, also as one concatenation (conv2d_row_blocks), batch 1, medians of
+# 6 alternating rounds: RecNet 36.5 -> 41.7, DAGAN 124.2 -> 128.4 ms.
 SPLIT_BATCH_OF_ONE = {"avx512": False, "avx2": True, "baseline": False}
 
 

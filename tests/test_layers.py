@@ -105,15 +105,18 @@ def test_few_channel_conv_by_taps_equals_keras_conv(monkeypatch, filters, kernel
                                                         (13, 3, 2, "valid"), (10, 9, 1, "same"), (8, 5, 2, "same")])
 def test_row_block_conv_equals_keras_conv(side, kernel, stride, padding):
     """Two row blocks of one image (the batch-of-one form, also with blocks reaching past both edges): Keras'
-    convolution, with bias and activation; the layer at batch 3 takes Keras' path."""
+    convolution, with bias and activation; the layer at batch 3 takes Keras' path; also traced for any batch, as
+    an exported serving signature runs it."""
     theirs = keras.layers.Conv2D(5, kernel, strides=stride, padding=padding, activation="relu")
     ours = fast.RowBlockConv2D.from_config(theirs.get_config())
     ours.build((None, side, side + 2, 3)), theirs.build((None, side, side + 2, 3))
     theirs.set_weights([w + 0.1 for w in ours.get_weights()])
     ours.set_weights(theirs.get_weights())
+    any_batch = tf.function(ours, input_signature=[tf.TensorSpec([None, side, side + 2, 3])])
     for batch in (1, 3):
         x = tf.random.stateless_normal((batch, side, side + 2, 3), [5, side])
         np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), atol=1e-5)
+        np.testing.assert_allclose(any_batch(x).numpy(), theirs(x).numpy(), atol=1e-5)
     np.testing.assert_allclose(fast.conv2d_row_blocks(x[:1], theirs.kernel, (stride, stride), padding).numpy(),
                                tf.nn.conv2d(x[:1], theirs.kernel, stride, padding.upper()).numpy(), atol=1e-5)
 
