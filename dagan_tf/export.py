@@ -63,7 +63,10 @@ class ReconstructionModule(tf.Module):
 
     def __init__(self, generator: keras.Model):
         super().__init__(name="dagan_reconstruction")
-        self.generator = generator
+        # Not tracked: the SavedModel holds the tf.Variables the signatures read (below), each once.  Tracking the
+        # Keras model instead saves its Keras 3 variables, wrappers that a session-based loader (TF Serving,
+        # `saved_model_cli run`) cannot restore: "Could not find variable …" on the first request.
+        object.__setattr__(self, "generator", generator)
         self.cascade = takes_kspace(generator)
         if takes_coil_kspace(generator):
             size, self.channels = generator.input["mask"].shape[1], 2
@@ -76,6 +79,8 @@ class ReconstructionModule(tf.Module):
             image = tf.TensorSpec([None, size, size, self.channels], tf.float32, name="zero_filled")
             self.serving_default = tf.function(self._serve, input_signature=[image])
         self.from_kspace = tf.function(self._serve_kspace, input_signature=_kspace_planes(size))
+        read = {id(v): v for f in (self.serving_default, self.from_kspace) for v in f.get_concrete_function().variables}
+        self.serving_variables = list(read.values())
 
     def _outputs(self, output) -> dict[str, tf.Tensor]:
         """``reconstruction`` magnitude ``[N, S, S, 1]`` (and a refined network's ``refinement`` map)."""

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +27,29 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data not available: {path}")
     return path
+
+
+def saved_model_cli() -> str:
+    """TensorFlow's ``saved_model_cli`` (on PATH or beside this Python); skips the test where it is missing."""
+    cli = shutil.which("saved_model_cli") or shutil.which("saved_model_cli", path=str(Path(sys.executable).parent))
+    if cli is None:
+        pytest.skip("saved_model_cli is neither on PATH nor beside this Python")
+    return cli
+
+
+def saved_model_cli_run(export: Path, signature: str, inputs: dict[str, np.ndarray], tmp_path: Path) -> dict:
+    """The outputs of ``saved_model_cli run`` (TF's session-based loader, as TF Serving loads a SavedModel) of
+    ``signature`` on ``inputs``."""
+    cli = saved_model_cli()
+    call = Path(tempfile.mkdtemp(dir=tmp_path))
+    args, out = [], call / "outputs"
+    for name, value in inputs.items():
+        np.save(call / f"{name}.npy", np.asarray(value, np.float32))
+        args.append(f"{name}={call / f'{name}.npy'}")
+    result = subprocess.run([cli, "run", "--dir", str(export), "--tag_set", "serve", "--signature_def", signature,
+                             "--inputs", ";".join(args), "--outdir", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {p.stem: np.load(p) for p in out.glob("*.npy")}
 
 
 def phantom_volume(size=32, depth=12, seed=0) -> np.ndarray:
