@@ -299,7 +299,7 @@ def conv2d_row_blocks(x: tf.Tensor, kernel: tf.Tensor, strides: tuple[int, int],
     The blocks are one concatenation of row slices of the image seen as ``[H, W, Cin]`` (slices of the first
     dimension alias the image) and of zero rows for the vertical padding; the convolution pads the width itself.
     Against padding, slicing and stacking (three copies of the image), a RecNet at 256² with oneDNN's AVX2 kernels
-    took 32.0 instead of 40.5 ms at batch 1 (medians of 6 alternating rounds, 2-core EPYC with AVX512-BF16).
+    took 41.1 instead of 50.1 ms at batch 1 (medians of 8 alternating rounds, 2-core EPYC with AVX512-BF16).
     """
     (kh, kw, cin, _), (sh, sw) = kernel.shape, strides
     height, width = x.shape[1:3]
