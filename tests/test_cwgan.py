@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_resume_is_exact, run
+from conftest import assert_resume_is_exact, run, saved_model_cli_run
 
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
@@ -229,3 +229,7 @@ def test_dcinet_export_serves_coil_kspace_like_the_run(tmp_path, multicoil_dir):
     np.testing.assert_allclose(served[..., 0], np.hypot(out[..., 0], out[..., 1]), atol=1e-5)
     zero_filled = np.abs(ks.sense_adjoint(k, s).numpy())
     assert not np.allclose(served[..., 0], zero_filled, atol=1e-3)
+    planes = {"kspace_real": tf.math.real(k[:1]), "kspace_imag": tf.math.imag(k[:1]), "maps_real": tf.math.real(s[:1]),
+              "maps_imag": tf.math.imag(s[:1]), "mask": batch["mask"][:1]}
+    from_cli = saved_model_cli_run(tmp_path / "e", "serving_default", planes, tmp_path)   # TF Serving's loader
+    np.testing.assert_allclose(from_cli["reconstruction"], served[:1], atol=1e-5)
