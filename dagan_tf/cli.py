@@ -390,9 +390,13 @@ def recipes_show_command(name, overrides):
 @main.command("export")
 @click.argument("run_dir")
 @click.option("--out", required=True, help="SavedModel folder for TF Serving (e.g. export/ppgr/1).")
+@click.option("--kernels", type=click.Choice(["auto", "avx512", "avx2", "baseline"]), default="auto",
+              show_default=True, help="Build the graph for the CPU that will serve it: its oneDNN instruction-set "
+              "class (lscpu flag avx512f -> avx512, else avx2 -> avx2); auto: this machine's.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export (only once the new one is complete).")
-def export_command(run_dir, out, overwrite):
+def export_command(run_dir, out, kernels, overwrite):
     """Export a run's generator as a SavedModel (signatures serving_default and from_kspace)."""
+    from dagan_tf.hardware import target_isa, target_kernels
     from dagan_tf.outputs import check_new_output
 
     check_new_output(out, overwrite)
@@ -403,12 +407,13 @@ def export_command(run_dir, out, overwrite):
     from dagan_tf.export import export_generator
     from dagan_tf.inference import load_run_generator
 
-    click.echo(f"loading the generator of {run_dir} (best weights)")
-    generator, config = load_run_generator(run_dir, inference=True)
-    click.echo(f"writing the SavedModel (signatures serving_default, from_kspace) to {out}")
-    export_generator(generator, out, overwrite, {"recipe": config["recipe"], "trainer": config["trainer"],
-                                                 "image_size": config["model"]["image_size"],
-                                                 "data": {k: v for k, v in config["data"].items() if k != "folder"}})
+    with target_kernels(None if kernels == "auto" else kernels):  # the network is built and traced inside
+        click.echo(f"loading the generator of {run_dir} (best weights)")
+        generator, config = load_run_generator(run_dir, inference=True)
+        click.echo(f"writing the SavedModel (signatures serving_default, from_kspace; {target_isa()} kernels) to {out}")
+        export_generator(generator, out, overwrite, {
+            "recipe": config["recipe"], "trainer": config["trainer"], "image_size": config["model"]["image_size"],
+            "data": {k: v for k, v in config["data"].items() if k != "folder"}, "kernels": target_isa()})
     click.echo(f"exported to {out}")
 
 

@@ -114,7 +114,8 @@ METADATA = "dagan_tf.json"  # beside saved_model.pb: what the network was traine
 def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False,
                      metadata: dict | None = None) -> Path:
     """Write the SavedModel (atomically) and return its folder; ``metadata`` (e.g. the recipe, mask and
-    k-space regime of the run) goes to :data:`METADATA` in it."""
+    k-space regime of the run) goes to :data:`METADATA` in it.  The graph is traced here, with the kernel choices
+    of :func:`dagan_tf.hardware.target_kernels` in force (make the inference copy inside it too)."""
     module = ReconstructionModule(generator)
     with atomic_output_dir(out, overwrite) as tmp, warnings.catch_warnings():
         if metadata is not None:

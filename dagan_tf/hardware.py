@@ -13,10 +13,13 @@ instruction-set class of the CPU (:func:`kernel_isa`); the thresholds were measu
 ``scripts/bench_kernels.py`` (see :data:`GEMM_MAX_POSITIONS`); :func:`use_tap_gemm` says whether a stride-1
 convolution with few output channels runs as a matmul to per-tap products and col2im (:data:`TAP_GEMM_MAX_FILTERS`);
 :func:`inference_matmul_layout` says whether an inference copy stores the transposed convolutions' kernels in matmul
-layout (:data:`INFERENCE_MATMUL_LAYOUT`).
+layout (:data:`INFERENCE_MATMUL_LAYOUT`); :func:`split_batch_of_one` whether it runs single images through oneDNN's
+convolutions as two row blocks (:data:`SPLIT_BATCH_OF_ONE`).  Every choice is for this machine's class, or for the one
+:func:`target_kernels` names (an export built for the CPU that will serve it).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -106,8 +109,32 @@ def _machine_isa() -> str:
     return kernel_isa(cpu_info()[1], os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"))
 
 
+KERNEL_CLASSES = ("avx512", "avx2", "baseline")
+_target_isa: str | None = None  # set by target_kernels
+
+
+@contextlib.contextmanager
+def target_kernels(isa: str | None):
+    """Within it, every kernel choice made with the default flags is for instruction-set class ``isa`` (one of
+    :data:`KERNEL_CLASSES`; None: this machine's), e.g. to build and trace an export for the CPU that serves it.
+    Networks take these choices when they are built and traced, so do both inside."""
+    global _target_isa
+    if isa is not None and isa not in KERNEL_CLASSES:
+        raise ValueError(f"unknown instruction-set class {isa!r}")
+    previous, _target_isa = _target_isa, isa
+    try:
+        yield
+    finally:
+        _target_isa = previous
+
+
+def target_isa() -> str:
+    """The instruction-set class kernel choices are made for: :func:`target_kernels`' or this machine's."""
+    return _target_isa or _machine_isa()
+
+
 def _isa(cpu_flags: frozenset[str] | None, onednn_limit: str | None) -> str:
-    return _machine_isa() if cpu_flags is None else kernel_isa(cpu_flags, onednn_limit)
+    return target_isa() if cpu_flags is None else kernel_isa(cpu_flags, onednn_limit)
 
 
 def use_gemm(small_side_positions: int | None, cpu_flags: frozenset[str] | None = None,

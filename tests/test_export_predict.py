@@ -55,6 +55,42 @@ def test_saved_model_cli_runs_the_export_like_the_loaded_model(exported, tmp_pat
                                    atol=1e-6)
 
 
+def _graph_ops(export) -> set[str]:
+    """Every op type of an export's graph and functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((export / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    return {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+
+
+def test_export_for_another_cpu_builds_that_cpus_kernels_with_the_same_outputs(trained_run, tmp_path):
+    """--kernels avx2 (an AVX2 serving CPU, whatever this machine): single images as row blocks (a conditional on
+    the batch size), transposed kernels in the training layout; avx512: no row blocks, transposed kernels of the
+    small maps as 2-D matmul operands.  Both give the trained network's outputs; the class is in dagan_tf.json."""
+    from dagan_tf.export import export_metadata
+
+    generator, _ = load_run_generator(trained_run)
+    loaded = {}
+    for kernels in ("avx2", "avx512"):
+        out = tmp_path / kernels
+        result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out), "--kernels", kernels])
+        assert result.exit_code == 0, result.output
+        assert f"{kernels} kernels" in result.output and export_metadata(out)["kernels"] == kernels
+        loaded[kernels] = tf.saved_model.load(str(out))
+        ops, ranks = _graph_ops(out), {len(v.shape) for v in loaded[kernels].serving_variables}
+        assert (("StatelessIf" in ops or "If" in ops), 2 in ranks) == ((True, False) if kernels == "avx2"
+                                                                        else (False, True)), (kernels, ranks)
+    for batch in (1, 3):
+        x = tf.random.uniform((batch, SIZE, SIZE, 1), seed=batch)
+        for model in loaded.values():
+            np.testing.assert_allclose(model.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy(),
+                                       generator(x, training=False).numpy(), atol=1e-5)
+    bad = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(tmp_path / "bad"), "--kernels", "sse"])
+    assert bad.exit_code != 0 and "--kernels" in bad.output and not (tmp_path / "bad").exists()
+
+
 def test_saved_model_cli_sees_both_signatures(exported):
     cli = subprocess.run([saved_model_cli(), "show", "--dir", str(exported), "--tag_set", "serve"],
                          capture_output=True, text=True)

@@ -151,7 +151,7 @@ def test_auto_precision_follows_the_hardware():
 
 def test_kernel_choice_follows_the_instruction_set():
     from dagan_tf.hardware import (GEMM_MAX_POSITIONS, inference_matmul_layout, kernel_isa, split_batch_of_one,
-                                   use_gemm, use_tap_gemm)
+                                   target_isa, target_kernels, use_gemm, use_tap_gemm)
 
     avx512, avx2, old = frozenset({"avx2", "avx512f", "avx512_bf16"}), frozenset({"avx2", "fma"}), frozenset({"sse4_2"})
     assert [kernel_isa(f) for f in (avx512, avx2, old)] == ["avx512", "avx2", "baseline"]
@@ -173,6 +173,14 @@ def test_kernel_choice_follows_the_instruction_set():
         assert use_tap_gemm(1, (9, 9), (1, 1), flags) and use_tap_gemm(1, (1, 1), (1, 1), flags)
         assert not use_tap_gemm(2, (5, 5), (1, 1), flags) and not use_tap_gemm(1, (4, 4), (1, 1), flags)
         assert not use_tap_gemm(1, (3, 3), (2, 2), flags)
+    # an export for another CPU: the default-flag choices follow target_kernels, and only inside it
+    here = (split_batch_of_one(), inference_matmul_layout())
+    for isa, choices in (("avx2", (True, False)), ("avx512", (False, True))):
+        with target_kernels(isa):
+            assert target_isa() == isa and (split_batch_of_one(), inference_matmul_layout()) == choices
+    assert (split_batch_of_one(), inference_matmul_layout()) == here
+    with pytest.raises(ValueError, match="sse"), target_kernels("sse"):
+        pass
 
 
 def test_train_adopts_the_data_image_size(tmp_path, real_slices):
