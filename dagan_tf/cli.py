@@ -18,6 +18,7 @@ import click
 
 from dagan_tf import __version__
 from dagan_tf.errors import DaganError
+from dagan_tf.hardware import KERNEL_CLASSES, target_isa, target_kernels
 from dagan_tf.recipes import STRATEGIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -390,13 +391,12 @@ def recipes_show_command(name, overrides):
 @main.command("export")
 @click.argument("run_dir")
 @click.option("--out", required=True, help="SavedModel folder for TF Serving (e.g. export/ppgr/1).")
-@click.option("--kernels", type=click.Choice(["auto", "avx512", "avx2", "baseline"]), default="auto",
+@click.option("--kernels", type=click.Choice(["auto", *KERNEL_CLASSES]), default="auto",
               show_default=True, help="Build the graph for the CPU that will serve it: its oneDNN instruction-set "
               "class (lscpu flag avx512f -> avx512, else avx2 -> avx2); auto: this machine's.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export (only once the new one is complete).")
 def export_command(run_dir, out, kernels, overwrite):
     """Export a run's generator as a SavedModel (signatures serving_default and from_kspace)."""
-    from dagan_tf.hardware import target_isa, target_kernels
     from dagan_tf.outputs import check_new_output
 
     check_new_output(out, overwrite)
