@@ -80,9 +80,10 @@ class Model:
     batch_reconstructor: Callable[[dict], tf.Tensor] = field(repr=False)
 
 
-def load_models(paths: list[str], dc: bool, size: int, data) -> list[Model]:
+def load_models(paths: list[str], dc: bool, size: int, data,
+                echo: Callable[[str], None] = lambda _: None) -> list[Model]:
     """Each run folder (best weights, else the newest checkpoint) or export of ``paths``; each must reconstruct
-    ``size``² images (the slices of ``data``)."""
+    ``size``² images (the slices of ``data``); ``echo`` is told of an export built for another CPU's kernels."""
     from dagan_tf import recipes
 
     def check_size(path: Path, model_size: int) -> None:
@@ -99,10 +100,13 @@ def load_models(paths: list[str], dc: bool, size: int, data) -> list[Model]:
         name = path.name if path.name not in names else str(path)
         names.add(name)
         if (path / "saved_model.pb").is_file():
+            from dagan_tf.export import kernels_note
             from dagan_tf.predict import load_model
 
             export = load_model(path)  # signatures checked; reconstruct(kspace0, mask, dc) -> [N, S, S, 1 or 2]
             check_size(path, export.size)
+            if (note := kernels_note(path)) is not None:
+                echo(note)  # its ms per slice are not this CPU's best
 
             def reconstruct(batch, export=export, path=path):
                 if batch.get("maps") is not None:
@@ -250,7 +254,7 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
         raise DaganError("compare runs on single-coil prepared data (simulated k-space); "
                          "use 'dagan-tf eval' for multi-coil splits")
     size = prepared.images.shape[1]
-    loaded = load_models(list(models), dc, size, data)
+    loaded = load_models(list(models), dc, size, data, echo)
     spec = common_mask(loaded, mask)
     spec.validate()
     reference = reference or (loaded[0].name if loaded else "zero_filled")

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from dagan_tf import kspace as ks
 from dagan_tf.errors import DaganError
+from dagan_tf.hardware import target_isa
 from dagan_tf.inference import apply_dc, as_complex_image, main_output, network_input, run_network
 from dagan_tf.models.dcinet import network_inputs as coil_network_inputs
 from dagan_tf.models.dcinet import takes_coil_kspace
@@ -182,6 +183,16 @@ def export_metadata(path: str | Path) -> dict:
         return json.loads((Path(path) / METADATA).read_text())
     except (OSError, ValueError):
         return {}
+
+
+def kernels_note(path: str | Path) -> str | None:
+    """A line saying that the export at ``path`` was built for another kernel class than this machine runs (the
+    same outputs, perhaps slower; see ``dagan-tf export --kernels``), else None (also for runs and older exports)."""
+    built = export_metadata(path).get("kernels")
+    if built is None or built == target_isa():
+        return None
+    return (f"note: {path} was built for {built} kernels and this CPU runs {target_isa()} ones: the same outputs, "
+            "perhaps slower ('dagan-tf export --kernels auto' builds it for this CPU)")
 
 
 def kspace_planes(kspace0: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -132,7 +132,11 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
     is_kspace = source.suffix.lower() in (".h5", ".hdf5")
     if mask is not None:
         mask.validate()
+    from dagan_tf.export import kernels_note
+
     loaded = load_model(model)
+    if (note := kernels_note(model)) is not None:
+        echo(note)
     if not is_kspace and mask is None:
         if loaded.mask is None:
             raise DaganError("image input needs --mask and --ratio to simulate undersampling (this export does "

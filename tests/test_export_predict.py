@@ -68,8 +68,11 @@ def _graph_ops(export) -> set[str]:
 def test_export_for_another_cpu_builds_that_cpus_kernels_with_the_same_outputs(trained_run, tmp_path):
     """--kernels avx2 (an AVX2 serving CPU, whatever this machine): single images as row blocks (a conditional on
     the batch size), transposed kernels in the training layout; avx512: no row blocks, transposed kernels of the
-    small maps as 2-D matmul operands.  Both give the trained network's outputs; the class is in dagan_tf.json."""
+    small maps as 2-D matmul operands.  Both give the trained network's outputs; the class is in dagan_tf.json, and
+    predict and compare note an export built for another class than this machine's."""
+    from dagan_tf.compare import load_models
     from dagan_tf.export import export_metadata
+    from dagan_tf.hardware import target_isa
 
     generator, _ = load_run_generator(trained_run)
     loaded = {}
@@ -87,6 +90,18 @@ def test_export_for_another_cpu_builds_that_cpus_kernels_with_the_same_outputs(t
         for model in loaded.values():
             np.testing.assert_allclose(model.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy(),
                                        generator(x, training=False).numpy(), atol=1e-5)
+    # predict says when an export was built for another CPU's kernels, and only then
+    source = write_nifti(tmp_path / "in.nii.gz", phantom_volume(SIZE, 3))
+    for kernels in ("avx2", "avx512"):
+        result = CliRunner().invoke(main, ["predict", "--model", str(tmp_path / kernels), "--input", str(source),
+                                           "--out", str(tmp_path / f"{kernels}.nii.gz"), "--mask", "gaussian2d",
+                                           "--ratio", "0.3"])
+        assert result.exit_code == 0, result.output
+        note = f"was built for {kernels} kernels and this CPU runs {target_isa()} ones"
+        assert (note in result.output) == (kernels != target_isa()), result.output
+        told = []  # and so does compare, whose ms per slice it concerns
+        load_models([str(tmp_path / kernels)], False, SIZE, "data", told.append)
+        assert any(note in line for line in told) == (kernels != target_isa()), told
     bad = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(tmp_path / "bad"), "--kernels", "sse"])
     assert bad.exit_code != 0 and "--kernels" in bad.output and not (tmp_path / "bad").exists()
 
