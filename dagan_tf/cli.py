@@ -410,10 +410,11 @@ def export_command(run_dir, out, kernels, overwrite):
     with target_kernels(None if kernels == "auto" else kernels):  # the network is built and traced inside
         click.echo(f"loading the generator of {run_dir} (best weights)")
         generator, config = load_run_generator(run_dir, inference=True)
-        click.echo(f"writing the SavedModel (signatures serving_default, from_kspace; {target_isa()} kernels) to {out}")
+        isa = target_isa()
+        click.echo(f"writing the SavedModel (signatures serving_default, from_kspace; {isa} kernels) to {out}")
         export_generator(generator, out, overwrite, {
             "recipe": config["recipe"], "trainer": config["trainer"], "image_size": config["model"]["image_size"],
-            "data": {k: v for k, v in config["data"].items() if k != "folder"}, "kernels": target_isa()})
+            "data": {k: v for k, v in config["data"].items() if k != "folder"}, "kernels": isa})
     click.echo(f"exported to {out}")
 
 

@@ -100,13 +100,12 @@ def load_models(paths: list[str], dc: bool, size: int, data,
         name = path.name if path.name not in names else str(path)
         names.add(name)
         if (path / "saved_model.pb").is_file():
-            from dagan_tf.export import kernels_note
             from dagan_tf.predict import load_model
 
             export = load_model(path)  # signatures checked; reconstruct(kspace0, mask, dc) -> [N, S, S, 1 or 2]
             check_size(path, export.size)
-            if (note := kernels_note(path)) is not None:
-                echo(note)  # its ms per slice are not this CPU's best
+            if export.note is not None:
+                echo(export.note)  # its ms per slice are not this CPU's best
 
             def reconstruct(batch, export=export, path=path):
                 if batch.get("maps") is not None:

@@ -185,10 +185,10 @@ def export_metadata(path: str | Path) -> dict:
         return {}
 
 
-def kernels_note(path: str | Path) -> str | None:
-    """A line saying that the export at ``path`` was built for another kernel class than this machine runs (the
-    same outputs, perhaps slower; see ``dagan-tf export --kernels``), else None (also for runs and older exports)."""
-    built = export_metadata(path).get("kernels")
+def kernels_note(path: str | Path, built: str | None) -> str | None:
+    """A line saying that the export at ``path``, built for kernel class ``built`` (its metadata's ``kernels``), was
+    built for another class than this machine runs (the same outputs, perhaps slower; see
+    ``dagan-tf export --kernels``), else None (also for older exports, ``built`` None)."""
     if built is None or built == target_isa():
         return None
     return (f"note: {path} was built for {built} kernels and this CPU runs {target_isa()} ones: the same outputs, "

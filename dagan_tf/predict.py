@@ -43,6 +43,7 @@ class LoadedModel:
     with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
     regime: str = "magnitude"  # the k-space simulation the network was trained in (the run's / export's record)
     mask: MaskSpec | None = None  # the mask it was trained with (None: an export without that record)
+    note: str | None = None  # an export built for another CPU's kernels says so (export.kernels_note)
 
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
         """``[N, S, S, K]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``: the magnitude,
@@ -61,12 +62,14 @@ def load_model(path: str | Path) -> LoadedModel:
     """The generator of an export folder (signatures checked first) or a run folder."""
     path = Path(path)
     if (path / "saved_model.pb").is_file():
-        from dagan_tf.export import export_metadata, kspace_planes, load_export
+        from dagan_tf.export import export_metadata, kernels_note, kspace_planes, load_export
 
         network, size, from_kspace = load_export(path)  # network: all outputs of serving_default
-        data = export_metadata(path).get("data", {})
+        metadata = export_metadata(path)
+        data = metadata.get("data", {})
         return LoadedModel(size, network, lambda k0, m: from_kspace(**kspace_planes(k0, m))["reconstruction"],
-                           data.get("regime", "magnitude"), _training_mask(data))
+                           data.get("regime", "magnitude"), _training_mask(data),
+                           kernels_note(path, metadata.get("kernels")))
     if (path / "config.yaml").is_file():
         from dagan_tf.inference import load_run_generator, run_network
 
@@ -132,11 +135,9 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
     is_kspace = source.suffix.lower() in (".h5", ".hdf5")
     if mask is not None:
         mask.validate()
-    from dagan_tf.export import kernels_note
-
     loaded = load_model(model)
-    if (note := kernels_note(model)) is not None:
-        echo(note)
+    if loaded.note is not None:
+        echo(loaded.note)
     if not is_kspace and mask is None:
         if loaded.mask is None:
             raise DaganError("image input needs --mask and --ratio to simulate undersampling (this export does "

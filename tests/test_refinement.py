@@ -8,6 +8,7 @@ import tensorflow as tf
 from conftest import SIZE, assert_resume_is_exact, assert_user_error, run, saved_model_cli_run
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
+from dagan_tf.export import kspace_planes
 from dagan_tf.inference import load_run_generator
 from dagan_tf.models.recnet import build_recnet, from_channels, network_inputs
 from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminator, build_refinement_unet,
@@ -197,8 +198,7 @@ def test_eval_export_predict_of_a_refinement_run(tmp_path, real_slices, refineme
     np.testing.assert_allclose(served["reconstruction"].numpy(),
                                tf.abs(from_channels(direct["reconstruction"]))[..., None].numpy(), atol=1e-5)
     np.testing.assert_allclose(served["refinement"].numpy(), direct["refinement"].numpy(), atol=1e-6)
-    planes = {"kspace_real": tf.math.real(k0[:1]).numpy(), "kspace_imag": tf.math.imag(k0[:1]).numpy(),
-              "mask": masks[:1]}
+    planes = {name: plane.numpy() for name, plane in kspace_planes(k0[:1], masks[:1]).items()}
     from_cli = saved_model_cli_run(export, "serving_default", planes, tmp_path)   # TF Serving's loader
     for key in ("reconstruction", "refinement"):
         np.testing.assert_allclose(from_cli[key], served[key].numpy()[:1], atol=1e-5)
