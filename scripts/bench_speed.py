@@ -239,16 +239,36 @@ def machine_report() -> dict:
             "precision_auto": resolve_precision("auto"), "inference_matmul_layout": inference_matmul_layout()}
 
 
+def interleaved_medians(runs: dict, calls_per_round: dict, rounds: int) -> dict:
+    """Median seconds per call of each ``runs[key]()``, timed in ``rounds`` rounds that each make
+    ``calls_per_round[key]`` calls of every run in turn (after one warm-up call each), so that a slow spell of a
+    shared machine falls on all of them and their ratio holds within one run."""
+    for run in runs.values():
+        run()
+    seconds = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            for _ in range(calls_per_round[key]):
+                start = time.perf_counter()
+                run()
+                seconds[key].append(time.perf_counter() - start)
+    return {key: float(np.median(values)) for key, values in seconds.items()}
+
+
 def inference_report(name: str, network, inputs_of, flops: float, size: int, ceiling: float, report: dict) -> None:
-    """``report[name_batch{1,16}]``: ms/image, GFLOP/s and fraction of ``ceiling`` of ``network(inputs_of(b))``
-    (pass the network's :func:`dagan_tf.inference.inference_copy` to time what eval, predict and export run)."""
+    """``report[name_batch{1,16}]``: ms/image, GFLOP/s and fraction of ``ceiling`` of ``network(inputs_of(b))``,
+    timed interleaved (:func:`interleaved_medians`), and ``report[name_batch1_over_batch16]``, the ratio of their
+    ms per image (pass the network's :func:`dagan_tf.inference.inference_copy` to time what eval, predict and
+    export run)."""
     infer = tf.function(lambda t: network(t, training=False))
-    for batch in (1, 16):
-        x = inputs_of(batch, size)
-        seconds = timed(lambda: tf.nest.map_structure(lambda t: t.numpy(), infer(x)), 15 if batch == 1 else 3)
+    runs = {batch: (lambda x=inputs_of(batch, size): tf.nest.map_structure(lambda t: t.numpy(), infer(x)))
+            for batch in (1, 16)}
+    for batch, seconds in interleaved_medians(runs, {1: 3, 16: 1}, rounds=5).items():
         report[f"{name}_batch{batch}"] = {"ms_per_image": 1000 * seconds / batch,
                                           "gflop_per_s": batch * flops / seconds / 1e9,
                                           "fraction_of_ceiling": batch * flops / seconds / 1e9 / ceiling}
+    report[f"{name}_batch1_over_batch16"] = (report[f"{name}_batch1"]["ms_per_image"]
+                                             / report[f"{name}_batch16"]["ms_per_image"])
 
 
 def train_report(report: dict, key: str, step, images: int, step_flops: float, ceiling: float, steps: int) -> None:
@@ -454,8 +474,6 @@ def dagan_report(args, report: dict) -> None:
     for name, net in (("inference", g_inference), ("inference_training_layout", g)):
         inference_report(name, net, lambda batch, size: tf.random.uniform((batch, size, size, 1)), g_flops,
                          args.size, ceiling, report)
-    report["batch1_over_batch16"] = (report["inference_batch1"]["ms_per_image"]
-                                     / report["inference_batch16"]["ms_per_image"])
     with tempfile.TemporaryDirectory() as tmp:
         out = export_generator(g_inference, Path(tmp) / "export")
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
