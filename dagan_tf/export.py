@@ -189,9 +189,10 @@ def kernels_note(path: str | Path, built: str | None) -> str | None:
     """A line saying that the export at ``path``, built for kernel class ``built`` (its metadata's ``kernels``), was
     built for another class than this machine runs (the same outputs, perhaps slower; see
     ``dagan-tf export --kernels``), else None (also for older exports, ``built`` None)."""
-    if built is None or built == target_isa():
+    here = target_isa()
+    if built is None or built == here:
         return None
-    return (f"note: {path} was built for {built} kernels and this CPU runs {target_isa()} ones: the same outputs, "
+    return (f"note: {path} was built for {built} kernels and this CPU runs {here} ones: the same outputs, "
             "perhaps slower ('dagan-tf export --kernels auto' builds it for this CPU)")
 
 

@@ -79,13 +79,7 @@ def vgg_flops_per_image(model: keras.Model, size: int) -> float:
 
 def timed(fn, repeats: int) -> float:
     """Median seconds of ``repeats`` calls of ``fn`` after one warm-up (tracing) call."""
-    fn()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return float(np.median(seconds))
+    return interleaved_medians({"fn": fn}, {"fn": 1}, repeats)["fn"]
 
 
 def conv_ceiling(dtype: str, kernel: int = 3, channels: int = 128, side: int = 128, train: bool = False) -> float:
