@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,14 +277,20 @@ def _first_array(mapping, path, key):
 
 
 def read_numpy(path: Path, key: str | None = None) -> np.ndarray:
+    """The array of a ``.npy``, or the image array of a ``.npz`` (``key``, else :data:`NPZ_KEYS`, else its one
+    array of ≥ 2 dimensions).  Pickled members (object arrays) are never loaded: an ``.npz`` loads its members
+    lazily, so that refusal comes from the member read, not from ``np.load``."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            return np.asarray(_first_array(loaded, path, key))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if "allow_pickle=False" in str(exc):
+            raise DaganError(f"cannot read {path}: it holds pickled Python objects (object arrays), "
+                             "which dagan-tf never loads; save plain numeric arrays") from None
         raise DaganError(f"cannot read {path}: {exc}") from None
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    with loaded:
-        return np.asarray(_first_array(loaded, path, key))
 
 
 def read_mat(path: Path, key: str | None = None) -> np.ndarray:
