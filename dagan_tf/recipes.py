@@ -10,6 +10,7 @@ come back fast.  Only ``yaml.safe_load`` is used.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ def _mask_kind_or_file(value: str) -> str | None:
 TOP_LEVEL = {
     "recipe": Field("str", "recipe name"),
     "description": Field("str", "one-line description", nullable=True),
+    "settings": Field("choice", "whose settings: paper = the paper's or its public code's; ours = chosen here to "
+                                "converge within a CPU budget (the description says what differs)",
+                      choices=("paper", "ours"), default="paper"),
 }
 
 DATA = {
@@ -74,7 +78,16 @@ TRAIN = {
     "batch_size": Field("int", "training batch size", 1),
     "lr": Field("float", "Adam learning rate", 0, 1, low_open=True),
     "beta1": Field("float", "Adam beta1", 0, 1, high_open=True),
-    "lr_halve_every": Field("int", "halve the learning rate every N epochs (0: never)", 0),
+    "lr_schedule": Field("choice", "constant; step = halve every lr_halve_every epochs (the papers' DAGAN); cosine = "
+                                   "from lr down to lr_min over the run's budget: max_cpu_minutes (CPU-minutes since "
+                                   "the run began), else max_minutes (wall-minutes since it began), else "
+                                   "epochs x steps_per_epoch", choices=("constant", "step", "cosine"), default="step"),
+    "lr_halve_every": Field("int", "step schedule: halve the learning rate every N epochs (0: never)", 0),
+    "lr_warmup_steps": Field("int", "linear warm-up from lr/N to lr over the first N steps (0: none)", 0,
+                             default=0),
+    "lr_min": Field("float", "cosine schedule: the learning rate at the end of the budget", 0, default=0.0),
+    "adam_epsilon": Field("float", "Adam epsilon (1e-8: TF1's and PyTorch's, the papers' code; Keras' default "
+                                   "is 1e-7)", 0, 1, low_open=True, default=1e-8),
     "patience": Field("int", "early stopping on validation NMSE after N epochs without gain (0: off)", 0),
     "seed": Field("int", "seed of weights, data order, augmentation and masks", 0),
     "deterministic": Field("bool", "deterministic kernels (bit-identical resume, slower)"),
@@ -153,6 +166,7 @@ CASCADE = {
     "convs": Field("int", "convolutions per block n_d (the last back to 2 channels)", 2, 32),
     "filters": Field("int", "filters of the inner convolutions", 1, 1024),
     "residual": Field("bool", "x <- DC(x + CNN(x)) (Schlemper's D5C5); false = x <- DC(CNN(x)) (Seitzer's code)"),
+    "kernel_size": Field("int", "convolution side (3: the papers')", 1, 15, default=3),
 }
 
 RECNET_SECTIONS = {
@@ -168,7 +182,7 @@ REFINEMENT_SECTIONS = {
                                 "magnitude = |RecNet| (phase-bearing data)", choices=("real", "magnitude")),
         "scaled_input": Field("bool", "V sees RecNet's output scaled to (-1, 1) (the paper); false = raw (the code)"),
     },
-    "cascade": {key: Field(f.kind, f.help + " (taken from the stage-1 run)", f.low, f.high)
+    "cascade": {key: dataclasses.replace(f, help=f.help + " (taken from the stage-1 run)")
                 for key, f in CASCADE.items()},
     "stage1": {"run": Field("str", "the RecNet run folder to refine (required to train)", nullable=True)},
     "discriminator": {
@@ -324,6 +338,11 @@ def validate_config(config, source: str = "recipe") -> dict:
             raise DaganError(f"{source}: data.patch_size {patch} needs model.discriminator srgan (any size) and "
                              f"at most model.image_size {config['model']['image_size']}")
     t = config["train"]
+    if t["lr_halve_every"] and t["lr_schedule"] != "step":
+        raise DaganError(f"{source}: train.lr_halve_every {t['lr_halve_every']} needs train.lr_schedule step, "
+                         f"not {t['lr_schedule']}")
+    if t["lr_schedule"] == "cosine" and t["lr_min"] >= t["lr"]:
+        raise DaganError(f"{source}: train.lr_min {t['lr_min']:g} must be below train.lr {t['lr']:g}")
     if t["select"] != "monitor":
         if trainer_of(config).batches == "labels":
             raise DaganError(f"{source}: train.select {t['select']} needs a reconstruction trainer, "
@@ -387,8 +406,9 @@ def apply_overrides(config: dict, overrides: list[str], resume: bool = False) ->
 
 
 def describe(name: str) -> str:
-    """The one-line description of recipe ``name``."""
-    return load_recipe(name).get("description") or ""
+    """``[paper]`` or ``[ours]`` and the one-line description of recipe ``name``."""
+    config = load_recipe(name)
+    return f"[{config['settings']}] {config.get('description') or ''}"
 
 
 def dump(config: dict) -> str:

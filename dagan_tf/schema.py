@@ -114,9 +114,9 @@ def validate(config: Any, schema: Schema, source: str = "recipe") -> dict:
     for name, spec in schema.items():
         if isinstance(spec, Field):
             if name not in config:
-                if not spec.nullable:
+                if not spec.nullable and spec.default is None:
                     raise DaganError(f"{source}: required key {name!r} is missing")
-                out[name] = None
+                out[name] = spec.default
             else:
                 out[name] = spec.validate(name, config[name])
             continue

@@ -93,10 +93,10 @@ def test_training_clock_continues_across_resumes(tmp_path):
 
 def test_cpu_budget_counts_the_spent_minutes(monkeypatch):
     """train.max_cpu_minutes stops after the batch that exceeds the budget less a resumed run's CPU-minutes."""
-    from dagan_tf.training.callbacks import TimeBudget
+    from dagan_tf.training.callbacks import CLOCKS, TimeBudget
 
     now = [100.0]
-    monkeypatch.setitem(TimeBudget.clocks, "cpu", lambda: now[0])
+    monkeypatch.setitem(CLOCKS, "cpu", lambda: now[0])
     budget = TimeBudget(2.0, "cpu", spent=1.5)  # 30 s left
     budget.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     budget.model.stop_training = False
@@ -178,3 +178,112 @@ def test_eval_run_with_dc_and_compat(tmp_path, trained_run, real_slices):
             assert m[model]["psnr"]["mean"] > m["zero_filled"]["psnr"]["mean"]
         if name == "compat":
             assert m["metric_definitions"] == "dagan-compat"
+
+
+def test_learning_rate_schedules_by_hand():
+    """constant, step (halving per epoch) and cosine (over steps) values, with and without a linear warm-up."""
+    from dagan_tf.training.callbacks import LearningRate
+
+    assert LearningRate("constant", 1e-3)(500, 7, 0.9) == 1e-3
+    step = LearningRate("step", 1e-3, halve_every=5)
+    assert [step(0, e, 0.0) for e in (0, 4, 5, 9, 10)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]
+    cosine = LearningRate("cosine", 1e-3, floor=1e-5)
+    for progress, expected in ((0.0, 1e-3), (0.5, 1e-5 + (1e-3 - 1e-5) / 2), (1.0, 1e-5), (1.7, 1e-5)):
+        assert cosine(0, 0, progress) == pytest.approx(expected, rel=1e-12)
+    assert cosine(0, 0, 0.25) == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + np.cos(np.pi / 4)) / 2, rel=1e-12)
+    warm = LearningRate("cosine", 1e-3, warmup_steps=4)
+    assert [warm(s, 0, 0.0) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+
+
+def _optimizer_model():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.optimizers = [keras.optimizers.Adam(1.0)]
+    return model
+
+
+def test_step_cosine_schedule_sets_every_step_and_counts_the_warm_up():
+    """The callback's rate at each step (epochs × steps budget, the cosine starting after the warm-up)."""
+    from dagan_tf.training.callbacks import LearningRate, LearningRateSchedule
+
+    schedule = LearningRateSchedule(LearningRate("cosine", 1e-3, warmup_steps=2), steps_per_epoch=3, total_steps=12)
+    schedule.set_model(_optimizer_model())
+    schedule.on_train_begin()
+    seen = []
+    for epoch in range(4):
+        schedule.on_epoch_begin(epoch)
+        for batch in range(3):
+            schedule.on_train_batch_begin(batch)
+            seen.append(float(schedule.model.optimizers[0].learning_rate.numpy()))
+    expected = [5e-4, 1e-3] + [1e-3 * (1 + np.cos(np.pi * (s - 2) / 10)) / 2 for s in range(2, 12)]
+    np.testing.assert_allclose(seen, expected, rtol=1e-6)
+
+
+def test_time_based_cosine_resumes_exactly(monkeypatch):
+    """A cosine over CPU-minutes: a run stopped at minute 12 of 40 and resumed (its history's 12 minutes as the
+    spent offset, a fresh process clock) sets the same rates at the same CPU-minutes as one uninterrupted run."""
+    from dagan_tf.training.callbacks import CLOCKS, LearningRate, LearningRateSchedule, RunClock
+
+    now = [0.0]
+    monkeypatch.setitem(CLOCKS, "cpu", lambda: now[0])
+    rate = LearningRate("cosine", 1e-3, floor=1e-4)
+
+    def rates(spent: float, start_seconds: float, minutes: list[float]) -> list[float]:
+        schedule = LearningRateSchedule(rate, 10, 10 ** 6, RunClock("cpu", spent), budget_minutes=40.0)
+        schedule.set_model(_optimizer_model())
+        now[0] = start_seconds
+        schedule.on_train_begin()
+        schedule.on_epoch_begin(0)
+        out = []
+        for minute in minutes:
+            now[0] = start_seconds + (minute - spent) * 60.0
+            schedule.on_train_batch_begin(0)
+            out.append(float(schedule.model.optimizers[0].learning_rate.numpy()))
+        return out
+
+    later = [12.0, 20.5, 39.0, 45.0]
+    uninterrupted = rates(0.0, 100.0, [3.0] + later)[1:]
+    resumed = rates(12.0, 7.0, later)  # another process: its CPU clock starts elsewhere
+    assert resumed == uninterrupted
+    expected = [1e-4 + 9e-4 * (1 + np.cos(np.pi * min(m / 40.0, 1.0))) / 2 for m in later]
+    np.testing.assert_allclose(resumed, expected, rtol=1e-6)
+
+
+def test_schedule_keys_are_validated():
+    base = recipes.load_recipe("recnet")
+    with pytest.raises(DaganError, match="train.lr_halve_every 5 needs train.lr_schedule step"):
+        recipes.apply_overrides(base, ["train.lr_schedule=cosine", "train.lr_halve_every=5"])
+    with pytest.raises(DaganError, match="train.lr_min"):
+        recipes.apply_overrides(base, ["train.lr_schedule=cosine", "train.lr_min=0.01"])
+    with pytest.raises(DaganError, match="train.lr_schedule must be one of constant, step, cosine"):
+        recipes.apply_overrides(base, ["train.lr_schedule=linear"])
+    old = recipes.load_recipe("ppgr")
+    del old["train"]["lr_schedule"]  # a run's config.yaml from before the key: the halving it always had
+    assert recipes.validate_config(old)["train"]["lr_schedule"] == "step"
+
+
+def test_cosine_over_epochs_in_training_logs_and_resumes_exactly(tmp_path, real_slices):
+    """A recnet run with a cosine over its 2 epochs × 3 steps: history's learning_rate is the rate of each
+    epoch's last step, and a run stopped after its first epoch and resumed ends with the uninterrupted run's
+    weights, bit for bit."""
+    from dagan_tf.inference import load_run_generator
+    from dagan_tf.training.callbacks import read_history
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True
+
+    config = recipes.apply_overrides(recipes.load_recipe("recnet"), [
+        "model.image_size=32", "cascade.blocks=1", "cascade.filters=4", "data.acs=2", "train.batch_size=4",
+        "train.val_batch_size=8", "train.steps_per_epoch=3", "train.epochs=2", "train.deterministic=true",
+        "train.lr_schedule=cosine", "train.lr_warmup_steps=1", "train.lr=0.002", "train.keep=last"])
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train(whole, config, real_slices)
+    train(part, config, real_slices, callbacks=[StopAfterFirstEpoch()])
+    assert len(read_history(part / "history.csv")) == 1
+    train(part, resume=True)
+    expected = [0.002 * (1 + np.cos(np.pi * (s - 1) / 5)) / 2 for s in (2, 5)]
+    for run_dir in (whole, part):
+        logged = [float(row["learning_rate"]) for row in read_history(run_dir / "history.csv")]
+        np.testing.assert_allclose(logged, expected, rtol=1e-6)
+    for x, y in zip(load_run_generator(whole)[0].weights, load_run_generator(part)[0].weights):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())

@@ -1,6 +1,6 @@
 """RecNet: Schlemper's deep cascade as used by Seitzer et al. (2018), stage 1 of the two-stage refinement.
 
-``n_c`` de-aliasing blocks, each ``n_d`` 3×3 convolutions (``filters`` wide, leaky
+``n_c`` de-aliasing blocks, each ``n_d`` 3×3 (``kernel_size``) convolutions (``filters`` wide, leaky
 ReLU 0.01, the last back to 2 channels, no activation), each followed by hard data
 consistency (:class:`KSpaceDataConsistency`).  The public code's blocks are plain
 (``x ← DC(CNN(x))``, ``residual=False``, the default); ``residual=True`` is Schlemper's
@@ -74,8 +74,9 @@ def _he_normal_leaky(slope: float) -> keras.initializers.Initializer:
 
 
 def build_recnet(image_size: int, blocks: int = 3, convs: int = 3, filters: int = 32, residual: bool = False,
-                 name: str = "recnet") -> keras.Model:
-    """RecNet (module doc): inputs ``{zero_filled, kspace, mask}`` -> complex image ``[N, S, S, 2]``."""
+                 kernel_size: int = 3, name: str = "recnet") -> keras.Model:
+    """RecNet (module doc) with ``kernel_size``² convolutions (3: the papers'): inputs ``{zero_filled, kspace,
+    mask}`` -> complex image ``[N, S, S, 2]``."""
     if blocks < 1 or convs < 2:
         raise ValueError("RecNet needs at least 1 block of at least 2 convolutions")
     shape = (image_size, image_size)
@@ -87,7 +88,7 @@ def build_recnet(image_size: int, blocks: int = 3, convs: int = 3, filters: int 
         y = x
         for c in range(convs):
             last = c == convs - 1
-            y = layers.Conv2D(2 if last else filters, 3, padding="same", bias_initializer="zeros",
+            y = layers.Conv2D(2 if last else filters, kernel_size, padding="same", bias_initializer="zeros",
                               kernel_initializer="glorot_uniform" if c == 0 else _he_normal_leaky(0.01),
                               name=f"block{b}_conv{c}")(y)
             if not last:

@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -19,23 +20,85 @@ from dagan_tf import metrics
 from dagan_tf.figures import FigureRow, comparison_figure
 
 
-class HalvingSchedule(keras.callbacks.Callback):
-    """``lr = base · 0.5^(epoch // every)`` for both optimizers at each epoch start (stateless: resume-safe)."""
+CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}  # "cpu": process CPU time, all threads
 
-    def __init__(self, base_lr: float, every: int):
+
+class RunClock:
+    """Minutes of ``clock`` (:data:`CLOCKS`) since the run began: ``spent`` minutes of earlier invocations
+    (a resumed run's history) plus those since :meth:`start`."""
+
+    def __init__(self, clock: str = "wall", spent: float = 0.0):
+        self.clock, self.spent, self.origin = clock, spent, None
+
+    def start(self) -> None:
+        self.origin = CLOCKS[self.clock]()
+
+    def minutes(self) -> float:
+        return self.spent + (CLOCKS[self.clock]() - self.origin) / 60.0
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    """The learning rate at a step: a linear warm-up from ``base / warmup_steps`` to ``base`` over the first
+    ``warmup_steps`` steps, then ``kind``: ``constant``; ``step`` = ``base · 0.5^(epoch // halve_every)``
+    (0: never); ``cosine`` = ``floor + (base − floor)·(1 + cos(π·p))/2`` with ``p`` the fraction of the
+    budget spent (clipped to [0, 1]), in steps or minutes."""
+
+    kind: str
+    base: float
+    warmup_steps: int = 0
+    halve_every: int = 0
+    floor: float = 0.0
+
+    def __call__(self, step: int, epoch: int, progress: float) -> float:
+        if step < self.warmup_steps:
+            return self.base * (step + 1) / self.warmup_steps
+        if self.kind == "step" and self.halve_every:
+            return self.base * 0.5 ** (epoch // self.halve_every)
+        if self.kind == "cosine":
+            fraction = min(max(progress, 0.0), 1.0)
+            return self.floor + (self.base - self.floor) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+        return self.base
+
+
+class LearningRateSchedule(keras.callbacks.Callback):
+    """Sets every optimizer's learning rate before each step from :class:`LearningRate` (stateless: a resumed
+    run continues it exactly, its step from the epoch it resumes at and its clock from the run's history).
+
+    The budget a cosine decays over is ``total_steps`` steps, or with ``clock`` (a :class:`RunClock`) its
+    ``budget_minutes``; the epoch's last rate is logged as ``learning_rate``.
+    """
+
+    def __init__(self, rate: LearningRate, steps_per_epoch: int, total_steps: int, clock: RunClock | None = None,
+                 budget_minutes: float | None = None):
         super().__init__()
-        self.base_lr, self.every = base_lr, every
+        self.rate, self.steps_per_epoch, self.total_steps = rate, steps_per_epoch, total_steps
+        self.clock, self.budget_minutes = clock, budget_minutes
+        self.epoch, self.value = 0, rate.base
 
-    def rate(self, epoch: int) -> float:
-        return self.base_lr * 0.5 ** (epoch // self.every) if self.every else self.base_lr
+    def on_train_begin(self, logs=None):
+        if self.clock is not None:
+            self.clock.start()
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def progress(self, step: int) -> float:
+        """The fraction of the budget spent before ``step``: by the clock, or by steps after the warm-up."""
+        if self.clock is not None:
+            return self.clock.minutes() / self.budget_minutes
+        warmup = self.rate.warmup_steps
+        return (step - warmup) / max(self.total_steps - warmup, 1)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self.epoch * self.steps_per_epoch + batch
+        self.value = self.rate(step, self.epoch, self.progress(step))
         for opt in self.model.optimizers:
-            opt.learning_rate.assign(self.rate(epoch))
+            opt.learning_rate.assign(self.value)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = self.rate(epoch)
+            logs["learning_rate"] = self.value
 
 
 def checkpoints_newest_first(folder: Path) -> list[str]:
@@ -285,22 +348,19 @@ class TimeBudget(keras.callbacks.Callback):
     whether the budget ended training; ``steps`` counts the batches run.
     """
 
-    clocks = {"wall": time.monotonic, "cpu": time.process_time}
-
     def __init__(self, minutes: float, clock: str = "wall", spent: float = 0.0):
         super().__init__()
         self.minutes, self.clock = minutes, clock
-        self.seconds = 60.0 * (minutes - spent)
-        self.start = None
+        self.run_clock = RunClock(clock, spent)
         self.cut_short = False
         self.steps = 0
 
     def on_train_begin(self, logs=None):
-        self.start = self.clocks[self.clock]()
+        self.run_clock.start()
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.clocks[self.clock]() - self.start > self.seconds:
+        if self.run_clock.minutes() > self.minutes:
             self.cut_short = True
             self.model.stop_training = True
 

@@ -32,7 +32,7 @@ from dagan_tf.models.dagan import build_generator as build_unet
 from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
 from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
 from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
-from dagan_tf.training.optimizers import TF1_ADAM_EPSILON, FusedAdam
+from dagan_tf.training.optimizers import adam
 
 PIXEL_LOSSES = ("ratio", "mse")
 
@@ -160,6 +160,5 @@ def build_trainer(config: dict) -> ConditionalGAN:
     model = ConditionalGAN(build_generator(config, any_size=patches), discriminator,
                            features, weights, loss["pixel_kind"],
                            dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
-    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=TF1_ADAM_EPSILON),
-                  d_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=TF1_ADAM_EPSILON))
+    model.compile(g_optimizer=adam(t), d_optimizer=adam(t))
     return model

@@ -13,10 +13,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-# TF1 ``tf.train.AdamOptimizer``'s epsilon, which the original DAGAN used (Keras' default is 1e-7).
-TF1_ADAM_EPSILON = 1e-8
-
-
 @keras.saving.register_keras_serializable(package="dagan_tf")
 class FusedAdam(keras.optimizers.Adam):
     """``keras.optimizers.Adam`` with the fused kernel; ``amsgrad`` is not supported."""
@@ -36,3 +32,9 @@ class FusedAdam(keras.optimizers.Adam):
             beta2_power=tf.pow(tf.cast(self.beta_2, dtype), step),
             lr=tf.cast(learning_rate, dtype), beta1=tf.cast(self.beta_1, dtype), beta2=tf.cast(self.beta_2, dtype),
             epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+
+
+def adam(train: dict) -> FusedAdam:
+    """The Adam of a recipe's ``train`` section: learning rate ``lr`` (the schedule callback sets it at each
+    step), ``beta1``, β₂ 0.999 and ``adam_epsilon``; every trainer builds its optimizers with this."""
+    return FusedAdam(train["lr"], beta_1=train["beta1"], epsilon=train["adam_epsilon"])

@@ -29,14 +29,14 @@ import keras
 import tensorflow as tf
 
 from dagan_tf.errors import DaganError
-from dagan_tf.models.recnet import build_recnet
 from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminator, build_refinement_unet,
                                         min_discriminator_size)
 from dagan_tf.models.vgg import VGGFeatures
 from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
 from dagan_tf.training.distribute import replicas_mean
-from dagan_tf.training.optimizers import FusedAdam
+from dagan_tf.training.optimizers import adam
 from dagan_tf.training.supervised import batch_inputs
+from dagan_tf.training.supervised import build_generator as build_recnet
 
 TERMS = ("g_adversarial", "g_feature_matching", "g_vgg", "g_penalty")
 STAGE1_DATA_KEYS = ("mask", "ratio", "mask_seed", "acs", "per_sample_masks", "regime")
@@ -193,8 +193,8 @@ class RefinementGAN(TrainerModel):
 
 def build_generator(config: dict) -> RefinedNetwork:
     """The refined network of a recipe: RecNet (``cascade`` section, untrained) + V + λ."""
-    m, c = config["model"], config["cascade"]
-    recnet = build_recnet(m["image_size"], c["blocks"], c["convs"], c["filters"], c["residual"])
+    m = config["model"]
+    recnet = build_recnet(config)
     unet = build_refinement_unet(m["image_size"], 2, m["width"])
     return RefinedNetwork(recnet, unet, m["part"], m["scaled_input"])
 
@@ -239,6 +239,5 @@ def build_trainer(config: dict) -> RefinementGAN:
     pool = ImagePool(d["pool_size"], (m["image_size"], m["image_size"], 1), d["pool_probability"], t["seed"])
     model = RefinementGAN(generator, build_patch_discriminator(d["layers"], d["width"], d["dropout"]), features,
                           weights, loss["normalise"], pool, d["real_label"])
-    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8),
-                  d_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
+    model.compile(g_optimizer=adam(t), d_optimizer=adam(t))
     return model

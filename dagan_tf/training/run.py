@@ -40,9 +40,9 @@ from dagan_tf.errors import DaganError
 from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import make_dir, replace_path
-from dagan_tf.training.callbacks import (HalvingSchedule, ImageGrid, ReplicatedValidation, RunState, Signals,
-                                        TimeBudget, TrainingClock, ValidationFID, checkpoints_newest_first,
-                                        read_history)
+from dagan_tf.training.callbacks import (ImageGrid, LearningRate, LearningRateSchedule, ReplicatedValidation,
+                                        RunClock, RunState, Signals, TimeBudget, TrainingClock, ValidationFID,
+                                        checkpoints_newest_first, read_history)
 from dagan_tf.training.distribute import cluster_spec, describe, is_chief, make_strategy, synchronise_batch_norm
 
 log = logging.getLogger(__name__)
@@ -259,10 +259,24 @@ def augment_of(config: dict) -> AugmentConfig | None:
     return AugmentConfig(rotation_deg=d["max_rotation"], elastic_per_image=d["elastic_per_image"])
 
 
-def _spent_cpu_minutes(work: Path) -> float:
-    """CPU-minutes a resumed run spent before (the last ``cpu_minutes`` of its history; 0 without)."""
+def _spent_minutes(work: Path, clock: str) -> float:
+    """Minutes of ``clock`` (``cpu`` or ``wall``) a resumed run spent before (the last ``cpu_minutes`` or
+    ``wall_minutes`` of its history; 0 without)."""
     rows = read_history(work / "history.csv")
-    return float(rows[-1].get("cpu_minutes") or 0.0) if rows else 0.0
+    return float(rows[-1].get(f"{clock}_minutes") or 0.0) if rows else 0.0
+
+
+def learning_rate_schedule(train: dict, steps_per_epoch: int, spent: dict[str, float]) -> LearningRateSchedule:
+    """The schedule of a recipe's ``train`` section; a cosine decays over ``max_cpu_minutes``, else
+    ``max_minutes``, counted from the run's start (``spent`` minutes per clock before this invocation), else
+    over ``epochs × steps_per_epoch`` steps."""
+    rate = LearningRate(train["lr_schedule"], train["lr"], train["lr_warmup_steps"], train["lr_halve_every"],
+                        train["lr_min"])
+    clock = next(((name, train[key]) for name, key in (("cpu", "max_cpu_minutes"), ("wall", "max_minutes"))
+                  if train[key] and rate.kind == "cosine"), None)
+    return LearningRateSchedule(rate, steps_per_epoch, train["epochs"] * steps_per_epoch,
+                                RunClock(clock[0], spent[clock[0]]) if clock else None,
+                                clock[1] if clock else None)
 
 
 def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, verbose, echo, precision,
@@ -291,9 +305,9 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     if first_epoch >= t["epochs"]:
         echo(f"the run already reached {first_epoch} epochs (train.epochs = {t['epochs']}); nothing to do")
         return {}, state
-    spent_cpu = _spent_cpu_minutes(work) if resume else 0.0
-    if t["max_cpu_minutes"] and spent_cpu >= t["max_cpu_minutes"]:
-        echo(f"the run already spent {spent_cpu:.1f} CPU-minutes (train.max_cpu_minutes = "
+    spent = {clock: _spent_minutes(work, clock) if resume else 0.0 for clock in ("cpu", "wall")}
+    if t["max_cpu_minutes"] and spent["cpu"] >= t["max_cpu_minutes"]:
+        echo(f"the run already spent {spent['cpu']:.1f} CPU-minutes (train.max_cpu_minutes = "
              f"{t['max_cpu_minutes']:g}); nothing to do")
         return {}, state
     params = sum(int(np.prod(v.shape)) for v in model.generator.weights)
@@ -335,7 +349,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     # With several replicas every worker validates on its own, outside the distribution (no worker waits).
     replicated = [ReplicatedValidation(val_ds)] if distribution.num_replicas_in_sync > 1 else []
     budgets = ([TimeBudget(t["max_minutes"])] if t["max_minutes"] else []) \
-        + ([TimeBudget(t["max_cpu_minutes"], "cpu", spent_cpu)] if t["max_cpu_minutes"] else [])
+        + ([TimeBudget(t["max_cpu_minutes"], "cpu", spent["cpu"])] if t["max_cpu_minutes"] else [])
     fid = []
     if t["select"] != "monitor":
         from dagan_tf.models.fid import FIDFeatures
@@ -343,7 +357,7 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         with precision_policy("float32"):
             fid = [ValidationFID(FIDFeatures(t["fid_weights"]), val_ds)]
     callbacks = [
-        HalvingSchedule(t["lr"], t["lr_halve_every"]),
+        learning_rate_schedule(t, steps, spent),
         *replicated,
         *fid,  # before the state: it adds val_fid to the logs the state selects with
         state,

@@ -16,7 +16,7 @@ from dagan_tf.data.prepare import check_prepared
 from dagan_tf.errors import DaganError
 from dagan_tf.models.refinement import build_refinement_unet
 from dagan_tf.training.common import TrainerModel
-from dagan_tf.training.optimizers import FusedAdam
+from dagan_tf.training.optimizers import adam
 
 
 def _dice_terms(predicted: tf.Tensor, truth: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -88,5 +88,5 @@ def prepare_config(config: dict, echo=lambda _: None) -> dict:
 def build_trainer(config: dict) -> Segmenter:
     t, loss = config["train"], config["loss"]
     model = Segmenter(build_generator(config), loss["cross_entropy"], loss["dice"])
-    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
+    model.compile(g_optimizer=adam(t))
     return model

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from dagan_tf.models.recnet import build_recnet, network_inputs
 from dagan_tf.training.common import QUALITY, TrainerModel, magnitude, quality_metrics
-from dagan_tf.training.optimizers import FusedAdam
+from dagan_tf.training.optimizers import adam
 
 def batch_inputs(batch: dict) -> dict[str, tf.Tensor]:
     """A cascade's inputs from a k-space batch dict."""
@@ -44,14 +44,15 @@ class SupervisedCascade(TrainerModel):
 
 
 def build_generator(config: dict) -> keras.Model:
-    """RecNet of the recipe's ``model`` and ``cascade`` sections."""
+    """RecNet of the recipe's ``model`` and ``cascade`` sections (the refinement's stage 1 too)."""
     c = config["cascade"]
-    return build_recnet(config["model"]["image_size"], c["blocks"], c["convs"], c["filters"], c["residual"])
+    return build_recnet(config["model"]["image_size"], c["blocks"], c["convs"], c["filters"], c["residual"],
+                        c["kernel_size"])
 
 
 def build_trainer(config: dict) -> SupervisedCascade:
-    """The compiled trainer (Adam with the recipe's learning rate and β1, β2 0.999, ε 1e-8), optimizer built."""
+    """The compiled trainer (:func:`~dagan_tf.training.optimizers.adam` of the recipe), optimizer built."""
     t = config["train"]
     model = SupervisedCascade(build_generator(config))
-    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"], epsilon=1e-8))
+    model.compile(g_optimizer=adam(t))
     return model

@@ -30,7 +30,7 @@ import tensorflow as tf
 from dagan_tf.models.dcinet import build_dcinet, build_wgan_critic, network_inputs
 from dagan_tf.training.common import QUALITY, TrainerModel, magnitude, quality_metrics
 from dagan_tf.training.distribute import replica_weight, replicas_in_sync, replicas_mean
-from dagan_tf.training.optimizers import FusedAdam
+from dagan_tf.training.optimizers import adam
 
 CRITIC_KINDS = ("none", "image", "pair")
 
@@ -182,6 +182,5 @@ def build_trainer(config: dict) -> WassersteinGAN:
         critic = build_wgan_critic(config["model"]["image_size"], settings.critic == "pair",
                                    config["critic"]["filters"])
     model = WassersteinGAN(build_generator(config), critic, settings)
-    model.compile(g_optimizer=FusedAdam(t["lr"], beta_1=t["beta1"]),
-                  d_optimizer=None if critic is None else FusedAdam(t["lr"], beta_1=t["beta1"]))
+    model.compile(g_optimizer=adam(t), d_optimizer=None if critic is None else adam(t))
     return model
