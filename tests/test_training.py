@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_clear_message(tmp_path, real_slices, monkeypatch):
 
 
 def test_recipe_errors(tmp_path, real_slices):
-    with pytest.raises(DaganError, match="valid recipes: cwgan, cwgan-agb, dcinet, pg, ppg, ppgr"):
+    with pytest.raises(DaganError, match="valid recipes: cascade-deep, cwgan, cwgan-agb, dcinet, pg, ppg, ppgr"):
         recipes.load_recipe("srgan")
     with pytest.raises(DaganError, match="valid keys: .*train.batch_size"):
         recipes.apply_overrides(recipes.load_recipe("ppgr"), ["train.batchsize=3"])
