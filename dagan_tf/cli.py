@@ -18,7 +18,7 @@ import click
 
 from dagan_tf import __version__
 from dagan_tf.errors import DaganError
-from dagan_tf.hardware import KERNEL_CLASSES, target_isa, target_kernels
+from dagan_tf.hardware import INFERENCE_PRECISIONS, KERNEL_CLASSES, target_isa, target_kernels
 from dagan_tf.recipes import STRATEGIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -30,6 +30,25 @@ REGIME_OPTION = click.option(
 PHASE_SEED_OPTION = click.option(
     "--phase-seed", type=click.IntRange(min=0), default=0, show_default=True,
     help="Seed of the phase regime's per-slice phases (the same slices get the same phases).")
+
+
+def precision_option(default: str, what: str):
+    """``--precision`` of a command that runs networks (``what``: which of them it applies to)."""
+    return click.option(
+        "--precision", type=click.Choice(INFERENCE_PRECISIONS), default=default, show_default=True,
+        help=f"Compute precision of {what}: bfloat16 (inputs, outputs and data consistency stay float32), "
+             "float32, or auto = bfloat16 where this machine computes it natively (AMX or AVX512-BF16 CPUs, GPUs "
+             "from Ampere on), else float32.")
+
+
+def _inference_precision(requested: str) -> str:
+    """``float32`` or ``bfloat16`` for ``--precision`` (imports TensorFlow to see the GPUs)."""
+    from dagan_tf.hardware import inference_precision, visible_gpu_capabilities
+
+    _load_tensorflow()
+    return inference_precision(requested, gpu_compute_capabilities=visible_gpu_capabilities())
+
+
 TRUST_NOTE = ("A SavedModel runs its own graph: load only exports you trust; dagan-tf checks that an export "
               "carries its signatures before running it.")
 POSITIVE = click.IntRange(min=1)
@@ -265,9 +284,10 @@ def prepare_command(sources, out, size, split_text, seed, min_foreground, fit, n
                    "scripts/convert_fid_weights.py makes it).")
 @click.option("--sis-class", "sis_classes", type=POSITIVE, multiple=True,
               help="Score only this class with --sis (repeatable; default: every foreground class).")
+@precision_option("float32", "the --run network (float32 by default: the same numbers on every machine)")
 def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_seed, acs, per_slice_masks, split,
                  dc, regime, phase_seed, lam, tune_lambda, cs_iterations, cs_backend, maps_kind, calib_width,
-                 dagan_compat_metrics, batch_size, out, overwrite, sis_run, sis_classes, fid_weights):
+                 dagan_compat_metrics, batch_size, out, overwrite, sis_run, sis_classes, fid_weights, precision):
     """Score zero-filled, classical baselines and a trained run on a whole split, on the same k-space;
     writes metrics.json, per_slice.csv, examples.png and report.md."""
     from dagan_tf import recipes
@@ -300,7 +320,7 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
             mask_kind, ratio, mask_seed, acs, per_slice_masks = (d["mask"], d["ratio"], d["mask_seed"], d["acs"],
                                                                  d["per_sample_masks"])
     spec = _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
-    _load_tensorflow()
+    precision = _inference_precision(precision)
     from dagan_tf.evaluate import evaluate_methods, format_table
 
     result = evaluate_methods(
@@ -308,7 +328,7 @@ def eval_command(baselines, run_dir, no_baselines, data, mask_kind, ratio, mask_
         regime=regime or "magnitude", phase_seed=phase_seed, lam=lam, tune=tune_lambda, iterations=cs_iterations,
         backend=cs_backend, calib_width=calib_width if maps_kind == "espirit" else None,
         dagan_compat=dagan_compat_metrics, batch_size=batch_size, overwrite=overwrite, sis_run=sis_run,
-        sis_classes=list(sis_classes) or None, fid_weights=fid_weights, echo=_echo)
+        sis_classes=list(sis_classes) or None, fid_weights=fid_weights, precision=precision, echo=_echo)
     click.echo(format_table(result))
     click.echo(f"written to {out}")
 
@@ -394,8 +414,10 @@ def recipes_show_command(name, overrides):
 @click.option("--kernels", type=click.Choice(["auto", *KERNEL_CLASSES]), default="auto",
               show_default=True, help="Build the graph for the CPU that will serve it: its oneDNN instruction-set "
               "class (lscpu flag avx512f -> avx512, else avx2 -> avx2); auto: this machine's.")
+@precision_option("auto", "the exported network (with --kernels other than auto, auto means float32: pass "
+                           "--precision bfloat16 for a serving CPU with AMX or AVX512-BF16)")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export (only once the new one is complete).")
-def export_command(run_dir, out, kernels, overwrite):
+def export_command(run_dir, out, kernels, precision, overwrite):
     """Export a run's generator as a SavedModel (signatures serving_default and from_kspace)."""
     from dagan_tf.outputs import check_new_output
 
@@ -403,18 +425,20 @@ def export_command(run_dir, out, kernels, overwrite):
     if not (Path(run_dir) / "config.yaml").is_file():
         raise DaganError(f"{run_dir} is not a training run (no config.yaml)")
 
-    _load_tensorflow()
+    precision = "float32" if precision == "auto" and kernels != "auto" else _inference_precision(precision)
     from dagan_tf.export import export_generator
     from dagan_tf.inference import load_run_generator
 
     with target_kernels(None if kernels == "auto" else kernels):  # the network is built and traced inside
         click.echo(f"loading the generator of {run_dir} (best weights)")
-        generator, config = load_run_generator(run_dir, inference=True)
+        generator, config = load_run_generator(run_dir, inference=True, precision=precision)
         isa = target_isa()
-        click.echo(f"writing the SavedModel (signatures serving_default, from_kspace; {isa} kernels) to {out}")
+        click.echo(f"writing the SavedModel (signatures serving_default, from_kspace; {isa} kernels, computing in "
+                   f"{precision}) to {out}")
         export_generator(generator, out, overwrite, {
             "recipe": config["recipe"], "trainer": config["trainer"], "image_size": config["model"]["image_size"],
-            "data": {k: v for k, v in config["data"].items() if k != "folder"}, "kernels": isa})
+            "data": {k: v for k, v in config["data"].items() if k != "folder"}, "kernels": isa,
+            "precision": precision})
     click.echo(f"exported to {out}")
 
 
@@ -431,8 +455,10 @@ def export_command(run_dir, out, kernels, overwrite):
 @click.option("--dc", is_flag=True, help="Apply data consistency to the network output.")
 @REGIME_OPTION
 @PHASE_SEED_OPTION
+@precision_option("auto", "a run folder's network (an export computes in the precision it was exported with)")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (only once the new one is complete).")
-def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, dc, regime, phase_seed, overwrite):
+def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, dc, regime, phase_seed, precision,
+                    overwrite):
     from dagan_tf.outputs import check_new_output
 
     check_new_output(out, overwrite)
@@ -444,10 +470,10 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
         raise DaganError(f"path not found: {model_path}")
     spec = None if mask_kind is None else _mask_spec(mask_kind, ratio, mask_seed, acs, False)
 
-    _load_tensorflow()
+    precision = _inference_precision(precision)
     from dagan_tf.predict import predict_volume
 
-    predict_volume(model_path, source, out, spec, dc, overwrite, regime, phase_seed, echo=_echo)
+    predict_volume(model_path, source, out, spec, dc, overwrite, regime, phase_seed, echo=_echo, precision=precision)
     click.echo(f"written {out}")
 
 
@@ -477,8 +503,10 @@ def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, d
 @click.option("--no-cache", is_flag=True, help="Neither read nor write cached reconstructions.")
 @click.option("--out", required=True, help="Output folder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder (only once the new one is complete).")
+@precision_option("float32", "the run folders' networks (float32 by default: the same numbers on every machine; "
+                             "exports compute in the precision they were exported with)")
 def compare_command(models, baselines, data, split, mask_kind, ratio, mask_seed, acs, per_slice_masks, dc, regime,
-                    phase_seed, reference, sis_run, fid_weights, cache_dir, no_cache, out, overwrite):
+                    phase_seed, reference, sis_run, fid_weights, cache_dir, no_cache, out, overwrite, precision):
     """Every run or export (and baseline) on the same slices, masks and metrics, with paired statistics."""
     from dagan_tf.outputs import check_new_output
 
@@ -494,12 +522,12 @@ def compare_command(models, baselines, data, split, mask_kind, ratio, mask_seed,
     if fid_weights is not None and not Path(fid_weights).is_file():
         raise DaganError(f"--fid weights not found: {fid_weights}")
     spec = None if mask_kind is None else _mask_spec(mask_kind, ratio, mask_seed, acs, per_slice_masks)
-    _load_tensorflow()
+    precision = _inference_precision(precision)
     from dagan_tf.compare import compare, default_cache_dir
 
     cache = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     summary = compare(list(models), data, out, list(baselines), split, spec, dc, regime, reference, sis_run, cache,
-                      phase_seed, fid_weights=fid_weights, overwrite=overwrite, echo=_echo)
+                      phase_seed, fid_weights=fid_weights, overwrite=overwrite, echo=_echo, precision=precision)
     for reg in summary:
         click.echo(f"{reg} regime: {Path(out) / reg / 'comparison.md'}")
     click.echo(f"written to {out}")

@@ -69,7 +69,8 @@ def _files_checksum(paths: list[Path]) -> str:
 
 @dataclass
 class Model:
-    """A run or export to compare: its name in the tables, size, mask (runs), parameters and checksum."""
+    """A run or export to compare: its name in the tables, size, mask (runs), parameters, checksum and the
+    precision it computes in (a run's: ``--precision``; an export's: the one it was exported with)."""
 
     path: Path
     name: str
@@ -78,12 +79,14 @@ class Model:
     parameters: int
     checksum: str
     batch_reconstructor: Callable[[dict], tf.Tensor] = field(repr=False)
+    precision: str = "float32"
 
 
 def load_models(paths: list[str], dc: bool, size: int, data,
-                echo: Callable[[str], None] = lambda _: None) -> list[Model]:
-    """Each run folder (best weights, else the newest checkpoint) or export of ``paths``; each must reconstruct
-    ``size``² images (the slices of ``data``); ``echo`` is told of an export built for another CPU's kernels."""
+                echo: Callable[[str], None] = lambda _: None, precision: str = "float32") -> list[Model]:
+    """Each run folder (best weights, else the newest checkpoint; computing in ``precision``, ``float32`` or
+    ``bfloat16``) or export of ``paths``; each must reconstruct ``size``² images (the slices of ``data``);
+    ``echo`` is told of an export built for another CPU's kernels."""
     from dagan_tf import recipes
 
     def check_size(path: Path, model_size: int) -> None:
@@ -116,16 +119,17 @@ def load_models(paths: list[str], dc: bool, size: int, data,
             parameters = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(variables)
                              if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"))
             files = [path / "saved_model.pb", *sorted((path / "variables").iterdir())]
-            models.append(Model(path, name, export.size, None, parameters, _files_checksum(files), reconstruct))
+            models.append(Model(path, name, export.size, None, parameters, _files_checksum(files), reconstruct,
+                                export.precision))
         elif (path / "config.yaml").is_file():
             check_size(path, recipes.load_config_file(path / "config.yaml")["model"]["image_size"])
-            generator, config = load_run_generator(path)
+            generator, config = load_run_generator(path, precision=precision)
             weights = [path / "best.weights.h5"] if (path / "best.weights.h5").is_file() \
                 else sorted((path / "checkpoints").glob("ckpt-*"))
             parameters = sum(int(np.prod(w.shape)) for w in generator.weights)
             models.append(Model(path, name, config["model"]["image_size"], mask_spec(config), parameters,
                                 _files_checksum([path / "config.yaml", *weights]),
-                                batch_reconstructor(inference_copy(generator), dc)))
+                                batch_reconstructor(inference_copy(generator), dc), precision))
         else:
             raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
     return models
@@ -241,9 +245,11 @@ def median_slices(psnr: np.ndarray, subjects: np.ndarray) -> list[int]:
 def compare(models: list[str], data, out, baselines: list[str] = (), split: str = "test",
             mask: MaskSpec | None = None, dc: bool = False, regime: str = "phase", reference: str | None = None,
             sis_run=None, cache_dir: Path | None = None, phase_seed: int = 0, batch_size: int = 16,
-            fid_weights=None, overwrite: bool = False, echo: Callable[[str], None] = lambda _: None) -> dict:
+            fid_weights=None, overwrite: bool = False, echo: Callable[[str], None] = lambda _: None,
+            precision: str = "float32") -> dict:
     """Compare ``models`` (run or export folders) and classical ``baselines`` on ``split`` of ``data``
-    (module doc); ``regime`` is ``phase`` (default), ``magnitude`` or ``both``.  Returns the summary."""
+    (module doc); ``regime`` is ``phase`` (default), ``magnitude`` or ``both``; run folders compute in
+    ``precision`` (``float32`` or ``bfloat16``).  Returns the summary."""
     from dagan_tf.baselines import build_baselines
 
     check_new_output(out, overwrite)
@@ -253,7 +259,7 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
         raise DaganError("compare runs on single-coil prepared data (simulated k-space); "
                          "use 'dagan-tf eval' for multi-coil splits")
     size = prepared.images.shape[1]
-    loaded = load_models(list(models), dc, size, data, echo)
+    loaded = load_models(list(models), dc, size, data, echo, precision)
     spec = common_mask(loaded, mask)
     spec.validate()
     reference = reference or (loaded[0].name if loaded else "zero_filled")
@@ -269,7 +275,7 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
             common = [data_key, split, asdict(spec), reg, phase_seed]
             recons = {"zero_filled": CachedReconstructor(zero_filled, "zero_filled", None, len(prepared.images),
                                                          (size, size))}
-            recons |= {m.name: CachedReconstructor(m.batch_reconstructor, _key(m.checksum, *common, dc), cache_dir,
+            recons |= {m.name: CachedReconstructor(m.batch_reconstructor, _key(m.checksum, *common, dc, *([m.precision] if m.precision != "float32" else [])), cache_dir,
                                                   len(prepared.images), (size, size)) for m in loaded}
             # in the magnitude regime the projection (no network) is valid and often the strongest: always shown
             baseline_recons, settings = build_baselines(
@@ -298,7 +304,8 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
             stats = paired_statistics(per_slice, prepared.subjects, reference)
             params = {m.name: m.parameters for m in loaded}
             trained = {name: c["cpu_minutes"][-1] for name, c in curves.items()}
-            table = _comparison_table(result, names, stats, params, trained, reference, [m.name for m in loaded])
+            table = _comparison_table(result, names, stats, params, trained, reference,
+                                      {m.name: m.precision for m in loaded})
             _write_comparison(folder, table, result, stats, reference, reg, spec, split)
             _comparison_figures(folder, prepared, recons, per_slice, reference, names)
             summary[reg] = {"table": table, "statistics": stats, "seconds": time.perf_counter() - started}
@@ -309,14 +316,16 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
 
 
 def _comparison_table(result: dict, names: list[str], stats: dict, params: dict, trained: dict, reference: str,
-                      models: list[str]) -> list[dict]:
-    """One row per method; network rows (``models``) also get their gain over the strongest classical row and
-    (``trained``: name -> CPU-minutes, from the run's history) the training budget they had."""
-    best = strongest_baseline(result, models)
+                      models: dict[str, str]) -> list[dict]:
+    """One row per method; network rows (``models``: name -> compute precision) also get their gain over the
+    strongest classical row and (``trained``: name -> CPU-minutes, from the run's history) the training budget
+    they had."""
+    best = strongest_baseline(result, list(models))
     rows = []
     for name in names:
         r = result[name]
-        row = {"method": name, "parameters": params.get(name), "training_cpu_minutes": trained.get(name)}
+        row = {"method": name, "parameters": params.get(name), "training_cpu_minutes": trained.get(name),
+               "precision": models.get(name)}
         for m in metrics.METRIC_NAMES:  # per_volume: mean ± std over the subjects' means
             row.update({f"{m}_mean": r[m]["mean"], f"{m}_std": r[m]["std"],
                         f"{m}_subject_mean": r[m]["per_volume"]["mean"], f"{m}_subject_std": r[m]["per_volume"]["std"]})
@@ -363,11 +372,13 @@ def _write_comparison(folder: Path, table, result, stats, reference, regime, spe
                      f"{row['psnr_subject_mean']:.2f} ± {row['psnr_subject_std']:.2f} | "
                      f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['nmse_mean']:.5f} | "
                      + (f"{row['sis']:.3f} | " if with_sis else "") + (f"{row['fid']:.2f} | " if with_fid else "")
-                     + f"{diff} | {row['ms_per_slice']:.1f} | "
+                     + f"{diff} | {row['ms_per_slice']:.1f}"
+                     + (" (bf16)" if row["precision"] == "bfloat16" else "") + " | "
                      + (f"{row['parameters']:,}" if row["parameters"] is not None else "–") + " | "
                      + (f"{row['training_cpu_minutes']:.1f}" if row["training_cpu_minutes"] is not None else "–")
                      + " |")
-    lines += ["", "Paired statistics use the subject as the unit: slices of one subject are not independent, "
+    lines += ["", "Networks compute in float32 unless marked (bf16): bfloat16 compute, float32 data consistency.",
+              "", "Paired statistics use the subject as the unit: slices of one subject are not independent, "
               "so per-subject mean differences are bootstrapped (95 % percentile interval, "
               f"{BOOTSTRAP_SAMPLES} resamples) and tested with the Wilcoxon signed-rank test (scipy); with few "
               "subjects the smallest attainable p is large (4 subjects: 0.125). Slice-level statistics are in "

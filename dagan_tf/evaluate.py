@@ -309,8 +309,9 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
                      phase_seed: int = 0, lam: float | None = None, tune: bool = False, iterations: int = 100,
                      backend: str = "sigpy", calib_width: int | None = 24, dagan_compat: bool = False,
                      batch_size: int = 16, overwrite: bool = False, sis_run=None, sis_classes=None,
-                     fid_weights=None, echo: Callable[[str], None] = lambda _: None) -> dict:
-    """What ``dagan-tf eval`` does: a run (``run_dir``, with ``dc``) and classical ``baselines`` on ``split``.
+                     fid_weights=None, precision: str = "float32", echo: Callable[[str], None] = lambda _: None) -> dict:
+    """What ``dagan-tf eval`` does: a run (``run_dir``, with ``dc``, computing in ``precision``) and classical
+    ``baselines`` on ``split``.
 
     A run without explicit baselines gets :func:`default_baselines` (tuned weights) unless
     ``no_baselines``; ``dc`` adds the projection in the magnitude regime.  Multi-coil splits use
@@ -338,10 +339,12 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
         from dagan_tf.inference import batch_reconstructor, load_run_generator
         from dagan_tf.models.refinement import RefinedNetwork
 
-        generator, _ = load_run_generator(run_dir, inference=True)
+        generator, _ = load_run_generator(run_dir, inference=True, precision=precision)
         if isinstance(generator, RefinedNetwork):  # its stage-1 RecNet beside it, on the same slices
             recons["stage1+dc" if dc else "stage1"] = batch_reconstructor(generator.recnet, dc)
+            settings["stage1+dc" if dc else "stage1"] = {"precision": precision}
         recons["model+dc" if dc else "model"] = batch_reconstructor(generator, dc)
+        settings["model+dc" if dc else "model"] = {"precision": precision}
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
     if no_baselines:
         settings["baselines"] = "skipped (--no-baselines): no classical baseline beside the model"

@@ -67,6 +67,41 @@ def resolve_precision(requested: str, cpu_flags: frozenset[str] | None = None,
     return "mixed_bfloat16" if any(f in flags for f in NATIVE_BF16_CPU_FLAGS) else "float32"
 
 
+INFERENCE_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def inference_precision(requested: str, cpu_flags: frozenset[str] | None = None,
+                        gpu_compute_capabilities: list[tuple[int, int]] | None = None) -> str:
+    """``float32`` or ``bfloat16``: the compute precision of inference for ``requested`` (one of
+    :data:`INFERENCE_PRECISIONS`); ``auto`` is ``bfloat16`` where the hardware computes it natively (the rule of
+    :func:`resolve_precision`: AMX or AVX512-BF16 CPUs, GPUs from Ampere on) and ``float32`` elsewhere."""
+    if requested not in INFERENCE_PRECISIONS:
+        raise ValueError(f"unknown inference precision {requested!r}")
+    if requested != "auto":
+        return requested
+    native = resolve_precision("auto", cpu_flags, gpu_compute_capabilities) == "mixed_bfloat16"
+    return "bfloat16" if native else "float32"
+
+
+def keras_policy(precision: str) -> str:
+    """The Keras dtype policy that computes in ``precision`` (``float32`` or ``bfloat16``) with float32
+    variables: layers declared float32 (data consistency, output activations) stay float32."""
+    return {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
+
+
+@contextlib.contextmanager
+def precision_policy(name: str):
+    """Build models under the Keras dtype policy ``name``; the previous global policy is restored after."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def visible_gpu_capabilities() -> list[tuple[int, int]]:
     """Compute capabilities of the GPUs TensorFlow sees (imports TensorFlow)."""
     import tensorflow as tf

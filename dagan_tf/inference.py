@@ -16,6 +16,7 @@ import tensorflow as tf
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.errors import DaganError
+from dagan_tf.hardware import keras_policy, precision_policy
 from dagan_tf.models.layers import inference_network
 from dagan_tf.models.dcinet import network_inputs as coil_network_inputs
 from dagan_tf.models.dcinet import takes_coil_kspace
@@ -23,24 +24,26 @@ from dagan_tf.models.recnet import network_inputs, takes_kspace
 from dagan_tf.models.refinement import RefinedNetwork
 
 
-def load_run_generator(run_dir: str | Path, inference: bool = False):
+def load_run_generator(run_dir: str | Path, inference: bool = False, precision: str = "float32"):
     """``(generator, config)`` of a run, with its best weights (else the newest intact checkpoint).
 
     With ``inference`` the generator is its inference copy (:func:`inference_copy`: the same outputs within 1e-5
     of their scale, faster on this machine, not for training into the run's checkpoints); ``eval``, ``compare``,
-    ``predict`` and ``export`` use it.
+    ``predict`` and ``export`` use it.  ``precision`` (``float32`` or ``bfloat16``,
+    :func:`dagan_tf.hardware.inference_precision`) is the compute precision of its layers, whatever the training
+    precision; variables, inputs, outputs and data consistency stay float32.
     Raises :class:`DaganError` for weights that are truncated or do not fit the run's config.
     """
-    from dagan_tf.training.run import build_generator, precision_policy
+    from dagan_tf.training.run import build_generator
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DaganError(f"{run_dir} is not a training run (no config.yaml)")
     config = recipes.load_config_file(run_dir / "config.yaml")
-    with precision_policy("float32"):  # inference in float32 whatever the training precision
+    with precision_policy(keras_policy(precision)):
         generator = build_generator(config)
-    _load_trained_weights(generator, run_dir)
-    return (inference_copy(generator) if inference else generator), config
+        _load_trained_weights(generator, run_dir)
+        return (inference_copy(generator) if inference else generator), config
 
 
 def _load_trained_weights(generator, run_dir: Path) -> None:

@@ -44,6 +44,7 @@ class LoadedModel:
     regime: str = "magnitude"  # the k-space simulation the network was trained in (the run's / export's record)
     mask: MaskSpec | None = None  # the mask it was trained with (None: an export without that record)
     note: str | None = None  # an export built for another CPU's kernels says so (export.kernels_note)
+    precision: str = "float32"  # the network's compute precision (an export's is fixed when it is exported)
 
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
         """``[N, S, S, K]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``: the magnitude,
@@ -58,8 +59,9 @@ class LoadedModel:
         return tf.concat([image, *change], axis=-1)
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """The generator of an export folder (signatures checked first) or a run folder."""
+def load_model(path: str | Path, precision: str = "float32") -> LoadedModel:
+    """The generator of an export folder (signatures checked first; it computes in the precision it was exported
+    with) or a run folder (computing in ``precision``, ``float32`` or ``bfloat16``)."""
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         from dagan_tf.export import export_metadata, kernels_note, kspace_planes, load_export
@@ -69,18 +71,18 @@ def load_model(path: str | Path) -> LoadedModel:
         data = metadata.get("data", {})
         return LoadedModel(size, network, lambda k0, m: from_kspace(**kspace_planes(k0, m))["reconstruction"],
                            data.get("regime", "magnitude"), _training_mask(data),
-                           kernels_note(path, metadata.get("kernels")))
+                           kernels_note(path, metadata.get("kernels")), metadata.get("precision", "float32"))
     if (path / "config.yaml").is_file():
         from dagan_tf.inference import load_run_generator, run_network
 
-        generator, config = load_run_generator(path, inference=True)
+        generator, config = load_run_generator(path, inference=True, precision=precision)
         channels = config["model"].get("channels", 1)
 
         def network(kspace0, mask):
             return run_network(generator, network_input(ks.ifft2c(kspace0), channels), kspace0, mask)
 
         return LoadedModel(config["model"]["image_size"], network, regime=config["data"]["regime"],
-                           mask=_training_mask(config["data"]))
+                           mask=_training_mask(config["data"]), precision=precision)
     raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
 
 
@@ -121,9 +123,10 @@ def _reconstruct(model: LoadedModel, kspace0: np.ndarray, mask: np.ndarray, dc: 
 
 def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask: MaskSpec | None = None,
                    dc: bool = False, overwrite: bool = False, regime: str | None = None, phase_seed: int = 0,
-                   echo: Callable[[str], None] = lambda _: None) -> Path:
+                   echo: Callable[[str], None] = lambda _: None, precision: str = "float32") -> Path:
     """Reconstruct ``source`` with ``model`` into the NIfTI file ``out`` (written atomically); a refined
-    network's change map λ·V goes to :func:`refinement_path` (same geometry and intensity scale).
+    network's change map λ·V goes to :func:`refinement_path` (same geometry and intensity scale).  A run folder
+    computes in ``precision`` (``float32`` or ``bfloat16``), an export in its own.
 
     Image input is undersampled with ``mask`` (default: the model's training mask, when its run or export
     records it) in ``regime`` (default: a run's own, else ``magnitude``): ``phase``
@@ -135,9 +138,10 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
     is_kspace = source.suffix.lower() in (".h5", ".hdf5")
     if mask is not None:
         mask.validate()
-    loaded = load_model(model)
+    loaded = load_model(model, precision)
     if loaded.note is not None:
         echo(loaded.note)
+    echo(f"computing in {loaded.precision}")
     if not is_kspace and mask is None:
         if loaded.mask is None:
             raise DaganError("image input needs --mask and --ratio to simulate undersampling (this export does "

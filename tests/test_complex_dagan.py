@@ -70,7 +70,7 @@ def test_complex_run_evaluates_exports_and_predicts(tmp_path, complex_run, real_
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["regime"] == "phase (seed 0)" and "model+dc" in metrics and "zero_filled_dc1" not in metrics
-    assert run("export", complex_run, "--out", tmp_path / "x").exit_code == 0
+    assert run("export", complex_run, "--out", tmp_path / "x", "--precision", "float32").exit_code == 0
     loaded = tf.saved_model.load(str(tmp_path / "x"))
     generator, _ = load_run_generator(complex_run)
     x = tf.random.uniform((2, SIZE, SIZE, 2), -0.5, 0.5, seed=4)
@@ -93,7 +93,7 @@ def test_predict_with_a_complex_export_matches_the_run(tmp_path, complex_run):
     from conftest import phantom_volume, write_nifti
 
     source = write_nifti(tmp_path / "in.nii.gz", phantom_volume(SIZE, 6))
-    assert run("export", complex_run, "--out", tmp_path / "x").exit_code == 0
+    assert run("export", complex_run, "--out", tmp_path / "x", "--precision", "float32").exit_code == 0
     outputs = {}
     for name, model in (("run", complex_run), ("export", tmp_path / "x")):
         out = tmp_path / f"{name}.nii.gz"

@@ -215,7 +215,7 @@ def test_dcinet_export_serves_coil_kspace_like_the_run(tmp_path, multicoil_dir):
     from dagan_tf.training.run import train
 
     train(tmp_path / "r", tiny_wasserstein("cwgan-agb", "train.epochs=1"), multicoil_dir)
-    assert run("export", tmp_path / "r", "--out", tmp_path / "e").exit_code == 0
+    assert run("export", tmp_path / "r", "--out", tmp_path / "e", "--precision", "float32").exit_code == 0
     loaded = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
     generator, config = load_run_generator(tmp_path / "r")
     split = load_split(multicoil_dir, "test")

@@ -16,7 +16,7 @@ from dagan_tf.inference import load_run_generator
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained_run):
     out = tmp_path_factory.mktemp("export") / "model"
-    result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out)])
+    result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out), "--precision", "float32"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -55,6 +55,70 @@ def test_saved_model_cli_runs_the_export_like_the_loaded_model(exported, tmp_pat
                                    atol=1e-6)
 
 
+def test_bfloat16_export_computes_in_bf16_with_float32_interfaces_and_data_consistency(trained_run, tmp_path):
+    """--precision bfloat16: convolutions in bf16 (their ops typed bfloat16 in the graph), float32 inputs and
+    outputs (saved_model_cli serves it), the float32 network's outputs within bf16's rounding, data consistency
+    in float32 (exact on a fully sampled mask), and the precision recorded in dagan_tf.json."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from dagan_tf.export import export_metadata
+
+    out = tmp_path / "bf16"
+    result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out), "--precision", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert "computing in bfloat16" in result.output and export_metadata(out)["precision"] == "bfloat16"
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((out / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    conv_types = {n.attr["T"].type for f in graph.library.function for n in f.node_def if n.op.startswith("Conv2D")}
+    assert conv_types == {tf.bfloat16.as_datatype_enum}, conv_types
+    signature = saved.meta_graphs[0].signature_def["serving_default"]
+    assert {t.dtype for t in [*signature.inputs.values(), *signature.outputs.values()]} == {tf.float32.as_datatype_enum}
+
+    generator, _ = load_run_generator(trained_run)
+    loaded = tf.saved_model.load(str(out))
+    x = tf.random.uniform((3, SIZE, SIZE, 1), seed=1)
+    bf16 = loaded.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy()
+    f32 = generator(x, training=False).numpy()
+    assert bf16.dtype == np.float32
+    assert 0 < np.abs(bf16 - f32).max() < 0.03 * np.abs(f32).max()  # bf16 keeps 8 bits of mantissa
+    served = saved_model_cli_run(out, "serving_default", {"zero_filled": x.numpy()}, tmp_path)
+    np.testing.assert_allclose(served["reconstruction"], bf16, atol=1e-6)
+
+    target = tf.random.uniform((2, SIZE, SIZE), seed=2)
+    full = np.ones((2, SIZE, SIZE), np.float32)
+    k0, zf = ks.undersample(target, full)
+    res = loaded.signatures["from_kspace"](kspace_real=tf.math.real(k0), kspace_imag=tf.math.imag(k0),
+                                           mask=tf.constant(full))
+    # every sample re-imposed in float32: the network's bf16 rounding is gone
+    np.testing.assert_allclose(res["reconstruction"].numpy()[..., 0], target.numpy(), atol=1e-5)
+
+
+def test_run_folder_precision_in_eval_and_compare(trained_run, real_slices, tmp_path):
+    """eval and compare of a run folder in bfloat16 record it (metrics.json, comparison.json) and score within
+    0.2 dB of float32; float32 stays the default (the same numbers on every machine)."""
+    import json
+
+    scores = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / f"eval-{precision}"
+        args = ["eval", "--run", str(trained_run), "--no-baselines", "--data", str(real_slices), "--out", str(out)]
+        result = CliRunner().invoke(main, args + (["--precision", precision] if precision != "float32" else []))
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["reconstructor_settings"]["model"] == {"precision": precision}
+        scores[precision] = metrics["model"]["psnr"]["mean"]
+    assert scores["float32"] != scores["bfloat16"] and abs(scores["float32"] - scores["bfloat16"]) < 0.2
+    out = tmp_path / "compare"
+    result = CliRunner().invoke(main, ["compare", str(trained_run), "--data", str(real_slices), "--regime", "magnitude",
+                                       "--precision", "bfloat16", "--no-cache", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "magnitude" / "comparison.json").read_text())["table"]
+    row = next(r for r in table if r["method"] == trained_run.name)
+    assert row["precision"] == "bfloat16" and abs(row["psnr_mean"] - scores["bfloat16"]) < 1e-6
+    assert "(bf16)" in (out / "magnitude" / "comparison.md").read_text()
+
+
 def _graph_ops(export) -> set[str]:
     """Every op type of an export's graph and functions."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -78,7 +142,8 @@ def test_export_for_another_cpu_builds_that_cpus_kernels_with_the_same_outputs(t
     loaded = {}
     for kernels in ("avx2", "avx512"):
         out = tmp_path / kernels
-        result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out), "--kernels", kernels])
+        result = CliRunner().invoke(main, ["export", str(trained_run), "--out", str(out), "--kernels", kernels,
+                                           "--precision", "float32"])
         assert result.exit_code == 0, result.output
         assert f"{kernels} kernels" in result.output and export_metadata(out)["kernels"] == kernels
         loaded[kernels] = tf.saved_model.load(str(out))

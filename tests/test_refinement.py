@@ -187,7 +187,7 @@ def test_eval_export_predict_of_a_refinement_run(tmp_path, real_slices, refineme
     assert abs(metrics["model"]["psnr"]["mean"] - metrics["stage1"]["psnr"]["mean"]) < 0.5
 
     export = tmp_path / "export"
-    assert run("export", refinement_run, "--out", export).exit_code == 0
+    assert run("export", refinement_run, "--out", export, "--precision", "float32").exit_code == 0
     loaded = tf.saved_model.load(str(export))
     k0, mask = _measurements(3, seed=4)
     masks = np.broadcast_to(mask, k0.shape).astype(np.float32)

@@ -149,6 +149,23 @@ def test_auto_precision_follows_the_hardware():
     assert model == "Test CPU" and "avx512_bf16" in flags
 
 
+def test_inference_precision_follows_the_hardware():
+    """auto: bfloat16 only where it is native (AMX or AVX512-BF16 CPUs, Ampere+ GPUs); an AVX2-only CPU and a
+    Turing GPU (whose training auto is float16) infer in float32; explicit values are kept."""
+    from dagan_tf.hardware import inference_precision, keras_policy
+
+    assert inference_precision("auto", frozenset({"avx2", "fma", "avx512f"})) == "float32"
+    assert inference_precision("auto", frozenset({"avx2", "avx512_bf16"})) == "bfloat16"
+    assert inference_precision("auto", frozenset({"amx_bf16", "amx_tile"})) == "bfloat16"
+    assert inference_precision("auto", frozenset({"avx512_bf16"}), gpu_compute_capabilities=[(7, 5)]) == "float32"
+    assert inference_precision("auto", frozenset(), gpu_compute_capabilities=[(8, 6)]) == "bfloat16"
+    assert inference_precision("bfloat16", frozenset({"avx2"})) == "bfloat16"
+    assert inference_precision("float32", frozenset({"amx_bf16"})) == "float32"
+    assert keras_policy("bfloat16") == "mixed_bfloat16" and keras_policy("float32") == "float32"
+    with pytest.raises(ValueError):
+        inference_precision("float16")
+
+
 def test_kernel_choice_follows_the_instruction_set():
     from dagan_tf.hardware import (GEMM_MAX_POSITIONS, inference_matmul_layout, kernel_isa, split_batch_of_one,
                                    target_isa, target_kernels, use_gemm, use_tap_gemm)

@@ -37,7 +37,7 @@ from dagan_tf.data.pipeline import (batch_stage, evaluation_dataset, evaluation_
                                     training_dataset)
 from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
-from dagan_tf.hardware import resolve_precision, visible_gpu_capabilities
+from dagan_tf.hardware import precision_policy, resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import make_dir, replace_path
 from dagan_tf.training.callbacks import (ImageGrid, LearningRate, LearningRateSchedule, ReplicatedValidation,
@@ -67,17 +67,6 @@ def build_trainer(config: dict) -> keras.Model:
 def build_generator(config: dict) -> keras.Model:
     """The recipe's inference network ``[N, S, S, 1] -> [N, S, S, 1]``."""
     return recipes.trainer_of(config).load().build_generator(config)
-
-
-@contextlib.contextmanager
-def precision_policy(name: str):
-    """Build models under the Keras dtype policy ``name``; the previous global policy is restored after."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def staging_dir(run_dir: Path) -> Path:
