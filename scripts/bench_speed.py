@@ -2,9 +2,9 @@
 
 Reports parameters and forward GFLOP per image for G, D and the VGG feature
 extractor; training images/s (float32 and mixed bf16); inference ms/image at
-batch 1 and 16; the export size against the parameter bytes; and the GFLOP/s
-of a large 3×3 convolution measured in the same run, so every figure is also a
-fraction of that ceiling.
+batch 1 and 16, computing in float32 and in bfloat16 (``export --precision``); the export size against the
+parameter bytes; and the GFLOP/s of a large 3×3 convolution in each precision (``conv_ceilings``) measured in
+the same run, so every figure is also a fraction of its precision's ceiling.
 
 ``--networks srgan`` measures the hybrid-loss SRGAN: the ResNet-16 generator at 96² (its training
 patches) and at ``--size``, the SRGAN discriminator and the VGG of its content loss (VGG16
@@ -265,6 +265,25 @@ def inference_report(name: str, network, inputs_of, flops: float, size: int, cei
                                              / report[f"{name}_batch16"]["ms_per_image"])
 
 
+def inference_reports(name: str, build, inputs_of, flops: float, size: int, report: dict) -> None:
+    """:func:`inference_report` of the inference copy of ``build()`` computing in float32 (``report[name_…]``) and
+    in bfloat16 (``report[name_bf16_…]``, as ``export --precision bfloat16`` builds it), each against the 3×3
+    convolution ceiling of its own precision (``report["conv_ceilings"]``, measured once per run), and
+    ``report[name_bf16_speedup]``: float32 ms per image over bfloat16's at batch 1 and 16."""
+    from dagan_tf.hardware import keras_policy, precision_policy
+
+    ceilings = report.setdefault("conv_ceilings", {})
+    for precision, suffix in (("float32", ""), ("bfloat16", "_bf16")):
+        if precision not in ceilings:
+            ceilings[precision] = conv_ceiling(precision)
+        with precision_policy(keras_policy(precision)):
+            network = inference_copy(build())
+        inference_report(name + suffix, network, inputs_of, flops, size, ceilings[precision], report)
+    report[f"{name}_bf16_speedup"] = {
+        f"batch{b}": report[f"{name}_batch{b}"]["ms_per_image"] / report[f"{name}_bf16_batch{b}"]["ms_per_image"]
+        for b in (1, 16)}
+
+
 def train_report(report: dict, key: str, step, images: int, step_flops: float, ceiling: float, steps: int) -> None:
     """``report[key]``: images/s of ``step()`` (one training step on ``images`` images), its GFLOP/s and
     fraction of the 3×3-convolution ``ceiling`` measured in the same run."""
@@ -314,9 +333,9 @@ def dcinet_report(args, report: dict) -> None:
         report[f"peak_rss_gib_after_{precision}"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     keras.mixed_precision.set_global_policy("float32")
     own_width_ceilings(report, 5, 40, size)
-    inference_report("inference", inference_copy(build_dcinet(size)),
-                     lambda batch, size: network_inputs(*(coil_batch(batch, size)[k] for k in ("kspace", "mask", "maps"))),
-                     flops["DCI-Net"], size, conv_ceiling("float32"), report)
+    inference_reports("inference", lambda: build_dcinet(size),
+                      lambda batch, size: network_inputs(*(coil_batch(batch, size)[k] for k in ("kspace", "mask", "maps"))),
+                      flops["DCI-Net"], size, report)
 
 
 def seitzer_report(args, report: dict) -> None:
@@ -389,16 +408,15 @@ def seitzer_report(args, report: dict) -> None:
         shutil.rmtree(stage1, ignore_errors=True)
     keras.mixed_precision.set_global_policy("float32")
     own_width_ceilings(report, 3, 32, size)
-    ceiling = conv_ceiling("float32")
 
     def inputs(batch, size):
         b = kspace_batch(batch, size)
         return network_inputs(b["kspace"], b["mask"])
 
-    refined = RefinedNetwork(build_recnet(size), build_refinement_unet(size, width=args.width))
-    inference_report("inference_recnet", inference_copy(build_recnet(size)), inputs, flops["RecNet"], size, ceiling, report)
-    inference_report("inference_refined", inference_copy(refined), inputs, flops["RecNet"] + flops["refinement U-Net"], size,
-                     ceiling, report)
+    inference_reports("inference_recnet", lambda: build_recnet(size), inputs, flops["RecNet"], size, report)
+    inference_reports("inference_refined",
+                      lambda: RefinedNetwork(build_recnet(size), build_refinement_unet(size, width=args.width)), inputs,
+                      flops["RecNet"] + flops["refinement U-Net"], size, report)
 
 
 def srgan_report(args, report: dict) -> None:
@@ -433,9 +451,8 @@ def srgan_report(args, report: dict) -> None:
                      args.steps)
     keras.mixed_precision.set_global_policy("float32")
     own_width_ceilings(report, 3, scaled_filters(64, args.width), patch)
-    inference_report("inference", inference_copy(build_resnet_generator(size, args.width)),
-                     lambda batch, size: tf.random.uniform((batch, size, size, 1)), flops[f"G {size}²"], size,
-                     conv_ceiling("float32"), report)
+    inference_reports("inference", lambda: build_resnet_generator(size, args.width),
+                      lambda batch, size: tf.random.uniform((batch, size, size, 1)), flops[f"G {size}²"], size, report)
 
 
 def dagan_report(args, report: dict) -> None:
@@ -463,11 +480,11 @@ def dagan_report(args, report: dict) -> None:
 
     # Inference first: measured after training steps in the same process, batch 1 was 10–15 % slower (the state
     # the training left behind), and eval, predict and TF Serving run in processes that do not train.
-    ceiling = conv_ceiling("float32")
+    images = lambda batch, size: tf.random.uniform((batch, size, size, 1))  # noqa: E731
+    inference_reports("inference", lambda: build_generator(args.size, args.width), images, g_flops, args.size, report)
+    inference_report("inference_training_layout", g, images, g_flops, args.size, report["conv_ceilings"]["float32"],
+                     report)
     g_inference = inference_network(g)  # what eval, compare, predict and export run
-    for name, net in (("inference", g_inference), ("inference_training_layout", g)):
-        inference_report(name, net, lambda batch, size: tf.random.uniform((batch, size, size, 1)), g_flops,
-                         args.size, ceiling, report)
     with tempfile.TemporaryDirectory() as tmp:
         out = export_generator(g_inference, Path(tmp) / "export")
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
