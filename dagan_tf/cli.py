@@ -42,11 +42,11 @@ def precision_option(default: str, what: str):
 
 
 def _inference_precision(requested: str) -> str:
-    """``float32`` or ``bfloat16`` for ``--precision`` (imports TensorFlow to see the GPUs)."""
-    from dagan_tf.hardware import inference_precision, visible_gpu_capabilities
+    """``float32`` or ``bfloat16`` for ``--precision`` (imports TensorFlow, quietly, to see the GPUs)."""
+    from dagan_tf.hardware import machine_inference_precision
 
     _load_tensorflow()
-    return inference_precision(requested, gpu_compute_capabilities=visible_gpu_capabilities())
+    return machine_inference_precision(requested)
 
 
 TRUST_NOTE = ("A SavedModel runs its own graph: load only exports you trust; dagan-tf checks that an export "
@@ -540,19 +540,17 @@ def compare_command(models, baselines, data, split, mask_kind, ratio, mask_seed,
               help="Training steps (default: the demo's fixed amount; the same numbers on every machine).")
 @click.option("--minutes", type=click.FloatRange(0, min_open=True), default=None,
               help="Optional wall-clock cap on training; the demo says when it cut training short.")
-@click.option("--vgg-weights", default=None,
-              help="VGG16 weights ('imagenet' or a .weights.h5 file); without it the perceptual term is off.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
-def demo_command(out, size, steps, minutes, vgg_weights, overwrite):
-    """End to end on the built-in MRI volume: prepare, zero-filled baseline, train a CPU-sized PPGR, evaluate,
-    export and reconstruct a volume."""
+def demo_command(out, size, steps, minutes, overwrite):
+    """End to end on the built-in MRI volume, phase-bearing k-space at R4: prepare, zero-filled and TV, train a
+    residual RecNet (recnet-fast), evaluate it beside them, export it and reconstruct the volume."""
     from dagan_tf.outputs import check_new_output
 
     check_new_output(out, overwrite)
     _load_tensorflow()
     from dagan_tf.demo import run_demo
 
-    run_demo(out, size, steps, minutes, vgg_weights, overwrite, echo=_echo)
+    run_demo(out, size, steps, minutes, overwrite, echo=_echo)
 
 
 if __name__ == "__main__":

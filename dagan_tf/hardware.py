@@ -83,6 +83,11 @@ def inference_precision(requested: str, cpu_flags: frozenset[str] | None = None,
     return "bfloat16" if native else "float32"
 
 
+def machine_inference_precision(requested: str) -> str:
+    """:func:`inference_precision` of this machine's CPU and visible GPUs (imports TensorFlow)."""
+    return inference_precision(requested, gpu_compute_capabilities=visible_gpu_capabilities())
+
+
 def keras_policy(precision: str) -> str:
     """The Keras dtype policy that computes in ``precision`` (``float32`` or ``bfloat16``) with float32
     variables: layers declared float32 (data consistency, output activations) stay float32."""

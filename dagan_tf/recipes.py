@@ -132,8 +132,8 @@ DAGAN_SECTIONS = {
         "arch": Field("choice", "generator: unet = DAGAN's U-Net; resnet = the SRGAN-style ResNet (hybrid-loss thesis)",
                       choices=("unet", "resnet"), default="unet"),
         "blocks": Field("int", "residual blocks of the resnet generator (B)", 1, 64, default=16),
-        "zero_init_output": Field("bool", "resnet: start the last convolution at zero, so with refine the untrained "
-                                          "generator returns its input (ours; the texts are silent)", default=False),
+        "zero_init_output": Field("bool", "start the last convolution at zero, so with refine the untrained generator "
+                                          "returns its input (ours; the papers start it random)", default=False),
         "discriminator": Field("choice", "dagan = DAGAN's (fixed image size); srgan = SRGAN's eight convolutions "
                                          "with global pooling (any size, patches)", choices=("dagan", "srgan"),
                                default="dagan"),

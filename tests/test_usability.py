@@ -1,4 +1,5 @@
 """What a new user meets: progress, logs, discovery, permissions, figures, the demo."""
+import json
 import os
 import pty
 import select
@@ -225,9 +226,17 @@ def test_demo_does_a_fixed_number_of_steps(tmp_path):
     config = recipes.load_config_file(out / "run" / "config.yaml")
     assert config["train"]["steps_per_epoch"] * (len(history) - 1) == 6
     assert config["data"]["folder"] == str((out / "data").resolve())
-    for name in ("eval/report.md", "eval/examples.png", "eval-zero-filled/metrics.json", "export/1/saved_model.pb",
+    for name in ("eval/report.md", "eval/examples.png", "eval-baselines/metrics.json", "export/1/saved_model.pb",
                  "run/best.weights.h5"):
         assert (out / name).exists(), name
+    assert config["recipe"] == "recnet-fast" and config["data"]["regime"] == "phase"
+    # the comparison rows: the network beside zero-filled and TV (tuned), in the phase regime, on the same slices
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert {"model", "tv", "zero_filled"} <= set(metrics) and metrics["regime"].startswith("phase")
+    assert metrics["reconstructor_settings"]["tv"]["lambda_source"] == "tuned on validation NMSE"
+    baselines = json.loads((out / "eval-baselines" / "metrics.json").read_text())
+    assert baselines["tv"]["psnr"]["mean"] == metrics["tv"]["psnr"]["mean"]
+    assert json.loads((out / "export" / "1" / "dagan_tf.json").read_text())["precision"] in ("float32", "bfloat16")
     assert nib.load(str(out / "reconstruction.nii.gz")).shape == nib.load(str(demo_volume_path())).shape
     summary = "\n".join(lines)
     assert "tensorboard --logdir" in summary and "reconstruction.nii.gz" in summary

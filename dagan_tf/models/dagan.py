@@ -56,12 +56,17 @@ def unet_depth(size: int, max_depth: int = 8) -> int:
 
 
 def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = True,
-                    max_depth: int = 8, name: str = "generator", channels: int = 1) -> keras.Model:
+                    max_depth: int = 8, name: str = "generator", channels: int = 1,
+                    zero_init_output: bool = False) -> keras.Model:
     """DAGAN U-Net generator ``[N, S, S, channels] -> [N, S, S, channels]``.
 
     ``channels=1`` (the paper): magnitude in [0, 1] in and out.  ``channels=2`` (complex
     DAGAN): real and imaginary parts of the complex image in and out, used as they are
     (already signed, |·| ≤ ~1); the refinement ``clip(tanh(…) + x, -1, 1)`` acts on each part.
+    ``zero_init_output`` starts the last 1×1 convolution at zero (ours; the paper's is N(0, 0.02²)), so with
+    ``refine`` the untrained generator returns its input: the random residual of the paper's start is noise
+    of about the size of the complex parts of a dark image, which put the untrained complex DAGAN below
+    zero-filled.
     """
     depth = unet_depth(image_size, max_depth)
     if depth < 2:
@@ -85,7 +90,8 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
         x = GemmConv2DTranspose(scaled_filters(DECODER_FILTERS[level], width), name=f"deconv{level}", **conv_kw)(x)
         x = _bn(f"deconv{level}_bn")(x)
         x = layers.ReLU(name=f"deconv{level}_relu")(x)
-    x = layers.Conv2D(channels, 1, kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="out")(x)
+    out_init = "zeros" if zero_init_output else keras.initializers.TruncatedNormal(stddev=0.02)
+    x = layers.Conv2D(channels, 1, kernel_initializer=out_init, name="out")(x)
     x = layers.Activation("tanh", dtype="float32", name="tanh")(x)
     if refine:
         x = layers.Add(dtype="float32", name="refinement")([x, x_in])

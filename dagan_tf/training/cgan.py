@@ -144,7 +144,8 @@ def build_generator(config: dict, any_size: bool = False) -> keras.Model:
     if m["arch"] == "resnet":
         return build_resnet_generator(None if any_size else m["image_size"], m["width"], m["blocks"], m["refine"],
                                       m["channels"], m["zero_init_output"])
-    return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"], channels=m["channels"])
+    return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"], channels=m["channels"],
+                      zero_init_output=m["zero_init_output"])
 
 
 def build_trainer(config: dict) -> ConditionalGAN:
