@@ -455,7 +455,8 @@ def export_command(run_dir, out, kernels, precision, overwrite):
 @click.option("--dc", is_flag=True, help="Apply data consistency to the network output.")
 @REGIME_OPTION
 @PHASE_SEED_OPTION
-@precision_option("auto", "a run folder's network (an export computes in the precision it was exported with)")
+@precision_option("float32", "a run folder's network (float32 by default: the same numbers on every machine; an export "
+                             "computes in the precision it was exported with)")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file (only once the new one is complete).")
 def predict_command(model_path, source, out, mask_kind, ratio, mask_seed, acs, dc, regime, phase_seed, precision,
                     overwrite):
