@@ -145,6 +145,9 @@ DAGAN_SECTIONS = {
         "frequency": Field("float", "weight of the frequency loss (g_beta; code only, the paper has none)", 0),
         "vgg": Field("float", "weight of the VGG perceptual loss (g_gamma)", 0),
         "adversarial": Field("float", "weight of the adversarial loss (g_adv)", 0),
+        "adversarial_warmup_steps": Field("int", "ramp the adversarial weight linearly from 0 over the first N generator "
+                                                 "steps (ours; 0 = the papers': full weight from the start)", 0,
+                                          default=0),
     },
     "vgg": {
         "arch": Field("choice", "feature network", choices=("vgg16", "vgg19")),

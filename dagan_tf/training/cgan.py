@@ -39,12 +39,14 @@ PIXEL_LOSSES = ("ratio", "mse")
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the generator loss terms (original code: 15, 0.1, 0.0025, 1)."""
+    """Weights of the generator loss terms (original code: 15, 0.1, 0.0025, 1).  ``adversarial_warmup_steps``
+    (ours; 0 = the papers') ramps the adversarial weight linearly from 0 over the generator's first steps."""
 
     pixel: float = 15.0
     frequency: float = 0.1
     vgg: float = 0.0025
     adversarial: float = 1.0
+    adversarial_warmup_steps: int = 0
 
 
 def pixel_loss(target: tf.Tensor, output: tf.Tensor, kind: str = "ratio") -> tf.Tensor:
@@ -109,9 +111,18 @@ class ConditionalGAN(TrainerModel):
         if w.vgg:
             reference = real if self.vgg_target_prepro is None else self.vgg_target_prepro(real)
             terms["g_vgg"] = tf.reduce_mean(tf.square(self.features(reference) - self.features(fake)))
-        terms["g_loss"] = (w.adversarial * terms["g_adversarial"] + w.pixel * terms["g_pixel"]
+        terms["g_loss"] = (self.adversarial_weight() * terms["g_adversarial"] + w.pixel * terms["g_pixel"]
                            + w.frequency * terms["g_frequency"] + w.vgg * terms["g_vgg"])
         return terms
+
+    def adversarial_weight(self) -> tf.Tensor:
+        """The adversarial weight at this generator step: ``adversarial · min(1, (step + 1) / warm-up)``, a function
+        of the checkpointed optimizer step, so a resumed run continues the ramp."""
+        w = self.loss_weights_
+        if not w.adversarial_warmup_steps:
+            return tf.constant(w.adversarial, tf.float32)
+        step = tf.cast(self.g_optimizer.iterations + 1, tf.float32)
+        return w.adversarial * tf.minimum(1.0, step / float(w.adversarial_warmup_steps))
 
     def train_step(self, data):
         zero_filled, target = data
@@ -154,7 +165,8 @@ def build_trainer(config: dict) -> ConditionalGAN:
     features = None
     if loss["vgg"]:
         features = VGGFeatures.from_recipe(vgg)
-    weights = LossWeights(loss["pixel"], loss["frequency"], loss["vgg"], loss["adversarial"])
+    weights = LossWeights(loss["pixel"], loss["frequency"], loss["vgg"], loss["adversarial"],
+                          loss["adversarial_warmup_steps"])
     discriminator = build_srgan_discriminator(m["width"]) if m["discriminator"] == "srgan" \
         else build_discriminator(m["image_size"], m["width"])
     patches = config["data"]["patch_size"] is not None
