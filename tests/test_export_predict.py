@@ -230,7 +230,7 @@ def test_train_cli_errors(tmp_path, real_slices):
         return CliRunner().invoke(main, ["train", *map(str, args)])
 
     r = run("--recipe", "nope", "--data", real_slices, "--out", tmp_path / "r")
-    assert r.exit_code != 0 and "valid recipes: cwgan, cwgan-agb, dcinet, pg, ppg, ppgr" in r.output
+    assert r.exit_code != 0 and "valid recipes: cascade-deep, cwgan, cwgan-agb, dcinet, pg, ppg, ppgr" in r.output
     r = run("--recipe", "pg", "--data", real_slices, "--out", tmp_path / "r", "--set", "model.depth=3")
     assert r.exit_code != 0 and "unknown --set key 'model.depth'" in r.output and "model.width" in r.output
     r = run("--out", tmp_path / "missing", "--resume")
