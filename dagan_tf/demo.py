@@ -49,7 +49,7 @@ def run_demo(out: str | Path, size: int = 128, steps: int | None = None, minutes
     """Run the demo into ``out`` (built in a hidden folder, moved into place when complete)."""
     from dagan_tf.baselines import build_baselines
     from dagan_tf.evaluate import evaluate, format_table
-    from dagan_tf.export import export_generator
+    from dagan_tf.export import export_generator, run_metadata
     from dagan_tf.hardware import machine_inference_precision
     from dagan_tf.inference import batch_reconstructor, load_run_generator
     from dagan_tf.predict import predict_volume
@@ -80,9 +80,7 @@ def run_demo(out: str | Path, size: int = 128, steps: int | None = None, minutes
         precision = machine_inference_precision("auto")
         echo(f"5/6 exporting the network for TF Serving (computing in {precision})")
         generator, config = load_run_generator(tmp / "run", inference=True, precision=precision)
-        export_generator(generator, tmp / "export" / "1", metadata={
-            "recipe": config["recipe"], "trainer": config["trainer"], "image_size": config["model"]["image_size"],
-            "data": {k: v for k, v in config["data"].items() if k != "folder"}, "precision": precision})
+        export_generator(generator, tmp / "export" / "1", metadata=run_metadata(config, precision))
         echo("6/6 reconstructing the whole demo volume with the export")
         predict_volume(tmp / "export" / "1", volume, tmp / "reconstruction.nii.gz", DEMO_MASK, regime=DEMO_REGIME)
     final = out.resolve()

@@ -129,6 +129,14 @@ def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = 
     return Path(out)
 
 
+def run_metadata(config: dict, precision: str) -> dict:
+    """:data:`METADATA` of an export of a run with ``config``: recipe, trainer, image size, data settings (mask,
+    regime; not the folder), the kernel class in force (:func:`dagan_tf.hardware.target_isa`) and ``precision``."""
+    return {"recipe": config["recipe"], "trainer": config["trainer"], "image_size": config["model"]["image_size"],
+            "data": {k: v for k, v in config["data"].items() if k != "folder"}, "kernels": target_isa(),
+            "precision": precision}
+
+
 KSPACE_INPUTS = {"kspace_real", "kspace_imag", "mask"}
 COIL_INPUTS = KSPACE_INPUTS | {"maps_real", "maps_imag"}
 
