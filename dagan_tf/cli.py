@@ -413,7 +413,8 @@ def recipes_show_command(name, overrides):
 @click.option("--out", required=True, help="SavedModel folder for TF Serving (e.g. export/ppgr/1).")
 @click.option("--kernels", type=click.Choice(["auto", *KERNEL_CLASSES]), default="auto",
               show_default=True, help="Build the graph for the CPU that will serve it: its oneDNN instruction-set "
-              "class (lscpu flag avx512f -> avx512, else avx2 -> avx2); auto: this machine's.")
+              "class (lscpu flags avx512f and amx_tile -> amx, avx512f -> avx512, else avx2 -> avx2); auto: this "
+              "machine's.")
 @precision_option("auto", "the exported network (with --kernels other than auto, auto means float32: pass "
                            "--precision bfloat16 for a serving CPU with AMX or AVX512-BF16)")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export (only once the new one is complete).")

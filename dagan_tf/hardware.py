@@ -126,22 +126,34 @@ def visible_gpu_capabilities() -> list[tuple[int, int]]:
 # training except AVX2 float32 and AVX512 bf16, where 256 was 2.6 % faster but batch-1 inference 8 %
 # (AVX2) slower.  64 is within 4 % of a per-layer oracle for training and batch 16 on both classes.
 # "baseline" (no AVX2) was not measured and keeps the same value.
-GEMM_MAX_POSITIONS = {"avx512": 64, "avx2": 64, "baseline": 64}
+#
+# On a 2-core Intel Xeon with AMX (amx_bf16, amx_tile), the whole DAGAN inference copy (matmul layout off, medians
+# of 4 interleaved rounds, ms per image at batch 1 / 16) for thresholds 0, 16, 64, 256, 1024, 4096: float32
+# 209.8/91.4, 147.6/83.0, 112.0/76.6, 103.6/77.9, 101.1/77.6, 111.8/95.0; bf16 92.7/32.8, 61.3/28.9, 42.9/27.4,
+# 39.9/27.6, 41.6/31.0, 46.0/40.4 (256 and 64 again in the second run: float32 99.2/71.2, bf16 38.2/26.1 for 256).
+# So the amx class takes 256.
+GEMM_MAX_POSITIONS = {"amx": 256, "avx512": 64, "avx2": 64, "baseline": 64}
+
+# Kernel classes, the most capable first.
+KERNEL_CLASSES = ("amx", "avx512", "avx2", "baseline")
 
 
 def kernel_isa(cpu_flags: frozenset[str], onednn_limit: str | None = None) -> str:
-    """Instruction-set class oneDNN's kernels use: ``avx512``, ``avx2`` or ``baseline``.
+    """Instruction-set class oneDNN's kernels use: ``amx`` (AVX-512 with AMX tiles), ``avx512``, ``avx2`` or
+    ``baseline``.
 
     ``onednn_limit`` is oneDNN's ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``; ``native``/``ALL``/None: none):
-    a limit below the CPU's own set gives the limit's class.
+    a limit below the CPU's own set gives the limit's class (``AVX512_CORE_AMX`` keeps AMX, other
+    ``AVX512…`` limits do not).
     """
-    own = "avx512" if "avx512f" in cpu_flags else "avx2" if "avx2" in cpu_flags else "baseline"
+    own = ("amx" if {"avx512f", "amx_tile"} <= cpu_flags else "avx512" if "avx512f" in cpu_flags
+           else "avx2" if "avx2" in cpu_flags else "baseline")
     limit = (onednn_limit or "ALL").upper()
-    if limit in ("ALL", "NATIVE", "DEFAULT") or limit.startswith("AVX512") or limit.startswith("AVX10"):
+    if limit in ("ALL", "NATIVE", "DEFAULT") or ("AMX" in limit and limit.startswith(("AVX512", "AVX10"))):
         return own
-    capped = "avx2" if limit.startswith("AVX2") else "baseline"
-    order = ("baseline", "avx2", "avx512")
-    return min(own, capped, key=order.index)
+    capped = ("avx512" if limit.startswith(("AVX512", "AVX10")) else "avx2" if limit.startswith("AVX2")
+              else "baseline")
+    return min(own, capped, key=KERNEL_CLASSES[::-1].index)
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,7 +161,6 @@ def _machine_isa() -> str:
     return kernel_isa(cpu_info()[1], os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"))
 
 
-KERNEL_CLASSES = ("avx512", "avx2", "baseline")
 _target_isa: str | None = None  # set by target_kernels
 
 
@@ -201,7 +212,7 @@ def use_gemm(small_side_positions: int | None, cpu_flags: frozenset[str] | None 
 # Keras' Conv2D.  Two output channels: faster alone (AVX-512, ms per image at batch 16: RecNet's 3×3 32→2 3.38 ->
 # 2.59, DCI-Net's 5×5 40→2 10.2 -> 5.8; with AVX2 kernels slower, 2.29 -> 2.64 and 5.92 -> 6.67), but no faster in the
 # whole networks (RecNet 32.8 -> 32.6, the refined network 208 -> 217, DCI-Net at batch 4 1219 -> 1183), so 1.
-TAP_GEMM_MAX_FILTERS = {"avx512": 1, "avx2": 1, "baseline": 1}
+TAP_GEMM_MAX_FILTERS = {"amx": 1, "avx512": 1, "avx2": 1, "baseline": 1}
 
 
 def use_tap_gemm(filters: int, kernel_size: tuple[int, int], strides: tuple[int, int],
@@ -221,7 +232,9 @@ def use_tap_gemm(filters: int, kernel_size: tuple[int, int], strides: tuple[int,
 # U-Net 402 -> 181 (164 -> 164), SRGAN ResNet-16 1264 -> 1057 (935 -> 906), DAGAN 155 -> 142 (107 -> 110).
 # With AVX-512 kernels the blocks stay slower, also as one concatenation (conv2d_row_blocks), batch 1, medians of
 # 6 alternating rounds: RecNet 36.5 -> 41.7, DAGAN 124.2 -> 128.4 ms.
-SPLIT_BATCH_OF_ONE = {"avx512": False, "avx2": True, "baseline": False}
+# On the Xeon with AMX (DAGAN, GEMM threshold 64, ms per image at batch 1 / 16, float32 and bf16): without and with
+# row blocks 112.3/75.4 -> 105.8/75.0 and 42.6/26.9 -> 43.7/29.1: no gain where it counts (bf16), so off.
+SPLIT_BATCH_OF_ONE = {"amx": False, "avx512": False, "avx2": True, "baseline": False}
 
 
 def split_batch_of_one(cpu_flags: frozenset[str] | None = None, onednn_limit: str | None = None) -> bool:
@@ -236,7 +249,9 @@ def split_batch_of_one(cpu_flags: frozenset[str] | None = None, onednn_limit: st
 # 2-core EPYC with AVX512-BF16: batch 1 130–131 → 124–125 ms/image, batch 16 101–103 → 104–106; with oneDNN
 # limited to AVX2 batch 1 165–170 → 195–212 and batch 16 105–110 → 114–116 (oneDNN's AVX2 matmul is slow on
 # this shape).  So only the avx512 class uses it; "baseline" was not measured and keeps the training layout.
-INFERENCE_MATMUL_LAYOUT = {"avx512": True, "avx2": False, "baseline": False}
+# On a 2-core Xeon with AMX it is slower at batch 1 (float32 112.3 -> 135.2, bf16 42.6 -> 53.0; batch 16 75.4 ->
+# 74.9, 26.9 -> 27.6), so the amx class keeps the training layout.
+INFERENCE_MATMUL_LAYOUT = {"amx": False, "avx512": True, "avx2": False, "baseline": False}
 
 
 def inference_matmul_layout(cpu_flags: frozenset[str] | None = None, onednn_limit: str | None = None) -> bool:

@@ -56,7 +56,7 @@ def test_saved_model_cli_runs_the_export_like_the_loaded_model(exported, tmp_pat
 
 
 def test_bfloat16_export_computes_in_bf16_with_float32_interfaces_and_data_consistency(trained_run, tmp_path):
-    """--precision bfloat16: convolutions in bf16 (their ops typed bfloat16 in the graph), float32 inputs and
+    """--precision bfloat16: convolutions in bf16 (their ops, or the GEMM path's matmuls, typed bfloat16 in the graph), float32 inputs and
     outputs (saved_model_cli serves it), the float32 network's outputs within bf16's rounding, data consistency
     in float32 (exact on a fully sampled mask), and the precision recorded in dagan_tf.json."""
     from tensorflow.core.protobuf import saved_model_pb2
@@ -70,7 +70,8 @@ def test_bfloat16_export_computes_in_bf16_with_float32_interfaces_and_data_consi
     saved = saved_model_pb2.SavedModel()
     saved.ParseFromString((out / "saved_model.pb").read_bytes())
     graph = saved.meta_graphs[0].graph_def
-    conv_types = {n.attr["T"].type for f in graph.library.function for n in f.node_def if n.op.startswith("Conv2D")}
+    conv_types = {n.attr["T"].type for f in graph.library.function for n in f.node_def  # oneDNN's or the GEMM path
+                  if n.op.startswith("Conv2D") or n.op in ("MatMul", "BatchMatMulV2")}
     assert conv_types == {tf.bfloat16.as_datatype_enum}, conv_types
     signature = saved.meta_graphs[0].signature_def["serving_default"]
     assert {t.dtype for t in [*signature.inputs.values(), *signature.outputs.values()]} == {tf.float32.as_datatype_enum}
@@ -81,6 +82,8 @@ def test_bfloat16_export_computes_in_bf16_with_float32_interfaces_and_data_consi
     bf16 = loaded.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy()
     f32 = generator(x, training=False).numpy()
     assert bf16.dtype == np.float32
+    # the convolutions' weights are stored in bf16 (rounded once at export, not cast at every call)
+    assert tf.bfloat16 in {v.dtype for v in loaded.serving_variables}
     assert 0 < np.abs(bf16 - f32).max() < 0.03 * np.abs(f32).max()  # bf16 keeps 8 bits of mantissa
     served = saved_model_cli_run(out, "serving_default", {"zero_filled": x.numpy()}, tmp_path)
     np.testing.assert_allclose(served["reconstruction"], bf16, atol=1e-6)

@@ -281,3 +281,26 @@ def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, m
         np.testing.assert_allclose(actual, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
     single = main_output(run_network(copies[-1], zero_filled[:1], kspace[:1], mask[:1])).numpy()
     np.testing.assert_allclose(single, expected[:1], atol=1e-5 * max(1.0, np.abs(expected).max()))
+
+
+def test_bf16_inference_copy_holds_bf16_weights_and_computes_as_the_mixed_network():
+    """An inference copy of a ``mixed_bfloat16`` network keeps its convolution and dense weights in bf16 (rounded
+    once, instead of cast at every call) and returns the mixed network's outputs exactly; a layer declared
+    float32 (as data consistency is) keeps float32 weights and computation."""
+    from dagan_tf.hardware import precision_policy
+
+    with precision_policy("mixed_bfloat16"):
+        x = keras.Input((16, 16, 2), name="image")
+        h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(x)
+        h = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", name="up")(h)
+        h = keras.layers.Dense(3, name="dense")(h)
+        y = keras.layers.Conv2D(2, 1, dtype="float32", name="head")(h)
+        model = keras.Model(x, y)
+    copy = fast.inference_network(model, matmul_layout=False, row_blocks=False)
+    assert {name: copy.get_layer(name).kernel.dtype for name in ("conv", "up", "dense", "head")} == {
+        "conv": "bfloat16", "up": "bfloat16", "dense": "bfloat16", "head": "float32"}
+    assert all(model.get_layer(name).kernel.dtype == "float32" for name in ("conv", "up", "dense"))  # untouched
+    inputs = tf.random.uniform((2, 16, 16, 2), seed=7)
+    expected = model(inputs, training=False)
+    assert expected.dtype == tf.float32
+    np.testing.assert_array_equal(copy(inputs, training=False).numpy(), expected.numpy())

@@ -172,28 +172,33 @@ def test_kernel_choice_follows_the_instruction_set():
                                    target_isa, target_kernels, use_gemm, use_tap_gemm)
 
     avx512, avx2, old = frozenset({"avx2", "avx512f", "avx512_bf16"}), frozenset({"avx2", "fma"}), frozenset({"sse4_2"})
-    assert [kernel_isa(f) for f in (avx512, avx2, old)] == ["avx512", "avx2", "baseline"]
+    amx = avx512 | {"amx_bf16", "amx_tile"}
+    assert [kernel_isa(f) for f in (amx, avx512, avx2, old)] == ["amx", "avx512", "avx2", "baseline"]
     # oneDNN limited to an older set (ONEDNN_MAX_CPU_ISA) runs that set's kernels; a higher limit changes nothing
     assert kernel_isa(avx512, "AVX2") == "avx2" and kernel_isa(avx512, "SSE41") == "baseline"
     assert kernel_isa(avx2, "AVX512_CORE_AMX") == "avx2" and kernel_isa(avx512, "native") == "avx512"
-    for flags, isa in ((avx512, "avx512"), (avx2, "avx2"), (old, "baseline")):
+    assert kernel_isa(amx, "AVX512_CORE_AMX") == "amx" and kernel_isa(amx, "AVX512_CORE_BF16") == "avx512"
+    assert kernel_isa(amx, "AVX2") == "avx2" and kernel_isa(amx, "ALL") == "amx"
+    assert GEMM_MAX_POSITIONS["amx"] == 256  # measured on a Xeon with AMX (hardware.py)
+    for flags, isa in ((amx, "amx"), (avx512, "avx512"), (avx2, "avx2"), (old, "baseline")):
         limit = GEMM_MAX_POSITIONS[isa]
         assert use_gemm(limit, flags) and not use_gemm(limit + 1, flags)
         assert use_gemm(1, flags) and not use_gemm(None, flags)  # a dynamic size uses oneDNN
-    # matmul-layout kernels in inference copies only where oneDNN runs AVX-512 kernels (measured faster there only)
-    assert [inference_matmul_layout(f) for f in (avx512, avx2, old)] == [True, False, False]
+    # matmul-layout kernels in inference copies only where oneDNN runs AVX-512 kernels without AMX (measured faster
+    # there only)
+    assert [inference_matmul_layout(f) for f in (amx, avx512, avx2, old)] == [False, True, False, False]
     assert not inference_matmul_layout(avx512, "AVX2")
     # row blocks for a batch of one only where oneDNN runs AVX2 kernels (its slow gemm:jit convolution at batch 1)
-    assert [split_batch_of_one(f) for f in (avx512, avx2, old)] == [False, True, False]
+    assert [split_batch_of_one(f) for f in (amx, avx512, avx2, old)] == [False, False, True, False]
     assert split_batch_of_one(avx512, "AVX2")
     # per-tap path: one output channel, stride 1, odd kernel sides, on every class (measured on avx512 and avx2)
-    for flags in (avx512, avx2, old):
+    for flags in (amx, avx512, avx2, old):
         assert use_tap_gemm(1, (9, 9), (1, 1), flags) and use_tap_gemm(1, (1, 1), (1, 1), flags)
         assert not use_tap_gemm(2, (5, 5), (1, 1), flags) and not use_tap_gemm(1, (4, 4), (1, 1), flags)
         assert not use_tap_gemm(1, (3, 3), (2, 2), flags)
     # an export for another CPU: the default-flag choices follow target_kernels, and only inside it
     here = (split_batch_of_one(), inference_matmul_layout())
-    for isa, choices in (("avx2", (True, False)), ("avx512", (False, True))):
+    for isa, choices in (("avx2", (True, False)), ("avx512", (False, True)), ("amx", (False, False))):
         with target_kernels(isa):
             assert target_isa() == isa and (split_batch_of_one(), inference_matmul_layout()) == choices
     assert (split_batch_of_one(), inference_matmul_layout()) == here

@@ -356,6 +356,18 @@ def _runs_by_taps(layer) -> bool:
             and _plain_config(layer) and use_tap_gemm(layer.filters, layer.kernel_size, layer.strides))
 
 
+def _inference_dtype(layer: layers.Layer) -> keras.DTypePolicy:
+    """``layer``'s dtype policy in an inference copy: a convolution or dense layer computing in a lower precision
+    than its float32 variables (``mixed_bfloat16``) holds its weights in its compute dtype, since the copy is
+    never trained: the same rounded weights as every call's cast, without the cast (at batch 1 that cast moved
+    more memory than the layers' arithmetic).  Every other layer keeps its policy."""
+    policy = layer.dtype_policy
+    if isinstance(layer, (layers.Conv2D, layers.Conv2DTranspose, layers.Dense)) and (
+            policy.compute_dtype != policy.variable_dtype):
+        return keras.DTypePolicy(policy.compute_dtype)
+    return policy
+
+
 def inference_network(model: keras.Model, matmul_layout: bool | None = None,
                       row_blocks: bool | None = None) -> keras.Model:
     """The inference copy of a functional ``model`` (``model`` itself when there is nothing to change).
@@ -370,6 +382,8 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
       channel, stride 1, odd kernel, 'same' padding or 1×1) becomes a :class:`GemmConv2D` with the same weights.
     * With ``row_blocks`` (default: :func:`dagan_tf.hardware.split_batch_of_one` of this machine) every other
       convolution on oneDNN's path whose map allows it becomes a :class:`RowBlockConv2D`.
+    * Every convolution or dense layer of a mixed-precision ``model`` (``mixed_bfloat16``) holds its weights in its
+      compute dtype (:func:`_inference_dtype`): the weights each call would have cast, cast once.
 
     The copy computes ``model(x, training=False)`` (equal within 1e-5 of its scale) with one pass less over every
     folded feature map.  DAGAN's generator (256², width 1, float32, a 2-core EPYC with AVX512-BF16, medians
@@ -391,7 +405,8 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
     by_taps = {layer.name for layer in model.layers if _runs_by_taps(layer)}
     row_blocks = split_batch_of_one() if row_blocks is None else row_blocks
     blocked = {layer.name for layer in model.layers if row_blocks and _row_blocks_apply(layer)}
-    if not folds and not relayout and not by_taps and not blocked:
+    retyped = {layer.name for layer in model.layers if _inference_dtype(layer) is not layer.dtype_policy}
+    if not folds and not relayout and not by_taps and not blocked and not retyped:
         return model
 
     def clone(layer):
@@ -400,8 +415,10 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
         if layer.name in relayout:
             return MatmulConv2DTranspose(layer.filters, layer.kernel_size, layer.strides,
                                          use_bias=layer.use_bias or layer.name in folds, activation=layer.activation,
-                                         name=layer.name, dtype=layer.dtype_policy)
+                                         name=layer.name, dtype=_inference_dtype(layer))
         config = layer.get_config()
+        if layer.name in retyped:
+            config["dtype"] = _inference_dtype(layer)
         if layer.name in folds:
             config["use_bias"] = True
         if layer.name in by_taps:
