@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from dagan_tf import metrics
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc, batch_arguments
+from dagan_tf.models.network_io import apply_dc
 
 SIGPY_BASELINES = ("sense", "tv", "wavelet")
 BASELINES = ("zero-filled-dc",) + SIGPY_BASELINES
@@ -50,6 +50,11 @@ LAMBDA_GRID = tuple(10.0 ** e for e in range(-5, 1))  # 1e-5 … 1
 PROJECTION_ITERATIONS = (1, 100)  # one step, and converged (PSNR changes < 0.01 dB after ~60 here)
 
 Reconstructor = Callable[[dict], tf.Tensor]
+
+
+def batch_arguments(batch: dict) -> tuple:
+    """``(zero_filled, kspace, mask, maps or None)`` of an evaluation batch (single- or multi-coil)."""
+    return batch["zero_filled"], batch["kspace"], batch["mask"], batch.get("maps")
 
 
 def projection(iterations: int) -> Reconstructor:

@@ -427,8 +427,8 @@ def export_command(run_dir, out, kernels, precision, overwrite):
         raise DaganError(f"{run_dir} is not a training run (no config.yaml)")
 
     precision = "float32" if precision == "auto" and kernels != "auto" else _inference_precision(precision)
-    from dagan_tf.export import export_generator, run_metadata
-    from dagan_tf.inference import load_run_generator
+    from dagan_tf.export import export_run_network
+    from dagan_tf.training.trained import load_run_generator
 
     with target_kernels(None if kernels == "auto" else kernels):  # the network is built and traced inside
         click.echo(f"loading the generator of {run_dir} (best weights)")
@@ -436,7 +436,7 @@ def export_command(run_dir, out, kernels, precision, overwrite):
         isa = target_isa()
         click.echo(f"writing the SavedModel (signatures serving_default, from_kspace; {isa} kernels, computing in "
                    f"{precision}) to {out}")
-        export_generator(generator, out, overwrite, run_metadata(config, precision))
+        export_run_network(generator, config, out, precision, overwrite)
     click.echo(f"exported to {out}")
 
 

@@ -94,7 +94,9 @@ def load_models(paths: list[str], dc: bool, size: int, data,
             raise DaganError(f"{path} reconstructs {model_size}² images but {data} holds {size}² slices; "
                              "compare models on data of their own size")
 
-    from dagan_tf.inference import batch_reconstructor, inference_copy, load_run_generator
+    from dagan_tf.inference import batch_reconstructor
+    from dagan_tf.models.layers import inference_copy
+    from dagan_tf.training.trained import load_run_generator
     from dagan_tf.training.run import mask_spec
 
     models, names = [], set()
@@ -129,7 +131,8 @@ def load_models(paths: list[str], dc: bool, size: int, data,
             parameters = sum(int(np.prod(w.shape)) for w in generator.weights)
             models.append(Model(path, name, config["model"]["image_size"], mask_spec(config), parameters,
                                 _files_checksum([path / "config.yaml", *weights]),
-                                batch_reconstructor(inference_copy(generator), dc), precision))
+                                batch_reconstructor(inference_copy(generator), recipes.network_contract(config), dc),
+                                precision))
         else:
             raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
     return models

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from dagan_tf import metrics
+from dagan_tf import metrics, recipes
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
 from dagan_tf.data.prepare import SPLITS, load_split
 from dagan_tf.errors import DaganError
@@ -72,7 +72,7 @@ class SISScorer:
 
 def sis_scorer(seg_run: str | Path, classes: list[int] | None = None) -> SISScorer:
     """The :class:`SISScorer` of a segmenter run (``recipe segmenter``); ``classes`` default: all foreground."""
-    from dagan_tf.inference import load_run_generator
+    from dagan_tf.training.trained import load_run_generator
 
     generator, config = load_run_generator(seg_run, inference=True)
     if config["trainer"] != "segmentation":
@@ -336,14 +336,16 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
                                        regime, phase_seed)
     title = "evaluation of " + ", ".join(["zero-filled"] + [b for b in baselines if b != "zero-filled"])
     if run_dir is not None:
-        from dagan_tf.inference import batch_reconstructor, load_run_generator
-        from dagan_tf.models.refinement import RefinedNetwork
+        from dagan_tf.contract import CASCADE
+        from dagan_tf.inference import batch_reconstructor
+        from dagan_tf.training.trained import load_run_generator
 
-        generator, _ = load_run_generator(run_dir, inference=True, precision=precision)
-        if isinstance(generator, RefinedNetwork):  # its stage-1 RecNet beside it, on the same slices
-            recons["stage1+dc" if dc else "stage1"] = batch_reconstructor(generator.recnet, dc)
+        generator, config = load_run_generator(run_dir, inference=True, precision=precision)
+        contract = recipes.network_contract(config)
+        if contract.stage1:  # its stage-1 RecNet beside it, on the same slices
+            recons["stage1+dc" if dc else "stage1"] = batch_reconstructor(generator.recnet, CASCADE, dc)
             settings["stage1+dc" if dc else "stage1"] = {"precision": precision}
-        recons["model+dc" if dc else "model"] = batch_reconstructor(generator, dc)
+        recons["model+dc" if dc else "model"] = batch_reconstructor(generator, contract, dc)
         settings["model+dc" if dc else "model"] = {"precision": precision}
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
     if no_baselines:

@@ -31,12 +31,11 @@ import keras
 import tensorflow as tf
 
 from dagan_tf import kspace as ks
+from dagan_tf.contract import NetworkContract
+from dagan_tf.recipes import network_contract
 from dagan_tf.errors import DaganError
 from dagan_tf.hardware import target_isa
-from dagan_tf.inference import apply_dc, as_complex_image, main_output, network_input, run_network
-from dagan_tf.models.dcinet import network_inputs as coil_network_inputs
-from dagan_tf.models.dcinet import takes_coil_kspace
-from dagan_tf.models.recnet import network_inputs, takes_kspace
+from dagan_tf.models.network_io import apply_dc, as_complex_image, network_input, run_network, split_output
 from dagan_tf.outputs import atomic_output_dir
 
 
@@ -59,65 +58,61 @@ def _kspace(kspace_real, kspace_imag, mask) -> tf.Tensor:
 
 
 class ReconstructionModule(tf.Module):
-    """Serving wrapper of a generator: an image network ``[N, S, S, C] -> [N, S, S, C]`` (C = 1 magnitude,
-    2 complex) or a k-space cascade (:func:`dagan_tf.models.recnet.takes_kspace`)."""
+    """Serving wrapper of a network of ``size``² images with the given ``contract`` (module doc)."""
 
-    def __init__(self, generator: keras.Model):
+    def __init__(self, generator: keras.Model, contract: NetworkContract, size: int):
         super().__init__(name="dagan_reconstruction")
         # Not tracked: the SavedModel holds the tf.Variables the signatures read (below), each once.  Tracking the
         # Keras model instead saves its Keras 3 variables, wrappers that a session-based loader (TF Serving,
         # `saved_model_cli run`) cannot restore: "Could not find variable …" on the first request.
         object.__setattr__(self, "generator", generator)
-        self.cascade = takes_kspace(generator)
-        if takes_coil_kspace(generator):
-            size, self.channels = generator.input["mask"].shape[1], 2
+        object.__setattr__(self, "contract", contract)
+        if contract.takes == "coil_kspace":
             self.serving_default = tf.function(self._serve_coils, input_signature=_coil_planes(size))
-        elif self.cascade:
-            size, self.channels = generator.input["zero_filled"].shape[1], 2
+        elif contract.takes == "kspace":
             self.serving_default = tf.function(self._serve_cascade, input_signature=_kspace_planes(size))
         else:
-            size, self.channels = generator.input_shape[1], generator.input_shape[-1]
-            image = tf.TensorSpec([None, size, size, self.channels], tf.float32, name="zero_filled")
+            image = tf.TensorSpec([None, size, size, contract.channels], tf.float32, name="zero_filled")
             self.serving_default = tf.function(self._serve, input_signature=[image])
         self.from_kspace = tf.function(self._serve_kspace, input_signature=_kspace_planes(size))
         read = {id(v): v for f in (self.serving_default, self.from_kspace) for v in f.get_concrete_function().variables}
         self.serving_variables = list(read.values())
 
-    def _outputs(self, output) -> dict[str, tf.Tensor]:
-        """``reconstruction`` magnitude ``[N, S, S, 1]`` (and a refined network's ``refinement`` map)."""
-        result = {"reconstruction": tf.abs(as_complex_image(main_output(output)))[..., None]}
-        if isinstance(output, dict) and "refinement" in output:
-            result["refinement"] = tf.cast(output["refinement"], tf.float32)
-        return result
+    @staticmethod
+    def _outputs(reconstruction: tf.Tensor, extras: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """``reconstruction`` magnitude ``[N, S, S, 1]`` and the contract's extras (a refined network's
+        ``refinement`` map)."""
+        return {"reconstruction": tf.abs(as_complex_image(reconstruction))[..., None], **extras}
 
     def _serve(self, zero_filled):
-        return self._outputs(self.generator(zero_filled, training=False))
+        return self._outputs(*split_output(self.contract, self.generator(zero_filled, training=False)))
 
     def _serve_cascade(self, kspace_real, kspace_imag, mask):
-        return self._outputs(self.generator(network_inputs(_kspace(kspace_real, kspace_imag, mask), mask),
-                                            training=False))
+        return self._outputs(*run_network(self.generator, self.contract, None,
+                                          _kspace(kspace_real, kspace_imag, mask), mask))
 
     def _serve_coils(self, kspace_real, kspace_imag, maps_real, maps_imag, mask):
         k0 = _kspace(kspace_real, kspace_imag, mask[:, None])
-        return self._outputs(self.generator(coil_network_inputs(k0, mask, tf.complex(maps_real, maps_imag)),
-                                            training=False))
+        return self._outputs(*run_network(self.generator, self.contract, None, k0, mask,
+                                          tf.complex(maps_real, maps_imag)))
 
     def _serve_kspace(self, kspace_real, kspace_imag, mask):
         k0 = _kspace(kspace_real, kspace_imag, mask)
         image = ks.ifft2c(k0)
-        out = main_output(run_network(self.generator, network_input(image, self.channels), k0, mask))
+        out, _ = run_network(self.generator, self.contract, image, k0, mask)
         return {"reconstruction": apply_dc(out, k0, mask), "zero_filled": tf.abs(image)[..., None]}
 
 
 METADATA = "dagan_tf.json"  # beside saved_model.pb: what the network was trained on (TF Serving ignores it)
 
 
-def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = False,
-                     metadata: dict | None = None) -> Path:
-    """Write the SavedModel (atomically) and return its folder; ``metadata`` (e.g. the recipe, mask and
-    k-space regime of the run) goes to :data:`METADATA` in it.  The graph is traced here, with the kernel choices
-    of :func:`dagan_tf.hardware.target_kernels` in force (make the inference copy inside it too)."""
-    module = ReconstructionModule(generator)
+def export_generator(generator: keras.Model, contract: NetworkContract, size: int, out: str | Path,
+                     overwrite: bool = False, metadata: dict | None = None) -> Path:
+    """Write the SavedModel of ``generator`` (``size``² images, ``contract``) atomically and return its folder;
+    ``metadata`` (e.g. the recipe, mask and k-space regime of the run) goes to :data:`METADATA` in it.  The graph
+    is traced here, with the kernel choices of :func:`dagan_tf.hardware.target_kernels` in force (make the
+    inference copy inside it too)."""
+    module = ReconstructionModule(generator, contract, size)
     with atomic_output_dir(out, overwrite) as tmp, warnings.catch_warnings():
         if metadata is not None:
             (tmp / METADATA).write_text(json.dumps(metadata, indent=2))
@@ -127,6 +122,14 @@ def export_generator(generator: keras.Model, out: str | Path, overwrite: bool = 
         tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serving_default,
                                                           "from_kspace": module.from_kspace})
     return Path(out)
+
+
+def export_run_network(generator: keras.Model, config: dict, out: str | Path, precision: str,
+                       overwrite: bool = False) -> Path:
+    """:func:`export_generator` of a run's network (``config``: its contract, image size and :func:`run_metadata`;
+    ``precision``: the one it computes in)."""
+    return export_generator(generator, network_contract(config), config["model"]["image_size"], out, overwrite,
+                            run_metadata(config, precision))
 
 
 def run_metadata(config: dict, precision: str) -> dict:
@@ -151,11 +154,11 @@ def check_export_signatures(signatures, path) -> None:
                              f"{' or '.join(', '.join(sorted(c)) for c in choices)}); load only exports you trust")
 
 
-def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tf.Tensor], int, Callable]:
+def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tuple], int, Callable]:
     """``(network, image_size, from_kspace)`` of an exported SavedModel: ``serving_default`` as a function of
-    centred undersampled k-space ``[N, S, S]`` (complex) and mask ``[N, S, S]`` -> its outputs
-    (``reconstruction`` magnitude ``[N, S, S, 1]``, and ``refinement`` for refined networks), and the
-    ``from_kspace`` signature.
+    centred undersampled k-space ``[N, S, S]`` (complex) and mask ``[N, S, S]`` -> ``(reconstruction, extras)``
+    (the magnitude ``[N, S, S, 1]``, and e.g. a refined network's ``refinement``), and the ``from_kspace``
+    signature.
 
     The signatures are checked before anything runs.  A SavedModel executes its
     own graph: load only exports you trust.
@@ -166,23 +169,38 @@ def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tf.T
         raise DaganError(f"cannot load the SavedModel {path}: {str(exc).splitlines()[0][:200]} (corrupt?)") from None
     check_export_signatures(loaded.signatures, path)
     signature = loaded.signatures["serving_default"]
-    inputs = signature.structured_input_signature[1]
-    if "zero_filled" in inputs:
-        channels = int(inputs["zero_filled"].shape[-1])
+    contract = serving_contract(signature)
 
-        def network(kspace0, mask):
-            return signature(zero_filled=network_input(ks.ifft2c(kspace0), channels))
-    elif "maps_real" in inputs:  # DCI-Net on single-coil k-space: one coil of unit sensitivity
-        def network(kspace0, mask):
-            planes = kspace_planes(kspace0, mask)
-            ones = tf.ones_like(planes["kspace_real"][:, None])
-            return signature(kspace_real=planes["kspace_real"][:, None], kspace_imag=planes["kspace_imag"][:, None],
-                             maps_real=ones, maps_imag=tf.zeros_like(ones), mask=planes["mask"])
-    else:
-        def network(kspace0, mask):
-            return signature(**kspace_planes(kspace0, mask))
+    def network(kspace0, mask):
+        outputs = signature(**serving_inputs(contract, kspace0, mask))
+        return outputs["reconstruction"], {k: outputs[k] for k in contract.extras}
+
+    inputs = signature.structured_input_signature[1]
     size = int(inputs["mask"].shape[-1] if "mask" in inputs else inputs["zero_filled"].shape[1])
     return network, size, loaded.signatures["from_kspace"]
+
+
+def serving_contract(signature) -> NetworkContract:
+    """The contract of the network behind a ``serving_default`` signature (its inputs and outputs, module doc)."""
+    inputs = signature.structured_input_signature[1]
+    extras = tuple(sorted(set(signature.structured_outputs) - {"reconstruction"}))
+    if "zero_filled" in inputs:
+        return NetworkContract("image", int(inputs["zero_filled"].shape[-1]), extras)
+    return NetworkContract("coil_kspace" if "maps_real" in inputs else "kspace", 2, extras)
+
+
+def serving_inputs(contract: NetworkContract, kspace0: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The ``serving_default`` inputs of a network with ``contract`` for single-coil ``kspace0 [N, S, S]``
+    (complex) and ``mask [N, S, S]``: the zero-filled image, the k-space planes, or those planes as one coil of
+    unit sensitivity."""
+    if contract.takes == "image":
+        return {"zero_filled": network_input(ks.ifft2c(kspace0), contract.channels)}
+    planes = kspace_planes(kspace0, mask)
+    if contract.takes == "kspace":
+        return planes
+    ones = tf.ones_like(planes["kspace_real"][:, None])
+    return {"kspace_real": planes["kspace_real"][:, None], "kspace_imag": planes["kspace_imag"][:, None],
+            "maps_real": ones, "maps_imag": tf.zeros_like(ones), "mask": planes["mask"]}
 
 
 def export_metadata(path: str | Path) -> dict:

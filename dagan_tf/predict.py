@@ -22,10 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 from dagan_tf import kspace as ks
+from dagan_tf import recipes
 from dagan_tf.data.prepare import fit_slices, normalise_volume
 from dagan_tf.data.readers import check_nifti_header, checked_kspace, read_volume
 from dagan_tf.errors import DaganError
-from dagan_tf.inference import apply_dc, as_complex_image, main_output, network_input
+from dagan_tf.models.network_io import magnitude_or_dc
 from dagan_tf.masks import MaskSpec
 from dagan_tf.outputs import atomic_output_file, check_new_output
 from dagan_tf.progress import Stage
@@ -38,8 +39,8 @@ class LoadedModel:
     """A generator from an export or a run: ``reconstruct`` maps undersampled centred k-space to magnitudes."""
 
     size: int
-    # (kspace0 [N, S, S], mask) -> output [N, S, S, C], or {"reconstruction", "refinement"} (refined networks)
-    network: Callable[[tf.Tensor, tf.Tensor], tf.Tensor | dict]
+    # (kspace0 [N, S, S], mask) -> (reconstruction [N, S, S, C], extras such as a refined network's refinement)
+    network: Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, dict]]
     with_dc: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None  # exports' from_kspace signature
     regime: str = "magnitude"  # the k-space simulation the network was trained in (the run's / export's record)
     mask: MaskSpec | None = None  # the mask it was trained with (None: an export without that record)
@@ -49,13 +50,10 @@ class LoadedModel:
     def reconstruct(self, kspace0: tf.Tensor, mask: tf.Tensor, dc: bool) -> tf.Tensor:
         """``[N, S, S, K]`` from ``kspace0 [N, S, S]`` (complex, zero off the mask) and ``mask``: the magnitude,
         and for a refined network (K = 2) what the refinement changed (λ·V, image units)."""
-        raw = self.network(kspace0, mask)
-        change = [tf.cast(raw["refinement"], tf.float32)] if isinstance(raw, dict) and "refinement" in raw else []
-        if dc and self.with_dc is not None:
-            image = self.with_dc(kspace0, mask)
-        else:
-            out = main_output(raw)
-            image = apply_dc(out, kspace0, mask) if dc else tf.abs(as_complex_image(out))[..., None]
+        out, extras = self.network(kspace0, mask)
+        image = self.with_dc(kspace0, mask) if dc and self.with_dc is not None \
+            else magnitude_or_dc(out, kspace0, mask, None, dc)
+        change = [tf.cast(extras["refinement"], tf.float32)] if "refinement" in extras else []
         return tf.concat([image, *change], axis=-1)
 
 
@@ -73,13 +71,14 @@ def load_model(path: str | Path, precision: str = "float32") -> LoadedModel:
                            data.get("regime", "magnitude"), _training_mask(data),
                            kernels_note(path, metadata.get("kernels")), metadata.get("precision", "float32"))
     if (path / "config.yaml").is_file():
-        from dagan_tf.inference import load_run_generator, run_network
+        from dagan_tf.models.network_io import run_network
+        from dagan_tf.training.trained import load_run_generator
 
         generator, config = load_run_generator(path, inference=True, precision=precision)
-        channels = config["model"].get("channels", 1)
+        contract = recipes.network_contract(config)
 
         def network(kspace0, mask):
-            return run_network(generator, network_input(ks.ifft2c(kspace0), channels), kspace0, mask)
+            return run_network(generator, contract, ks.ifft2c(kspace0), kspace0, mask)
 
         return LoadedModel(config["model"]["image_size"], network, regime=config["data"]["regime"],
                            mask=_training_mask(config["data"]), precision=precision)

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from dagan_tf import schema
+from dagan_tf.contract import NetworkContract
 from dagan_tf.errors import DaganError
 from dagan_tf.masks import MASK_KINDS
 from dagan_tf.schema import Field
@@ -265,13 +266,17 @@ class Trainer:
     ``batches`` (:data:`BATCH_KINDS`): ``images`` = ``(zero_filled, target)`` tuples, ``kspace`` = the
     k-space batch dicts of :mod:`dagan_tf.data.pipeline` (``with_kspace=True``), ``labels`` =
     ``(image, labels)`` of fully sampled images and their label maps.  ``monitor`` (minimised) picks
-    ``best.weights.h5`` and drives early stopping.
+    ``best.weights.h5`` and drives early stopping.  ``takes``, ``extras`` and ``stage1`` declare the network's
+    :class:`~dagan_tf.contract.NetworkContract` (:meth:`contract`).
     """
 
     sections: dict
     module: str
     batches: str = "images"
     monitor: str = "val_nmse"
+    takes: str = "image"
+    extras: tuple[str, ...] = ()
+    stage1: bool = False
 
     @property
     def schema(self) -> dict:
@@ -281,12 +286,19 @@ class Trainer:
     def load(self):
         return importlib.import_module(self.module)
 
+    def contract(self, config: dict) -> NetworkContract:
+        """The contract of the network of ``config`` (an image network's channels: ``model.channels``)."""
+        channels = config["model"].get("channels", 1) if self.takes == "image" else 2
+        return NetworkContract(self.takes, channels, self.extras, self.stage1)
+
 
 TRAINERS: dict[str, Trainer] = {
     "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan"),
-    "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", batches="kspace"),
-    "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", batches="kspace"),
-    "wasserstein": Trainer(WASSERSTEIN_SECTIONS, "dagan_tf.training.wasserstein", batches="kspace"),
+    "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", batches="kspace", takes="kspace"),
+    "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", batches="kspace", takes="kspace",
+                              extras=("refinement",), stage1=True),
+    "wasserstein": Trainer(WASSERSTEIN_SECTIONS, "dagan_tf.training.wasserstein", batches="kspace",
+                           takes="coil_kspace"),
     "segmentation": Trainer(SEGMENTER_SECTIONS, "dagan_tf.training.segmentation", batches="labels",
                             monitor="val_dice_loss"),
 }
@@ -320,6 +332,11 @@ def trainer_of(config: dict, source: str = "recipe") -> Trainer:
     if name not in TRAINERS:
         raise DaganError(f"{source}: key trainer must be one of {', '.join(TRAINERS)}, got {name!r}")
     return TRAINERS[name]
+
+
+def network_contract(config: dict) -> NetworkContract:
+    """What the network of a validated ``config`` takes and returns (its trainer's declaration)."""
+    return trainer_of(config).contract(config)
 
 
 def validate_config(config, source: str = "recipe") -> dict:

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dagan_tf.inference import inference_copy
+from dagan_tf.models.layers import inference_copy
 
 SHARED_VGG = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_imagenet_notop.weights.h5"
 
@@ -459,6 +459,7 @@ def dagan_report(args, report: dict) -> None:
     """The DAGAN generator, discriminator and VGG (module doc)."""
 
     from dagan_tf import recipes
+    from dagan_tf.contract import NetworkContract
     from dagan_tf.export import export_generator
     from dagan_tf.models.dagan import build_discriminator, build_generator
     from dagan_tf.models.layers import inference_network
@@ -486,7 +487,7 @@ def dagan_report(args, report: dict) -> None:
                      report)
     g_inference = inference_network(g)  # what eval, compare, predict and export run
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_generator(g_inference, Path(tmp) / "export")
+        out = export_generator(g_inference, NetworkContract("image", 1), args.size, Path(tmp) / "export")
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         param_bytes = sum(int(np.prod(w.shape)) * 4 for w in g_inference.weights)
         report["export"] = {"bytes": size, "parameter_bytes": param_bytes, "ratio": size / param_bytes}

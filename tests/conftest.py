@@ -115,7 +115,7 @@ def assert_user_error(result, *needles, output=None):
 def assert_resume_is_exact(config, data, folder: Path, epochs: int = 2):
     """Train ``config`` for ``epochs`` in one go and, in another run, 1 epoch then ``--resume`` to ``epochs``;
     the generators must be bit-identical.  Returns ``(uninterrupted run folder, its generator)``."""
-    from dagan_tf.inference import load_run_generator
+    from dagan_tf.training.trained import load_run_generator
 
     whole, part = folder / "whole", folder / "part"
     train(whole, config, data, epochs=epochs)

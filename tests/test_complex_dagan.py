@@ -8,7 +8,8 @@ import tensorflow as tf
 from conftest import SIZE, run, tiny_config
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
-from dagan_tf.inference import apply_dc, as_complex_image, load_run_generator
+from dagan_tf.models.network_io import apply_dc, as_complex_image
+from dagan_tf.training.trained import load_run_generator
 from dagan_tf.masks import make_mask
 from dagan_tf.models.dagan import build_generator
 from dagan_tf.training.cgan import frequency_loss

@@ -211,7 +211,7 @@ def test_select_fid_without_weights_is_a_one_line_error(tmp_path, multicoil_dir)
 
 def test_dcinet_export_serves_coil_kspace_like_the_run(tmp_path, multicoil_dir):
     from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
-    from dagan_tf.inference import load_run_generator
+    from dagan_tf.training.trained import load_run_generator
     from dagan_tf.training.run import train
 
     train(tmp_path / "r", tiny_wasserstein("cwgan-agb", "train.epochs=1"), multicoil_dir)

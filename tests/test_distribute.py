@@ -206,7 +206,7 @@ def test_the_device_stage_gives_the_host_batches(prepared_dir, multicoil_dir, re
 
 
 def test_training_with_the_device_stage_equals_the_host_pipeline(tmp_path, prepared_dir):
-    from dagan_tf.inference import load_run_generator
+    from dagan_tf.training.trained import load_run_generator
 
     weights = {}
     for placement in ("host", "device"):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import SIZE, phantom_volume, saved_model_cli, saved_model_cli_run, write_nifti
 from dagan_tf import kspace as ks
 from dagan_tf.cli import main
-from dagan_tf.inference import load_run_generator
+from dagan_tf.training.trained import load_run_generator
 
 
 @pytest.fixture(scope="module")

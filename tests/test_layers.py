@@ -234,36 +234,39 @@ def test_fused_adam_under_mirrored_strategy_equals_single_device():
 def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, monkeypatch):
     """Batch norms folded, GEMM kernels relaid out, one-channel outputs on the per-tap path, convolutions in row
     blocks at batch 1: the same outputs within 1e-5 of their scale, for every recipe's network."""
-    from dagan_tf.inference import inference_copy, main_output, run_network
-    from dagan_tf.models.recnet import network_inputs
+    from dagan_tf.models.layers import inference_copy
+    from dagan_tf.models.network_io import network_inputs, run_network
     from dagan_tf.models.refinement import RefinedNetwork
-    from dagan_tf.training.run import build_generator
+    from dagan_tf.training.trained import build_generator
 
     size, config = 32, recipes.load_recipe(recipe)
     overrides = [f"model.image_size={size}"] + (["model.width=0.125"] if "width" in config["model"] else []) \
         + (["data.patch_size=null"] if config["data"].get("patch_size") else [])
-    generator = build_generator(recipes.apply_overrides(config, overrides))
+    config = recipes.apply_overrides(config, overrides)
+    generator, contract = build_generator(config), recipes.network_contract(config)
     image = tf.complex(tf.random.uniform((8, size, size), seed=2), tf.random.uniform((8, size, size), seed=3))
     mask = tf.cast(tf.random.uniform((8, size, size), seed=4) < 0.4, tf.float32)
     kspace = tf.signal.fft2d(image) * tf.complex(mask, 0.0)
-    channels = 1 if isinstance(generator.input, dict) else generator.input_shape[-1]
-    zero_filled = tf.random.uniform((8, size, size, channels), seed=5)
-    refined = isinstance(generator, RefinedNetwork)
+    inputs = network_inputs(contract, image, kspace, mask)
+    refined = contract.stage1
     norms = [layer for layer in (generator.unet if refined else generator).layers
              if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:  # moving statistics of this batch (momentum 0), not the initial ones
         layer.momentum = 0.0
     if refined:
-        generator.forward(network_inputs(kspace, mask), training=True)
+        generator.forward(inputs, training=True)
         generator.gate.gate.assign(0.7)  # λ = 0 would hide the refinement U-Net
     elif norms:
-        generator(zero_filled, training=True)
+        generator(inputs, training=True)
     for layer in norms:
         layer.momentum = 0.9
     copy = inference_copy(generator)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
                    for net in ([copy.unet] if isinstance(copy, RefinedNetwork) else [copy]) for layer in net.layers)
-    expected = main_output(run_network(generator, zero_filled, kspace, mask)).numpy()
+    def reconstruction(network, n=8):
+        return run_network(network, contract, image[:n], kspace[:n], mask[:n])[0].numpy()
+
+    expected = reconstruction(generator)
     copies = [copy]
     if recipe in ("pg", "ppg", "ppgr", "ppgr-complex"):  # DAGAN U-Nets: 8×8 and smaller maps on the GEMM path
         copies = [fast.inference_network(generator, matmul_layout) for matmul_layout in (True, False)]
@@ -277,9 +280,8 @@ def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, m
     for net in ([copies[-1].recnet, copies[-1].unet] if refined else [copies[-1]]):
         assert any(isinstance(layer, fast.RowBlockConv2D) for layer in net.layers)
     for copy in copies:
-        actual = main_output(run_network(copy, zero_filled, kspace, mask)).numpy()
-        np.testing.assert_allclose(actual, expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
-    single = main_output(run_network(copies[-1], zero_filled[:1], kspace[:1], mask[:1])).numpy()
+        np.testing.assert_allclose(reconstruction(copy), expected, atol=1e-5 * max(1.0, np.abs(expected).max()))
+    single = reconstruction(copies[-1], 1)
     np.testing.assert_allclose(single, expected[:1], atol=1e-5 * max(1.0, np.abs(expected).max()))
 
 

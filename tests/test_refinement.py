@@ -9,7 +9,7 @@ from conftest import SIZE, assert_resume_is_exact, assert_user_error, run, saved
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.export import kspace_planes
-from dagan_tf.inference import load_run_generator
+from dagan_tf.training.trained import load_run_generator
 from dagan_tf.models.recnet import build_recnet, from_channels, network_inputs
 from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminator, build_refinement_unet,
                                         to_signed)

@@ -265,7 +265,7 @@ def test_cosine_over_epochs_in_training_logs_and_resumes_exactly(tmp_path, real_
     """A recnet run with a cosine over its 2 epochs × 3 steps: history's learning_rate is the rate of each
     epoch's last step, and a run stopped after its first epoch and resumed ends with the uninterrupted run's
     weights, bit for bit."""
-    from dagan_tf.inference import load_run_generator
+    from dagan_tf.training.trained import load_run_generator
     from dagan_tf.training.callbacks import read_history
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):

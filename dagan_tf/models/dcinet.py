@@ -35,8 +35,6 @@ from dagan_tf import kspace as ks
 from dagan_tf.models.layers import FusedBatchNorm, LeakyReLU
 from dagan_tf.models.recnet import from_channels, to_channels
 
-DCINET_INPUTS = ("kspace", "maps", "mask")
-
 
 def network_inputs(kspace0: tf.Tensor, mask: tf.Tensor, maps: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """DCI-Net's input dict from centred undersampled k-space ``[N, C, H, W]`` (or single-coil ``[N, H, W]``,
@@ -49,11 +47,6 @@ def network_inputs(kspace0: tf.Tensor, mask: tf.Tensor, maps: tf.Tensor | None =
     mask = tf.broadcast_to(tf.cast(mask, tf.float32), tf.stack([shape[0], shape[2], shape[3]]))
     return {"kspace": to_channels(kspace0), "maps": to_channels(tf.convert_to_tensor(maps, tf.complex64)),
             "mask": mask[..., None]}
-
-
-def takes_coil_kspace(network: keras.Model) -> bool:
-    """Whether ``network`` takes :func:`network_inputs` (coil k-space and maps)."""
-    return isinstance(network.input, dict) and set(network.input) == set(DCINET_INPUTS)
 
 
 @keras.saving.register_keras_serializable(package="dagan_tf")

@@ -449,3 +449,10 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
             kernel = kernel.reshape(-1, kernel.shape[-1]).T
         target.set_weights([kernel, bias] if target.use_bias else [kernel])
     return copy
+
+
+def inference_copy(generator):
+    """``generator``'s inference copy: its own ``inference_copy()`` where it defines one (a composite network,
+    e.g. the refined network), else :func:`inference_network`."""
+    own = getattr(generator, "inference_copy", None)
+    return own() if own is not None else inference_network(generator)

@@ -27,8 +27,6 @@ from keras import layers
 from dagan_tf import kspace as ks
 from dagan_tf.models.layers import LeakyReLU
 
-CASCADE_INPUTS = ("zero_filled", "kspace", "mask")
-
 
 def to_channels(z: tf.Tensor) -> tf.Tensor:
     """Complex ``[..., H, W]`` -> real/imaginary channels ``[..., H, W, 2]`` (float32)."""
@@ -47,11 +45,6 @@ def network_inputs(kspace0: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
     kspace0 = tf.convert_to_tensor(kspace0, tf.complex64)
     mask = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(kspace0))
     return {"zero_filled": to_channels(ks.ifft2c(kspace0)), "kspace": to_channels(kspace0), "mask": mask[..., None]}
-
-
-def takes_kspace(network: keras.Model) -> bool:
-    """Whether ``network`` is a cascade taking :func:`network_inputs` (else an image-to-image network)."""
-    return isinstance(network.input, dict) and set(network.input) == set(CASCADE_INPUTS)
 
 
 @keras.saving.register_keras_serializable(package="dagan_tf")

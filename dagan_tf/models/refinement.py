@@ -37,7 +37,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from dagan_tf.models.layers import FusedBatchNorm, LeakyReLU
+from dagan_tf.models.layers import FusedBatchNorm, LeakyReLU, inference_network
 from dagan_tf.models.recnet import network_inputs
 
 REFINED_PARTS = ("real", "magnitude")
@@ -175,6 +175,14 @@ class RefinedNetwork(keras.Model):
     def call(self, inputs, training=False):
         reconstruction, refinement, _ = self.forward(inputs, training)
         return {"reconstruction": reconstruction, "refinement": refinement}
+
+    def inference_copy(self) -> "RefinedNetwork":
+        """The same network of the inference copies (:func:`~dagan_tf.models.layers.inference_network`) of its
+        RecNet and refinement U-Net, and its gate."""
+        copy = RefinedNetwork(inference_network(self.recnet), inference_network(self.unet), self.gate.part,
+                              self.scaled_input)
+        copy.gate.set_weights(self.gate.get_weights())
+        return copy
 
 
 def build_patch_discriminator(n_layers: int = 6, width: float = 1.0, dropout: float = 0.5,

@@ -224,7 +224,7 @@ def prepare_config(config: dict, echo=lambda _: None) -> dict:
 
 def build_trainer(config: dict) -> RefinementGAN:
     """The compiled refinement trainer; RecNet's weights come from ``stage1.run``."""
-    from dagan_tf.inference import load_run_generator
+    from dagan_tf.training.trained import load_run_generator
 
     m, d, loss, t = config["model"], config["discriminator"], config["loss"], config["train"]
     smallest = min_discriminator_size(d["layers"])

@@ -64,11 +64,6 @@ def build_trainer(config: dict) -> keras.Model:
     return recipes.trainer_of(config).load().build_trainer(config)
 
 
-def build_generator(config: dict) -> keras.Model:
-    """The recipe's inference network ``[N, S, S, 1] -> [N, S, S, 1]``."""
-    return recipes.trainer_of(config).load().build_generator(config)
-
-
 def staging_dir(run_dir: Path) -> Path:
     """Where ``--overwrite`` builds the new run until it replaces ``run_dir``."""
     return run_dir.with_name(f".{run_dir.name}.overwrite")
