@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, Protocol
 
 import yaml
 
@@ -257,6 +258,16 @@ SEGMENTER_SECTIONS = {
 }
 
 
+class TrainerModule(Protocol):
+    """What a trainer module provides (:meth:`Trainer.load` checks it): the compiled ``keras.Model`` trainer of a
+    validated recipe (a :class:`dagan_tf.training.common.TrainerModel`), and the network inference uses.  It may
+    also define ``prepare_config(config, echo) -> config``, run before a new run starts."""
+
+    def build_trainer(self, config: dict) -> Any: ...
+
+    def build_generator(self, config: dict) -> Any: ...
+
+
 @dataclass(frozen=True)
 class Trainer:
     """A registered training scheme: its recipe sections and the module with ``build_trainer(config)``
@@ -283,8 +294,13 @@ class Trainer:
         return {**TOP_LEVEL, "trainer": Field("choice", "training scheme", choices=tuple(TRAINERS)),
                 **self.sections, "data": DATA, "train": TRAIN}
 
-    def load(self):
-        return importlib.import_module(self.module)
+    def load(self) -> "TrainerModule":
+        """The trainer module, checked against :class:`TrainerModule` (a missing function is a one-line error)."""
+        module = importlib.import_module(self.module)
+        missing = [name for name in ("build_trainer", "build_generator") if not callable(getattr(module, name, None))]
+        if missing:
+            raise DaganError(f"trainer module {self.module} has no {' or '.join(missing)}(config)")
+        return module
 
     def contract(self, config: dict) -> NetworkContract:
         """The contract of the network of ``config`` (an image network's channels: ``model.channels``)."""

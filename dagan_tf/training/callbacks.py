@@ -305,10 +305,9 @@ class ValidationFID(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         recons, targets = [], []
         for batch in self.val_ds:
-            inputs, target = (batch, batch["target"]) if isinstance(batch, dict) else batch
-            recons.append(self.features(self.model.reconstruct(inputs)))
+            recons.append(self.features(self.model.reconstruct(batch)))
             if self.reference is None:
-                targets.append(self.features(_magnitude(target)))
+                targets.append(self.features(self.model.target(batch)))
         if self.reference is None:
             self.reference = np.concatenate(targets)
         if logs is not None:
@@ -409,34 +408,26 @@ class TrainingClock(keras.callbacks.Callback):
 class ImageGrid(keras.callbacks.Callback):
     """TensorBoard image per epoch: the labelled comparison figure of :mod:`dagan_tf.figures`
     (ground truth | zero-filled | error | model | error, PSNR/SSIM per image) for a fixed validation batch:
-    a ``(zero_filled, target)`` tuple (magnitudes, or complex channels) or a k-space batch dict, whatever
-    the trainer's ``reconstruct`` takes."""
+    a ``(zero_filled, target)`` tuple (magnitudes, or complex channels) or a k-space batch dict (the trainer's
+    :meth:`~dagan_tf.training.common.TrainerModel.reconstruct` and ``target`` take either)."""
 
     def __init__(self, log_dir: str | Path, batch, max_images: int = 4):
         super().__init__()
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
-        if isinstance(batch, dict):
-            self.inputs = {key: value[:max_images] for key, value in batch.items()}
-            zero_filled, target = batch["zero_filled"], batch["target"]
-        else:
-            zero_filled, target = batch
-            self.inputs = zero_filled[:max_images]
-        self.zero_filled, self.target = (_magnitude(x[:max_images]) for x in (zero_filled, target))
+        self.batch = tf.nest.map_structure(lambda x: x[:max_images], batch)
+        zero_filled = self.batch["zero_filled"] if isinstance(batch, dict) else self.batch[0]
+        self.zero_filled = np.sqrt(np.sum(np.square(np.asarray(zero_filled)), axis=-1, keepdims=True))
 
     def on_epoch_end(self, epoch, logs=None):
-        recon = self.model.reconstruct(self.inputs).numpy()
+        target = self.model.target(self.batch).numpy()
+        recon = self.model.reconstruct(self.batch).numpy()
         outputs = {"zero-filled": self.zero_filled, "model": recon}
-        scores = {name: metrics.compute_all(self.target, image) for name, image in outputs.items()}
-        rows = [FigureRow(f"validation {i}", self.target[i, ..., 0],
+        scores = {name: metrics.compute_all(target, image) for name, image in outputs.items()}
+        rows = [FigureRow(f"validation {i}", target[i, ..., 0],
                           {name: image[i, ..., 0] for name, image in outputs.items()},
                           {name: (s["psnr"][i], s["ssim"][i]) for name, s in scores.items()})
-                for i in range(len(self.target))]
+                for i in range(len(target))]
         figure = comparison_figure(rows, f"epoch {epoch + 1}")
         with self.writer.as_default():
             tf.summary.image("validation examples", figure[None], step=epoch)
         self.writer.flush()
-
-
-def _magnitude(images) -> np.ndarray:
-    """``[B, H, W, 1]`` magnitudes of ``[B, H, W, 1]`` magnitudes or ``[B, H, W, 2]`` real/imaginary channels."""
-    return np.sqrt(np.sum(np.square(np.asarray(images)), axis=-1, keepdims=True))

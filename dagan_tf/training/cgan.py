@@ -27,11 +27,13 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from dagan_tf.contract import NetworkContract
 from dagan_tf.models.dagan import build_discriminator
 from dagan_tf.models.dagan import build_generator as build_unet
 from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
 from dagan_tf.models.vgg import VGGFeatures, dagan_target_prepro
-from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
+from dagan_tf.recipes import network_contract
+from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude
 from dagan_tf.training.optimizers import adam
 
 PIXEL_LOSSES = ("ratio", "mse")
@@ -79,11 +81,11 @@ def frequency_loss(target: tf.Tensor, output: tf.Tensor) -> tf.Tensor:
 class ConditionalGAN(TrainerModel):
     """Trains ``generator`` against ``discriminator``; ``call`` runs the generator only."""
 
-    def __init__(self, generator: keras.Model, discriminator: keras.Model, features=None,
+    def __init__(self, generator: keras.Model, contract: NetworkContract, discriminator: keras.Model, features=None,
                  weights: LossWeights = LossWeights(), pixel_kind: str = "ratio", vgg_target_prepro=None,
                  **kwargs):
         names = ("d_loss", "g_loss", "g_adversarial", "g_pixel", "g_frequency", "g_vgg", *QUALITY)
-        super().__init__(generator, names, discriminator, **kwargs)
+        super().__init__(generator, contract, names, discriminator, **kwargs)
         if pixel_kind not in PIXEL_LOSSES:
             raise ValueError(f"pixel loss {pixel_kind!r} not in {PIXEL_LOSSES}")
         if weights.vgg and features is None:
@@ -92,10 +94,6 @@ class ConditionalGAN(TrainerModel):
         self.loss_weights_ = weights
         self.pixel_kind = pixel_kind
         self.vgg_target_prepro = vgg_target_prepro
-
-    def reconstruct(self, zero_filled: tf.Tensor) -> tf.Tensor:
-        """The magnitude ``[B, H, W, 1]`` of the generator's output in inference mode."""
-        return magnitude(self.generator(zero_filled, training=False))
 
     def generator_losses(self, zero_filled, target) -> dict[str, tf.Tensor]:
         """Forward G (training mode) and D on its output; the weighted terms and their sum ``g_loss``."""
@@ -142,10 +140,6 @@ class ConditionalGAN(TrainerModel):
             self.trackers[name].update_state(value)
         return {name: self.trackers[name].result() for name in ("d_loss",) + tuple(terms)}
 
-    def test_step(self, data):
-        zero_filled, target = data
-        return quality_metrics(self.trackers, magnitude(target), self.reconstruct(zero_filled))
-
 
 def build_generator(config: dict, any_size: bool = False) -> keras.Model:
     """The recipe's generator ``[N, S, S, C] -> [N, S, S, C]`` (in the current dtype policy), DAGAN's U-Net or
@@ -170,7 +164,7 @@ def build_trainer(config: dict) -> ConditionalGAN:
     discriminator = build_srgan_discriminator(m["width"]) if m["discriminator"] == "srgan" \
         else build_discriminator(m["image_size"], m["width"])
     patches = config["data"]["patch_size"] is not None
-    model = ConditionalGAN(build_generator(config, any_size=patches), discriminator,
+    model = ConditionalGAN(build_generator(config, any_size=patches), network_contract(config), discriminator,
                            features, weights, loss["pixel_kind"],
                            dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
     model.compile(g_optimizer=adam(t), d_optimizer=adam(t))

@@ -6,6 +6,8 @@ import keras
 import tensorflow as tf
 
 from dagan_tf import metrics as quality
+from dagan_tf.contract import NetworkContract
+from dagan_tf.models.network_io import as_complex_image, network_inputs, split_output
 from dagan_tf.training.distribute import replica_weight
 
 QUALITY = ("nmse", "psnr", "ssim")
@@ -37,15 +39,21 @@ def quality_metrics(trackers: dict, target: tf.Tensor, output: tf.Tensor) -> dic
 class TrainerModel(keras.Model):
     """Base of every trainer: what the shared run machinery (:mod:`dagan_tf.training.run`) uses.
 
-    ``generator`` is the network inference uses (its weights go to ``best.weights.h5``); ``trackers``
-    the mean metrics by name; ``compile`` sets ``g_optimizer`` (and ``d_optimizer`` for GANs) and builds
-    their slots so a checkpoint can be restored before the first step.  ``call`` runs the generator.
+    ``generator`` is the network inference uses (its weights go to ``best.weights.h5``), ``contract`` what it
+    takes and returns (:func:`dagan_tf.recipes.network_contract`); ``trackers`` the mean metrics by name;
+    ``compile`` sets ``g_optimizer`` (and ``d_optimizer`` for GANs) and builds their slots so a checkpoint can be
+    restored before the first step.  ``call`` runs the generator.  The base owns validation: :meth:`test_step`
+    scores :meth:`reconstruct` against :meth:`target` (NMSE, PSNR, SSIM); a trainer adds ``train_step``.
+
+    Batches: an image batch is a ``(zero_filled, target)`` tuple (``[B, H, W, C]`` magnitudes or real/imaginary
+    channels), a k-space batch the dict of :mod:`dagan_tf.data.pipeline` (``with_kspace=True``).
     """
 
-    def __init__(self, generator: keras.Model, tracker_names, discriminator: keras.Model | None = None,
-                 **kwargs):
+    def __init__(self, generator: keras.Model, contract: NetworkContract, tracker_names,
+                 discriminator: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
         self.generator, self.discriminator = generator, discriminator
+        self.contract = contract
         self.trackers = {name: keras.metrics.Mean(name=name) for name in tracker_names}
         self.g_optimizer = self.d_optimizer = None
         self.batch_stage = None  # raw training batch -> batch, run in the step (data.augment_on: device)
@@ -123,6 +131,26 @@ class TrainerModel(keras.Model):
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    def network_inputs(self, batch):
+        """The network's input of a batch: an image batch's zero-filled image; a k-space batch dict's inputs by
+        the contract (:func:`dagan_tf.models.network_io.network_inputs`)."""
+        if not isinstance(batch, dict):
+            return batch[0]
+        return network_inputs(self.contract, as_complex_image(batch["zero_filled_complex"]), batch["kspace"],
+                              batch["mask"], batch.get("maps"))
+
+    @staticmethod
+    def target(batch) -> tf.Tensor:
+        """The fully sampled magnitude ``[B, H, W, 1]`` (float32) of a batch."""
+        return magnitude(batch["target"] if isinstance(batch, dict) else batch[1])
+
+    def reconstruct(self, batch) -> tf.Tensor:
+        """The magnitude ``[B, H, W, 1]`` (float32) of the network's reconstruction of a batch, inference mode."""
+        return magnitude(split_output(self.contract, self.generator(self.network_inputs(batch), training=False))[0])
+
+    def test_step(self, batch):
+        return quality_metrics(self.trackers, self.target(batch), self.reconstruct(batch))
 
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)

@@ -28,14 +28,15 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from dagan_tf.contract import NetworkContract
 from dagan_tf.errors import DaganError
 from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminator, build_refinement_unet,
                                         min_discriminator_size)
 from dagan_tf.models.vgg import VGGFeatures
-from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude, quality_metrics
+from dagan_tf.recipes import network_contract
+from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude
 from dagan_tf.training.distribute import replicas_mean
 from dagan_tf.training.optimizers import adam
-from dagan_tf.training.supervised import batch_inputs
 from dagan_tf.training.supervised import build_generator as build_recnet
 
 TERMS = ("g_adversarial", "g_feature_matching", "g_vgg", "g_penalty")
@@ -136,9 +137,11 @@ def feature_matching(real_features: list[tf.Tensor], fake_features: list[tf.Tens
 class RefinementGAN(TrainerModel):
     """Trains the refinement U-Net and λ of ``generator`` (a :class:`RefinedNetwork`) against a PatchGAN."""
 
-    def __init__(self, generator: RefinedNetwork, discriminator: keras.Model, features: VGGFeatures | None,
+    def __init__(self, generator: RefinedNetwork, contract: NetworkContract, discriminator: keras.Model,
+                 features: VGGFeatures | None,
                  weights: RefinementWeights, normalise: bool, pool: ImagePool, real_label: float = 0.9, **kwargs):
-        super().__init__(generator, ("d_loss", "g_loss", *TERMS, "lambda", *QUALITY), discriminator, **kwargs)
+        super().__init__(generator, contract, ("d_loss", "g_loss", *TERMS, "lambda", *QUALITY), discriminator,
+                         **kwargs)
         if weights.vgg and features is None:
             raise ValueError("a VGG loss weight needs a feature extractor")
         self.features, self.weights_ = features, weights
@@ -149,14 +152,10 @@ class RefinementGAN(TrainerModel):
         objects = {**super().checkpoint_objects(), "image_pool": self.pool}
         return objects | ({"loss_normaliser": self.normaliser} if self.normaliser is not None else {})
 
-    def reconstruct(self, batch: dict) -> tf.Tensor:
-        """Magnitude ``[B, H, W, 1]`` of the refined reconstruction of a k-space batch dict."""
-        return magnitude(self.generator(batch_inputs(batch), training=False)["reconstruction"])
-
     def losses_of(self, batch: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """``(d_loss, generator terms and g_loss)`` from one forward pass with the current weights."""
         real = tf.cast(batch["target"], tf.float32)
-        reconstruction, _, delta = self.generator.forward(batch_inputs(batch), training=True)
+        reconstruction, _, delta = self.generator.forward(self.network_inputs(batch), training=True)
         fake = magnitude(reconstruction)
         *real_features, real_logits = self.discriminator(real, training=True)
         *fake_features, fake_logits = self.discriminator(fake, training=True)
@@ -186,9 +185,6 @@ class RefinementGAN(TrainerModel):
         for name, value in logs.items():
             self.trackers[name].update_state(value)
         return {name: self.trackers[name].result() for name in logs}
-
-    def test_step(self, batch):
-        return quality_metrics(self.trackers, batch["target"], self.reconstruct(batch))
 
 
 def build_generator(config: dict) -> RefinedNetwork:
@@ -237,7 +233,7 @@ def build_trainer(config: dict) -> RefinementGAN:
     features = VGGFeatures.from_recipe(config["vgg"]) if loss["vgg"] else None
     weights = RefinementWeights(loss["adversarial"], loss["feature_matching"], loss["vgg"], loss["penalty"])
     pool = ImagePool(d["pool_size"], (m["image_size"], m["image_size"], 1), d["pool_probability"], t["seed"])
-    model = RefinementGAN(generator, build_patch_discriminator(d["layers"], d["width"], d["dropout"]), features,
+    model = RefinementGAN(generator, network_contract(config), build_patch_discriminator(d["layers"], d["width"], d["dropout"]), features,
                           weights, loss["normalise"], pool, d["real_label"])
     model.compile(g_optimizer=adam(t), d_optimizer=adam(t))
     return model

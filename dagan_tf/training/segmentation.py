@@ -12,9 +12,11 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from dagan_tf.contract import NetworkContract
 from dagan_tf.data.prepare import check_prepared
 from dagan_tf.errors import DaganError
 from dagan_tf.models.refinement import build_refinement_unet
+from dagan_tf.recipes import network_contract
 from dagan_tf.training.common import TrainerModel
 from dagan_tf.training.optimizers import adam
 
@@ -46,8 +48,9 @@ def hard_dice(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 class Segmenter(TrainerModel):
     """Trains ``generator`` (image -> class logits) with cross-entropy and soft Dice."""
 
-    def __init__(self, generator: keras.Model, cross_entropy: float = 1.0, dice: float = 1.0, **kwargs):
-        super().__init__(generator, ("loss", "dice", "dice_loss"), **kwargs)
+    def __init__(self, generator: keras.Model, contract: NetworkContract, cross_entropy: float = 1.0,
+                 dice: float = 1.0, **kwargs):
+        super().__init__(generator, contract, ("loss", "dice", "dice_loss"), **kwargs)
         self.w_ce, self.w_dice = cross_entropy, dice
 
     def train_step(self, data):
@@ -87,6 +90,6 @@ def prepare_config(config: dict, echo=lambda _: None) -> dict:
 
 def build_trainer(config: dict) -> Segmenter:
     t, loss = config["train"], config["loss"]
-    model = Segmenter(build_generator(config), loss["cross_entropy"], loss["dice"])
+    model = Segmenter(build_generator(config), network_contract(config), loss["cross_entropy"], loss["dice"])
     model.compile(g_optimizer=adam(t))
     return model

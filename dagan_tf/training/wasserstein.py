@@ -27,8 +27,10 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from dagan_tf.models.dcinet import build_dcinet, build_wgan_critic, network_inputs
-from dagan_tf.training.common import QUALITY, TrainerModel, magnitude, quality_metrics
+from dagan_tf.contract import NetworkContract
+from dagan_tf.models.dcinet import build_dcinet, build_wgan_critic
+from dagan_tf.recipes import network_contract
+from dagan_tf.training.common import QUALITY, TrainerModel, magnitude
 from dagan_tf.training.distribute import replica_weight, replicas_in_sync, replicas_mean
 from dagan_tf.training.optimizers import adam
 
@@ -70,19 +72,15 @@ def batch_std(values: tf.Tensor) -> tf.Tensor:
     return tf.sqrt(tf.maximum(square - tf.square(mean), 0.0))
 
 
-def batch_inputs(batch: dict) -> dict[str, tf.Tensor]:
-    """DCI-Net's inputs from a k-space batch dict (multi-coil with ``maps``, or single-coil)."""
-    return network_inputs(batch["kspace"], batch["mask"], batch.get("maps"))
-
-
 class WassersteinGAN(TrainerModel):
     """Trains DCI-Net (``generator``) with the MSE and, unless ``settings.critic == "none"``, a clipped
     Wasserstein critic, balanced by AGB (module doc)."""
 
-    def __init__(self, generator: keras.Model, critic: keras.Model | None, settings: WassersteinSettings,
+    def __init__(self, generator: keras.Model, contract: NetworkContract, critic: keras.Model | None,
+                 settings: WassersteinSettings,
                  **kwargs):
         names = ("g_loss", "g_mse") + (("c_loss", "g_adversarial") if critic is not None else ()) + QUALITY
-        super().__init__(generator, names, critic, **kwargs)
+        super().__init__(generator, contract, names, critic, **kwargs)
         self.settings = settings
         start = settings.beta_init if settings.agb else 1.0
         same = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica assigns the same value
@@ -92,10 +90,6 @@ class WassersteinGAN(TrainerModel):
 
     def checkpoint_objects(self) -> dict:
         return super().checkpoint_objects() | {"agb_beta": self.beta, "agb_gma": self.gma, "agb_pma": self.pma}
-
-    def reconstruct(self, batch: dict) -> tf.Tensor:
-        """Magnitude ``[B, H, W, 1]`` of DCI-Net's output for a k-space batch dict, inference mode."""
-        return magnitude(self.generator(batch_inputs(batch), training=False))
 
     def critic_value(self, batch: dict, image: tf.Tensor) -> tf.Tensor:
         """Mean critic value ``D(z, image)`` (or ``D(image)``) over the batch, training mode."""
@@ -116,7 +110,7 @@ class WassersteinGAN(TrainerModel):
 
     def train_step(self, batch):
         s = self.settings
-        inputs = batch_inputs(batch)
+        inputs = self.network_inputs(batch)
         logs = {}
         with tf.GradientTape(persistent=True) as tape:
             output = tf.cast(self.generator(inputs, training=True), tf.float32)
@@ -156,9 +150,6 @@ class WassersteinGAN(TrainerModel):
             result.update(agb_beta=self.beta.value(), agb_gma=self.gma.value(), agb_pma=self.pma.value())
         return result
 
-    def test_step(self, batch):
-        return quality_metrics(self.trackers, batch["target"], self.reconstruct(batch))
-
 
 def settings_of(config: dict) -> WassersteinSettings:
     loss, critic, agb = config["loss"], config["critic"], config["agb"]
@@ -181,6 +172,6 @@ def build_trainer(config: dict) -> WassersteinGAN:
     if settings.critic != "none":
         critic = build_wgan_critic(config["model"]["image_size"], settings.critic == "pair",
                                    config["critic"]["filters"])
-    model = WassersteinGAN(build_generator(config), critic, settings)
+    model = WassersteinGAN(build_generator(config), network_contract(config), critic, settings)
     model.compile(g_optimizer=adam(t), d_optimizer=None if critic is None else adam(t))
     return model
