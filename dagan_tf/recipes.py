@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import yaml
 
@@ -268,6 +268,22 @@ class TrainerModule(Protocol):
     def build_generator(self, config: dict) -> Any: ...
 
 
+def _check_vgg_weights(config: dict, source: str) -> None:
+    """A VGG loss needs ``vgg.weights`` 'imagenet', 'random' or an existing file."""
+    if config["loss"]["vgg"] and config["vgg"]["weights"] not in ("imagenet", "random") \
+            and not os.path.isfile(str(config["vgg"]["weights"])):
+        raise DaganError(f"{source}: vgg.weights must be 'imagenet', 'random' or an existing file, "
+                         f"got {config['vgg']['weights']!r}")
+
+
+def _check_patches(config: dict, source: str) -> None:
+    """Patch training needs the SRGAN discriminator (any size) and patches no larger than the image."""
+    patch, size = config["data"]["patch_size"], config["model"]["image_size"]
+    if patch is not None and (patch > size or config["model"]["discriminator"] != "srgan"):
+        raise DaganError(f"{source}: data.patch_size {patch} needs model.discriminator srgan (any size) and "
+                         f"at most model.image_size {size}")
+
+
 @dataclass(frozen=True)
 class Trainer:
     """A registered training scheme: its recipe sections and the module with ``build_trainer(config)``
@@ -288,6 +304,7 @@ class Trainer:
     takes: str = "image"
     extras: tuple[str, ...] = ()
     stage1: bool = False
+    checks: tuple[Callable[[dict, str], None], ...] = ()  # the trainer's own cross-key checks of a recipe
 
     @property
     def schema(self) -> dict:
@@ -309,10 +326,10 @@ class Trainer:
 
 
 TRAINERS: dict[str, Trainer] = {
-    "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan"),
+    "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan", checks=(_check_patches, _check_vgg_weights)),
     "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", batches="kspace", takes="kspace"),
     "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", batches="kspace", takes="kspace",
-                              extras=("refinement",), stage1=True),
+                              extras=("refinement",), stage1=True, checks=(_check_vgg_weights,)),
     "wasserstein": Trainer(WASSERSTEIN_SECTIONS, "dagan_tf.training.wasserstein", batches="kspace",
                            takes="coil_kspace"),
     "segmentation": Trainer(SEGMENTER_SECTIONS, "dagan_tf.training.segmentation", batches="labels",
@@ -366,13 +383,8 @@ def validate_config(config, source: str = "recipe") -> dict:
             raise DaganError(f"{source}: data.per_sample_masks needs a mask kind, not the file {d['mask']}")
     elif d["ratio"] is None:
         raise DaganError(f"{source}: data.ratio is required for mask kind {d['mask']}")
-    patch = d.get("patch_size")
-    if patch is not None:
-        if trainer_of(config).batches != "images":
-            raise DaganError(f"{source}: data.patch_size applies to image-to-image trainers, not {config['trainer']}")
-        if patch > config["model"]["image_size"] or config["model"].get("discriminator") != "srgan":
-            raise DaganError(f"{source}: data.patch_size {patch} needs model.discriminator srgan (any size) and "
-                             f"at most model.image_size {config['model']['image_size']}")
+    if d.get("patch_size") is not None and trainer_of(config).batches != "images":
+        raise DaganError(f"{source}: data.patch_size applies to image-to-image trainers, not {config['trainer']}")
     t = config["train"]
     if t["lr_halve_every"] and t["lr_schedule"] != "step":
         raise DaganError(f"{source}: train.lr_halve_every {t['lr_halve_every']} needs train.lr_schedule step, "
@@ -388,10 +400,8 @@ def validate_config(config, source: str = "recipe") -> dict:
                              f".npz file (got {t['fid_weights']!r})")
         if t["keep"] == "last":
             raise DaganError(f"{source}: train.select {t['select']} picks an epoch; it needs train.keep best")
-    if config.get("loss", {}).get("vgg") and config.get("vgg", {}).get("weights") not in ("imagenet", "random") \
-            and not os.path.isfile(str(config["vgg"]["weights"])):
-        raise DaganError(f"{source}: vgg.weights must be 'imagenet', 'random' or an existing file, "
-                         f"got {config['vgg']['weights']!r}")
+    for check in trainer_of(config).checks:
+        check(config, source)
     return config
 
 

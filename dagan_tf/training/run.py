@@ -263,6 +263,46 @@ def learning_rate_schedule(train: dict, steps_per_epoch: int, spent: dict[str, f
                                 clock[1] if clock else None)
 
 
+def run_datasets(config: dict, train_split, val_split, spec: MaskSpec, start_step: int, echo):
+    """``(training, validation, batch_stage or None)`` of a run: the batches its trainer's registry entry asks for
+    (``batches``; an image network's channels from its contract), the training stream starting at ``start_step``;
+    with augmentation and simulation on the device, the stage that finishes each raw training batch in the step."""
+    t, d = config["train"], config["data"]
+    batches = recipes.trainer_of(config).batches
+    if batches == "labels":
+        return (segmentation_dataset(train_split, t["batch_size"], t["seed"], start_step),
+                segmentation_dataset(val_split, t["val_batch_size"], start_step=None), None)
+    with_kspace = batches == "kspace"
+    contract = recipes.network_contract(config)
+    complex_images = contract.takes == "image" and contract.channels == 2
+    on_device = d["augment_on"] == "device" or (
+        d["augment_on"] == "auto" and bool(tf.config.list_logical_devices("GPU")))
+    augment = augment_of(config)
+    train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], start_step, augment, with_kspace,
+                                   d["regime"], complex_images, patch_size=d["patch_size"], on_device=on_device)
+    echo(f"augmentation and simulation on the {'device' if on_device else 'host'}")
+    val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
+                                regime=d["regime"], phase_seed=t["seed"], split_key=1, complex_images=complex_images)
+    stage = batch_stage(augment, with_kspace, complex_images, d["patch_size"]) if on_device else None
+    return train_ds, val_ds, stage
+
+
+def run_callbacks(config: dict, work: Path, val_ds, state: RunState, resume: bool) -> list:
+    """The run's own callbacks after the schedule: the FID of a selection by FID (before ``state``, which reads
+    it), ``state``, the history and TensorBoard logs, and the validation figure of reconstruction trainers."""
+    t = config["train"]
+    fid = []
+    if t["select"] != "monitor":
+        from dagan_tf.models.fid import FIDFeatures
+
+        with precision_policy("float32"):
+            fid = [ValidationFID(FIDFeatures(t["fid_weights"]), val_ds)]
+    figure = [ImageGrid(work / "logs", next(iter(val_ds)))] if recipes.trainer_of(config).batches != "labels" else []
+    return [*fid, state, TrainingClock(work / "history.csv"),
+            keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
+            keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False), *figure]
+
+
 def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, verbose, echo, precision,
          fraction, distribution: tf.distribute.Strategy, extra_callbacks: list):
     t = config["train"]
@@ -306,25 +346,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
          f"{describe(distribution)}" + (", XLA" if model.jit_compile else ""))
     if resume:
         echo(f"resuming at epoch {first_epoch}, step {first_epoch * steps}")
-    trainer = recipes.trainer_of(config)
-    if trainer.batches == "labels":
-        train_ds = segmentation_dataset(train_split, t["batch_size"], t["seed"], first_epoch * steps)
-        val_ds = segmentation_dataset(val_split, t["val_batch_size"], start_step=None)
-    else:
-        with_kspace = trainer.batches == "kspace"
-        complex_images = config["model"].get("channels", 1) == 2
-        on_device = d["augment_on"] == "device" or (
-            d["augment_on"] == "auto" and bool(tf.config.list_logical_devices("GPU")))
-        augment = augment_of(config)
-        train_ds, _ = training_dataset(train_split, t["batch_size"], spec, t["seed"], first_epoch * steps,
-                                       augment, with_kspace, d["regime"], complex_images,
-                                       patch_size=d["patch_size"], on_device=on_device)
-        if on_device:
-            model.batch_stage = batch_stage(augment, with_kspace, complex_images, d["patch_size"])
-        echo(f"augmentation and simulation on the {'device' if on_device else 'host'}")
-        val_ds = evaluation_dataset(val_split, t["val_batch_size"], evaluation_masks(val_split, spec), with_kspace,
-                                    regime=d["regime"], phase_seed=t["seed"], split_key=1,
-                                    complex_images=complex_images)
+    train_ds, val_ds, stage = run_datasets(config, train_split, val_split, spec, first_epoch * steps, echo)
+    model.batch_stage = stage
     if isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
         # Every worker builds the same batches (a function of seed and step) and keeps its replicas' slices.
         options = tf.data.Options()
@@ -334,22 +357,8 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
     replicated = [ReplicatedValidation(val_ds)] if distribution.num_replicas_in_sync > 1 else []
     budgets = ([TimeBudget(t["max_minutes"])] if t["max_minutes"] else []) \
         + ([TimeBudget(t["max_cpu_minutes"], "cpu", spent["cpu"])] if t["max_cpu_minutes"] else [])
-    fid = []
-    if t["select"] != "monitor":
-        from dagan_tf.models.fid import FIDFeatures
-
-        with precision_policy("float32"):
-            fid = [ValidationFID(FIDFeatures(t["fid_weights"]), val_ds)]
-    callbacks = [
-        learning_rate_schedule(t, steps, spent),
-        *replicated,
-        *fid,  # before the state: it adds val_fid to the logs the state selects with
-        state,
-        TrainingClock(work / "history.csv"),
-        keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
-        keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False),
-    ] + ([ImageGrid(work / "logs", next(iter(val_ds)))] if trainer.batches != "labels" else []) \
-        + budgets + extra_callbacks
+    callbacks = [learning_rate_schedule(t, steps, spent), *replicated,
+                 *run_callbacks(config, work, val_ds, state, resume), *budgets, *extra_callbacks]
     with Signals(state):
         history = model.fit(train_ds, epochs=t["epochs"], initial_epoch=first_epoch, steps_per_epoch=steps,
                             validation_data=None if replicated else val_ds, callbacks=callbacks, verbose=verbose,
