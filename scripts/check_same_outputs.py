@@ -92,8 +92,7 @@ def record(work: Path) -> dict[str, np.ndarray]:
         train(run, config, data, verbose=0)
         with open(run / "history.csv") as f:
             rows = list(csv.DictReader(f))
-        keys = sorted(k for k in rows[0] if k not in ("epoch", "cpu_seconds", "wall_seconds", "learning_rate")
-                      and not k.endswith("_seconds"))
+        keys = sorted(k for k in rows[0] if k != "epoch" and not k.endswith(("_seconds", "_minutes")))  # no clocks
         out[f"{name}/history"] = np.array([[float(r[k]) for k in keys] for r in rows])
         for dc in (False, True):
             folder = work / f"{name}-eval{'-dc' if dc else ''}"
@@ -139,9 +138,12 @@ def main() -> int:
     action.add_argument("--record", type=Path, help="write the outputs to this .npz")
     action.add_argument("--compare", type=Path, help="compare the outputs with this .npz")
     parser.add_argument("--tolerance", type=float, default=1e-6)
+    parser.add_argument("--save", type=Path, help="with --compare: also write this run's outputs to this .npz")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         outputs = record(Path(work))
+    if args.save:
+        np.savez(args.save, **outputs)
     if args.record:
         np.savez(args.record, **outputs)
         print(f"{len(outputs)} arrays recorded in {args.record}")
