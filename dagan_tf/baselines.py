@@ -1,8 +1,8 @@
 """Classical reconstructions of exactly the k-space the networks see, scored by the same metrics.
 
-Each baseline is a *reconstructor*: a function of an evaluation batch dict
-(``kspace [B, H, W]`` complex64, centred and undersampled; ``mask [B, H, W]``;
-``zero_filled [B, H, W, 1]``) returning the magnitude ``[B, H, W, 1]``.
+Each baseline is a *reconstructor*: a function of an evaluation
+:class:`~dagan_tf.data.batches.KSpaceBatch` (its ``kspace``, ``mask``, ``maps`` and ``zero_filled``)
+returning the magnitude ``[B, H, W, 1]``.
 
 * ``zero-filled-dc`` (the *projection*): N times ``x ← |F⁻¹((1−m)·F x + m·k₀)|``
   from the zero-filled magnitude — no network, no parameters.  It exploits that
@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from dagan_tf import metrics
+from dagan_tf.data.batches import KSpaceBatch, Reconstructor
 from dagan_tf.errors import DaganError
 from dagan_tf.models.network_io import apply_dc
 
@@ -49,12 +50,10 @@ SOLVERS = {"sense": "SenseRecon (conjugate gradient)", "tv": "TotalVariationReco
 LAMBDA_GRID = tuple(10.0 ** e for e in range(-5, 1))  # 1e-5 … 1
 PROJECTION_ITERATIONS = (1, 100)  # one step, and converged (PSNR changes < 0.01 dB after ~60 here)
 
-Reconstructor = Callable[[dict], tf.Tensor]
 
-
-def batch_arguments(batch: dict) -> tuple:
+def batch_arguments(batch: KSpaceBatch) -> tuple:
     """``(zero_filled, kspace, mask, maps or None)`` of an evaluation batch (single- or multi-coil)."""
-    return batch["zero_filled"], batch["kspace"], batch["mask"], batch.get("maps")
+    return batch.zero_filled, batch.kspace, batch.mask, batch.maps
 
 
 def projection(iterations: int) -> Reconstructor:
@@ -166,20 +165,20 @@ class ClassicalBaseline:
                                        mask.astype(np.float32), maps.astype(np.complex64))
         return np.abs(image).astype(np.float32)
 
-    def __call__(self, batch: dict) -> tf.Tensor:
-        kspace, masks = batch["kspace"].numpy(), batch["mask"].numpy()
-        maps = batch["maps"].numpy() if "maps" in batch else [None] * len(kspace)
+    def __call__(self, batch: KSpaceBatch) -> tf.Tensor:
+        kspace, masks = batch.kspace.numpy(), batch.mask.numpy()
+        maps = [None] * len(kspace) if batch.maps is None else batch.maps.numpy()
         out = np.stack([self.reconstruct_slice(k, m, s) for k, m, s in zip(kspace, masks, maps)])
         return tf.constant(out[..., None])
 
 
-def tune_lambda(method: str, batches: list[dict], iterations: int = 100,
+def tune_lambda(method: str, batches: list[KSpaceBatch], iterations: int = 100,
                 grid: tuple[float, ...] = LAMBDA_GRID, backend: str = "sigpy") -> tuple[float, dict[str, float]]:
     """``(best λ, {λ: mean NMSE})`` of ``method`` on the given validation batches."""
     scores = {}
     for lam in grid:
         baseline = ClassicalBaseline(method, lam, iterations, backend)
-        nmse = [metrics.nmse(b["target"], baseline(b)).numpy() for b in batches]
+        nmse = [metrics.nmse(b.target, baseline(b)).numpy() for b in batches]
         scores[f"{lam:g}"] = float(np.mean(np.concatenate(nmse)))
     best = min(scores, key=scores.get)
     return float(best), scores

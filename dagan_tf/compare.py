@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from dagan_tf import metrics
+from dagan_tf.data.batches import KSpaceBatch, Reconstructor
 from dagan_tf.data.prepare import check_prepared, load_split
 from dagan_tf.errors import DaganError
 from dagan_tf.evaluate import evaluate, fid_features, sis_scorer, strongest_baseline, zero_filled
@@ -78,7 +79,7 @@ class Model:
     mask: MaskSpec | None
     parameters: int
     checksum: str
-    batch_reconstructor: Callable[[dict], tf.Tensor] = field(repr=False)
+    batch_reconstructor: Reconstructor = field(repr=False)
     precision: str = "float32"
 
 
@@ -113,9 +114,9 @@ def load_models(paths: list[str], dc: bool, size: int, data,
                 echo(export.note)  # its ms per slice are not this CPU's best
 
             def reconstruct(batch, export=export, path=path):
-                if batch.get("maps") is not None:
+                if batch.maps is not None:
                     raise DaganError(f"the export {path} takes single-coil k-space")
-                return export.reconstruct(batch["kspace"], batch["mask"], dc)[..., :1]
+                return export.reconstruct(batch.kspace, batch.mask, dc)[..., :1]
 
             variables = str(path / "variables" / "variables")
             parameters = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(variables)
@@ -177,8 +178,8 @@ class CachedReconstructor:
     def path(self) -> Path | None:
         return None if self.cache_dir is None else self.cache_dir / f"{self.key}.npy"
 
-    def __call__(self, batch: dict) -> tf.Tensor:
-        index = batch["index"].numpy()
+    def __call__(self, batch: KSpaceBatch) -> tf.Tensor:
+        index = batch.index.numpy()
         if self.cached_ms is not None:
             return tf.constant(self.outputs[index][..., None])
         out = self.fn(batch)

@@ -1,6 +1,6 @@
 """Evaluate reconstructions on a whole prepared split and write a report.
 
-A *reconstructor* maps a batch dict from
+A *reconstructor* maps a :class:`~dagan_tf.data.batches.KSpaceBatch` from
 :func:`dagan_tf.data.pipeline.evaluation_dataset` (``with_kspace=True``) to a
 ``[B, H, W, 1]`` image.  ``zero_filled`` is always evaluated; a model adds a
 ``model`` entry (named ``model+dc`` when data consistency is applied).
@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from dagan_tf import metrics, recipes
+from dagan_tf.data.batches import KSpaceBatch, Reconstructor
 from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
 from dagan_tf.data.prepare import SPLITS, load_split
 from dagan_tf.errors import DaganError
@@ -37,7 +38,6 @@ from dagan_tf.masks import MaskSpec, sampled_fraction
 from dagan_tf.outputs import atomic_output_dir, check_new_output
 from dagan_tf.progress import Stage
 
-Reconstructor = Callable[[dict], tf.Tensor]
 N_EXAMPLES = 4
 MODEL_ROWS = ("model", "model+dc", "stage1", "stage1+dc")  # eval's trained rows (compare: the runs' names)
 
@@ -87,8 +87,8 @@ def sis_scorer(seg_run: str | Path, classes: list[int] | None = None) -> SISScor
                      str(seg_run), config["model"]["image_size"])
 
 
-def zero_filled(batch: dict) -> tf.Tensor:
-    return batch["zero_filled"]
+def zero_filled(batch: KSpaceBatch) -> tf.Tensor:
+    return batch.zero_filled
 
 
 def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "test",
@@ -137,7 +137,7 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
         for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1],
                                         regime, phase_seed, SPLITS.index(split)):
-            b = int(batch["target"].shape[0])
+            b = int(batch.target.shape[0])
             outputs = {}
             for name, fn in recons.items():
                 if start == 0 and getattr(fn, "warm_up", True):
@@ -150,20 +150,20 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
                 outputs[name] = output.numpy()
                 seconds[name] += time.perf_counter() - started
             for name, image in outputs.items():
-                values = metrics.compute_all(batch["target"], image, ranges[start:start + b], dagan_compat)
+                values = metrics.compute_all(batch.target, image, ranges[start:start + b], dagan_compat)
                 for m in metrics.METRIC_NAMES:
                     per_slice[name][m].append(values[m])
             if fid is not None:
-                features["ground_truth"].append(fid(np.asarray(batch["target"]), cache=True))
+                features["ground_truth"].append(fid(np.asarray(batch.target), cache=True))
                 for name, image in outputs.items():
                     features[name].append(fid(np.asarray(image)))
             if sis is not None:
                 truth = np.asarray(prepared.labels[start:start + b])
-                for name, image in (("ground_truth", batch["target"]), *outputs.items()):
+                for name, image in (("ground_truth", batch.target), *outputs.items()):
                     dice[name].append(metrics.dice_per_class(sis.segment(image), truth, sis.classes))
             for i in range(b):
                 if start + i in example_idx:
-                    examples[start + i] = {"target": batch["target"][i, ..., 0].numpy(),
+                    examples[start + i] = {"target": batch.target[i, ..., 0].numpy(),
                                            **{name: outputs[name][i, ..., 0] for name in recons}}
             start += b
             stage.update(b)

@@ -14,12 +14,13 @@ import tensorflow as tf
 
 from dagan_tf import recipes
 from dagan_tf.contract import NetworkContract
+from dagan_tf.data.batches import KSpaceBatch
 from dagan_tf.models.network_io import as_complex_image, magnitude_or_dc, run_network
 from dagan_tf.training.trained import load_run_generator
 
 
-def batch_reconstructor(generator, contract: NetworkContract, dc: bool) -> Callable[[dict], tf.Tensor | dict]:
-    """A function of an evaluation batch dict (``zero_filled_complex``, ``kspace``, ``mask``, ``maps``) ->
+def batch_reconstructor(generator, contract: NetworkContract, dc: bool) -> Callable[[KSpaceBatch], tf.Tensor | dict]:
+    """A function of an evaluation :class:`~dagan_tf.data.batches.KSpaceBatch` ->
     the reconstructed magnitude ``[B, H, W, 1]`` (:func:`run_network`, :func:`magnitude_or_dc`), or with extras
     ``{"image": …, **extras}``."""
     def reconstruct(zero_filled, kspace0, mask, maps):
@@ -28,10 +29,10 @@ def batch_reconstructor(generator, contract: NetworkContract, dc: bool) -> Calla
         return {"image": image, **extras} if extras else image
 
     run = tf.function(reconstruct, reduce_retracing=True, autograph=False)  # dc is a Python constant
-    return lambda batch: run(batch["zero_filled_complex"], batch["kspace"], batch["mask"], batch.get("maps"))
+    return lambda batch: run(batch.zero_filled_complex, batch.kspace, batch.mask, batch.maps)
 
 
-def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[dict], tf.Tensor]:
+def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[KSpaceBatch], tf.Tensor]:
     """The run's batch reconstructor (see :func:`batch_reconstructor`)."""
     generator, config = load_run_generator(run_dir, inference=True)
     return batch_reconstructor(generator, recipes.network_contract(config), dc)

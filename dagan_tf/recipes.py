@@ -290,9 +290,8 @@ class Trainer:
     (the compiled ``keras.Model`` trainer) and ``build_generator(config)`` (the inference network);
     optionally ``prepare_config(config, echo)`` (checks before a new run starts, e.g. a stage-1 run).
 
-    ``batches`` (:data:`BATCH_KINDS`): ``images`` = ``(zero_filled, target)`` tuples, ``kspace`` = the
-    k-space batch dicts of :mod:`dagan_tf.data.pipeline` (``with_kspace=True``), ``labels`` =
-    ``(image, labels)`` of fully sampled images and their label maps.  ``monitor`` (minimised) picks
+    ``batches`` (:data:`BATCH_KINDS`, the types of :mod:`dagan_tf.data.batches`): ``images`` =
+    ``ImagePair``, ``kspace`` = ``KSpaceBatch``, ``labels`` = ``LabelledBatch``.  ``monitor`` (minimised) picks
     ``best.weights.h5`` and drives early stopping.  ``takes``, ``extras`` and ``stage1`` declare the network's
     :class:`~dagan_tf.contract.NetworkContract` (:meth:`contract`).
     """

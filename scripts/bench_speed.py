@@ -43,6 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dagan_tf.data.batches import KSpaceBatch
 from dagan_tf.models.layers import inference_copy
 
 SHARED_VGG = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_imagenet_notop.weights.h5"
@@ -318,9 +319,9 @@ def dcinet_report(args, report: dict) -> None:
         k = (rng.standard_normal((batch, coils, size, size)) + 1j * rng.standard_normal((batch, coils, size, size)))
         maps = np.full((batch, coils, size, size), 1 / np.sqrt(coils), np.complex64)
         image = rng.random((batch, size, size, 1)).astype(np.float32)
-        return {"kspace": tf.constant(k * mask, tf.complex64), "maps": tf.constant(maps), "mask": tf.constant(
-            np.broadcast_to(mask, (batch, size, size))), "target": image, "zero_filled": image,
-            "target_complex": tf.concat([image, tf.zeros_like(image)], -1)}
+        channels = tf.concat([image, tf.zeros_like(image)], -1)
+        return KSpaceBatch(image, channels, image, channels, tf.constant(np.broadcast_to(mask, (batch, size, size))),
+                           tf.constant(k * mask, tf.complex64), tf.constant(maps))
 
     config = recipes.apply_overrides(recipes.load_recipe("cwgan-agb"), [f"model.image_size={size}"])
     for precision in () if args.inference_only else ("float32", "mixed_bfloat16"):
@@ -374,9 +375,8 @@ def seitzer_report(args, report: dict) -> None:
     def kspace_batch(batch, size):
         image = rng.random((batch, size, size)).astype(np.float32)
         k0, zf = ks.undersample(image, mask)
-        return {"kspace": k0, "mask": tf.broadcast_to(mask, k0.shape), "target": image[..., None],
-                "zero_filled": tf.abs(zf)[..., None],
-                "target_complex": tf.stack([image, np.zeros_like(image)], -1)}
+        return KSpaceBatch(tf.abs(zf)[..., None], tf.stack([tf.math.real(zf), tf.math.imag(zf)], -1), image[..., None],
+                           tf.stack([image, np.zeros_like(image)], -1), tf.broadcast_to(mask, k0.shape), k0)
 
     with tempfile.TemporaryDirectory() as tmp:
         stage1 = Path(tmp) / "recnet"
@@ -411,7 +411,7 @@ def seitzer_report(args, report: dict) -> None:
 
     def inputs(batch, size):
         b = kspace_batch(batch, size)
-        return network_inputs(b["kspace"], b["mask"])
+        return network_inputs(b.kspace, b.mask)
 
     inference_reports("inference_recnet", lambda: build_recnet(size), inputs, flops["RecNet"], size, report)
     inference_reports("inference_refined",

@@ -26,6 +26,7 @@ from test_cwgan import tiny_wasserstein  # noqa: E402
 from test_refinement import recnet_config, refinement_config  # noqa: E402
 
 from dagan_tf import recipes  # noqa: E402
+from dagan_tf.data.batches import LabelledBatch  # noqa: E402
 from dagan_tf.data.pipeline import training_dataset  # noqa: E402
 from dagan_tf.data.prepare import load_split  # noqa: E402
 from dagan_tf.training.distribute import make_strategy, synchronise_batch_norm  # noqa: E402
@@ -44,7 +45,7 @@ def batches(config):
     if kind == "labels":
         images = split.images[:4, ..., None].astype(np.float32)
         labels = ((images[..., 0] > 0.3).astype(np.int32) + (images[..., 0] > 0.7))
-        return tf.data.Dataset.from_tensors((images, labels)).repeat()
+        return tf.data.Dataset.from_tensors(LabelledBatch(images, labels)).repeat()
     ds, _ = training_dataset(split, 4, mask_spec(config), 0, 0, None, kind == "kspace", "magnitude")
     return ds.take(1).cache().repeat()
 

@@ -67,8 +67,8 @@ def test_training_pipeline_is_a_function_of_seed_and_epoch(prepared_dir):
 def test_evaluation_masks_fixed_per_slice(prepared_dir):
     split = load_split(prepared_dir, "test")
     spec = MaskSpec("gaussian2d", 0.25, seed=3, per_sample=True)
-    first = [b["mask"].numpy() for b in evaluation_dataset(split, 3, evaluation_masks(split, spec), with_kspace=True)]
-    second = [b["mask"].numpy() for b in evaluation_dataset(split, 3, evaluation_masks(split, spec), with_kspace=True)]
+    first = [b.mask.numpy() for b in evaluation_dataset(split, 3, evaluation_masks(split, spec), with_kspace=True)]
+    second = [b.mask.numpy() for b in evaluation_dataset(split, 3, evaluation_masks(split, spec), with_kspace=True)]
     masks = np.concatenate(first)
     assert len(masks) == len(split.images)
     np.testing.assert_array_equal(masks, np.concatenate(second))

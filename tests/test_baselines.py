@@ -11,15 +11,18 @@ from conftest import assert_user_error, phantom_volume, run
 from dagan_tf import kspace as ks
 from dagan_tf import metrics
 from dagan_tf.baselines import ClassicalBaseline, projection
+from dagan_tf.data.batches import KSpaceBatch
 from dagan_tf.masks import make_mask
 
 
-def _batch(images: np.ndarray, mask: np.ndarray) -> dict:
+def _batch(images: np.ndarray, mask: np.ndarray) -> KSpaceBatch:
     """An evaluation batch of ``images [B, H, W]`` in [0, 1] with one mask, as the pipeline makes it."""
     target = tf.constant(images[..., None], tf.float32)
     masks = tf.constant(np.broadcast_to(mask, images.shape), tf.float32)
     kspace, zf = ks.undersample(target[..., 0], masks)
-    return {"target": target, "zero_filled": tf.abs(zf)[..., None], "kspace": kspace, "mask": masks}
+    channels = tf.stack([tf.math.real(zf), tf.math.imag(zf)], -1)
+    return KSpaceBatch(tf.abs(zf)[..., None], channels, target, tf.concat([target, tf.zeros_like(target)], -1),
+                       masks, kspace)
 
 
 def _phantom_slices(size=64, n=2) -> np.ndarray:
@@ -37,18 +40,18 @@ def test_sigpy_uses_our_fft_convention():
 def test_projection_keeps_samples_and_beats_zero_filled_in_the_magnitude_regime():
     images = _phantom_slices()
     batch = _batch(images, make_mask("vds1d", images.shape[1:], 0.25, seed=0))
-    zf_psnr = metrics.psnr(batch["target"], batch["zero_filled"]).numpy()
+    zf_psnr = metrics.psnr(batch.target, batch.zero_filled).numpy()
     out = projection(100)(batch)
-    assert np.all(metrics.psnr(batch["target"], out).numpy() > zf_psnr + 2.0)
+    assert np.all(metrics.psnr(batch.target, out).numpy() > zf_psnr + 2.0)
     one = projection(1)(batch).numpy()
     axes = (-2, -1)
-    x0, m, k0 = batch["zero_filled"].numpy()[..., 0], batch["mask"].numpy(), batch["kspace"].numpy()
+    x0, m, k0 = batch.zero_filled.numpy()[..., 0], batch.mask.numpy(), batch.kspace.numpy()
     k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x0, axes=axes), norm="ortho"), axes=axes)
     expected = np.abs(np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift((1 - m) * k + m * k0, axes=axes), norm="ortho"),
                                       axes=axes))
     np.testing.assert_allclose(one[..., 0], expected, atol=1e-4)  # one step by hand in numpy
     full = _batch(images, np.ones(images.shape[1:], np.float32))
-    np.testing.assert_allclose(projection(1)(full).numpy(), full["target"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(projection(1)(full).numpy(), full.target.numpy(), atol=1e-5)
 
 
 def test_tv_and_wavelet_exact_on_full_sampling_and_tv_beats_zero_filled_at_r4():
@@ -57,10 +60,10 @@ def test_tv_and_wavelet_exact_on_full_sampling_and_tv_beats_zero_filled_at_r4():
     full = _batch(images, np.ones(images.shape[1:], np.float32))
     for method in ("tv", "wavelet"):
         out = ClassicalBaseline(method, 1e-6, 50)(full)
-        assert np.all(metrics.nmse(full["target"], out).numpy() < 1e-5), method
+        assert np.all(metrics.nmse(full.target, out).numpy() < 1e-5), method
     batch = _batch(images, make_mask("vds1d", images.shape[1:], 0.25, seed=0))
-    zf = metrics.nmse(batch["target"], batch["zero_filled"]).numpy()
-    tv = metrics.nmse(batch["target"], ClassicalBaseline("tv", 0.01, 100)(batch)).numpy()
+    zf = metrics.nmse(batch.target, batch.zero_filled).numpy()
+    tv = metrics.nmse(batch.target, ClassicalBaseline("tv", 0.01, 100)(batch)).numpy()
     assert np.all(tv < 0.8 * zf), (tv, zf)
 
 

@@ -8,6 +8,7 @@ import tensorflow as tf
 from conftest import SIZE, run, tiny_config
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
+from dagan_tf.data.batches import ImagePair
 from dagan_tf.models.network_io import apply_dc, as_complex_image
 from dagan_tf.training.trained import load_run_generator
 from dagan_tf.masks import make_mask
@@ -142,7 +143,7 @@ def test_complex_dagan_learns_from_its_zero_filled_start(real_slices):
     # the identity, within the refinement's ramp to [-1, 1] (zero-filled ringing can overshoot it)
     np.testing.assert_allclose(start.numpy(), np.clip(zero_filled.numpy(), -1, 1), atol=1e-6)
     for _ in range(60):
-        model.train_step((zero_filled, target))
+        model.train_step(ImagePair(zero_filled, target))
     out = model.generator(zero_filled, training=False)
     residual = float(tf.sqrt(tf.reduce_mean(tf.square(out - zero_filled))))
     assert residual > 1e-3

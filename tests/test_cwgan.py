@@ -136,15 +136,15 @@ def test_multicoil_flips_move_coil_images_maps_and_target_together(multicoil_dir
     moved = next(iter(training_dataset(split, 4, spec, seed=5, augment=flip_rotate(0.0), with_kspace=True)[0]))
     mask, flipped = spec.build((32, 32)), 0
     for b in range(4):
-        target = plain["target"].numpy()[b, ..., 0]
+        target = plain.target.numpy()[b, ..., 0]
         row = int(np.argmin(np.abs(split.images - target).sum(axis=(1, 2))))  # the slice of batch row b
         images, maps = _ifft2c(split.kspace[row]), split.maps[0]
-        if not np.allclose(moved["target"].numpy()[b, ..., 0], target):
+        if not np.allclose(moved.target.numpy()[b, ..., 0], target):
             flipped += 1
             images, maps, target = images[..., ::-1], maps[..., ::-1], target[:, ::-1]
-        np.testing.assert_allclose(moved["target"].numpy()[b, ..., 0], target, atol=1e-6)
-        np.testing.assert_allclose(moved["maps"].numpy()[b], maps, atol=1e-6)
-        np.testing.assert_allclose(moved["kspace"].numpy()[b], _fft2c(images) * mask, atol=1e-4)
+        np.testing.assert_allclose(moved.target.numpy()[b, ..., 0], target, atol=1e-6)
+        np.testing.assert_allclose(moved.maps.numpy()[b], maps, atol=1e-6)
+        np.testing.assert_allclose(moved.kspace.numpy()[b], _fft2c(images) * mask, atol=1e-4)
     assert 0 < flipped < 4
 
 
@@ -222,14 +222,14 @@ def test_dcinet_export_serves_coil_kspace_like_the_run(tmp_path, multicoil_dir):
     d = config["data"]
     masks = evaluation_masks(split, MaskSpec(d["mask"], d["ratio"], acs=d["acs"]))
     batch = next(iter(evaluation_dataset(split, 4, masks, with_kspace=True)))
-    k, s = batch["kspace"], batch["maps"]
+    k, s = batch.kspace, batch.maps
     served = loaded(kspace_real=tf.math.real(k), kspace_imag=tf.math.imag(k), maps_real=tf.math.real(s),
-                    maps_imag=tf.math.imag(s), mask=batch["mask"])["reconstruction"].numpy()
-    out = generator(network_inputs(k, batch["mask"], s)).numpy()
+                    maps_imag=tf.math.imag(s), mask=batch.mask)["reconstruction"].numpy()
+    out = generator(network_inputs(k, batch.mask, s)).numpy()
     np.testing.assert_allclose(served[..., 0], np.hypot(out[..., 0], out[..., 1]), atol=1e-5)
     zero_filled = np.abs(ks.sense_adjoint(k, s).numpy())
     assert not np.allclose(served[..., 0], zero_filled, atol=1e-3)
     planes = {"kspace_real": tf.math.real(k[:1]), "kspace_imag": tf.math.imag(k[:1]), "maps_real": tf.math.real(s[:1]),
-              "maps_imag": tf.math.imag(s[:1]), "mask": batch["mask"][:1]}
+              "maps_imag": tf.math.imag(s[:1]), "mask": batch.mask[:1]}
     from_cli = saved_model_cli_run(tmp_path / "e", "serving_default", planes, tmp_path)   # TF Serving's loader
     np.testing.assert_allclose(from_cli["reconstruction"], served[:1], atol=1e-5)

@@ -8,6 +8,7 @@ import pytest
 from conftest import phantom_volume, run, write_nifti
 from dagan_tf import kspace as ks
 from dagan_tf.coils import birdcage_maps, simulate_coil_kspace, slice_rng, smooth_phase
+from dagan_tf.data.batches import KSpaceBatch
 from dagan_tf.data.prepare import PrepareConfig, load_split, prepare
 from dagan_tf.data.readers import read_coil_kspace
 
@@ -125,20 +126,20 @@ def test_multicoil_training_batches_share_the_batch_structure(multicoil_dir):
     spec = MaskSpec("vds1d", 0.25, acs=6)
     ds, steps = training_dataset(train, 4, spec, seed=3, augment=None)
     batch = next(iter(ds))
-    assert set(batch) == {"zero_filled", "zero_filled_complex", "target", "target_complex", "mask", "kspace", "maps"}
-    assert batch["kspace"].shape == (4, 4, 32, 32) and batch["maps"].shape == (4, 4, 32, 32)
+    assert isinstance(batch, KSpaceBatch) and batch.index is None and batch.maps is not None
+    assert batch.kspace.shape == (4, 4, 32, 32) and batch.maps.shape == (4, 4, 32, 32)
     mask = spec.build((32, 32))
-    np.testing.assert_array_equal(batch["mask"].numpy()[0], mask)
-    assert np.all(batch["kspace"].numpy()[..., mask == 0] == 0)
-    combined = np.abs(ks.sense_adjoint(batch["kspace"], batch["maps"]).numpy())
-    np.testing.assert_allclose(batch["zero_filled"].numpy()[..., 0], combined, atol=1e-6)
+    np.testing.assert_array_equal(batch.mask.numpy()[0], mask)
+    assert np.all(batch.kspace.numpy()[..., mask == 0] == 0)
+    combined = np.abs(ks.sense_adjoint(batch.kspace, batch.maps).numpy())
+    np.testing.assert_allclose(batch.zero_filled.numpy()[..., 0], combined, atol=1e-6)
     again = next(iter(training_dataset(train, 4, spec, seed=3, augment=None)[0]))
-    np.testing.assert_array_equal(again["target"].numpy(), batch["target"].numpy())
+    np.testing.assert_array_equal(again.target.numpy(), batch.target.numpy())
     estimated = np.broadcast_to(np.conj(train.maps), train.kspace.shape)  # any [N, C, H, W] maps, e.g. ESPIRiT's
     other = next(iter(training_dataset(train, 4, spec, seed=3, augment=None, maps=estimated)[0]))
-    np.testing.assert_allclose(other["maps"].numpy(), np.conj(batch["maps"].numpy()))
-    full = batch["target_complex"].numpy()  # SENSE combination of the fully sampled coil k-space: noise only
-    assert np.abs(np.hypot(full[..., 0], full[..., 1]) - batch["target"].numpy()[..., 0]).mean() < 0.02
+    np.testing.assert_allclose(other.maps.numpy(), np.conj(batch.maps.numpy()))
+    full = batch.target_complex.numpy()  # SENSE combination of the fully sampled coil k-space: noise only
+    assert np.abs(np.hypot(full[..., 0], full[..., 1]) - batch.target.numpy()[..., 0]).mean() < 0.02
     with pytest.raises(DaganError, match="flip_rotate"):
         training_dataset(train, 4, spec, augment=AugmentConfig())
 

@@ -28,20 +28,20 @@ def _conjugate_symmetry_error(kspace: np.ndarray) -> float:
 def test_phase_is_deterministic_per_slice_and_breaks_conjugate_symmetry(prepared_dir):
     magnitude, phase = _batches(prepared_dir, "magnitude")[0], _batches(prepared_dir, "phase")[0]
     again = _batches(prepared_dir, "phase")[0]
-    np.testing.assert_array_equal(phase["kspace"].numpy(), again["kspace"].numpy())
+    np.testing.assert_array_equal(phase.kspace.numpy(), again.kspace.numpy())
     other_seed = _batches(prepared_dir, "phase", phase_seed=1)[0]
-    assert not np.allclose(phase["kspace"].numpy(), other_seed["kspace"].numpy())
-    full_mag = magnitude["target_complex"].numpy()
+    assert not np.allclose(phase.kspace.numpy(), other_seed.kspace.numpy())
+    full_mag = magnitude.target_complex.numpy()
     assert np.all(full_mag[..., 1] == 0)
-    angles = np.angle(phase["target_complex"].numpy()[..., 0] + 1j * phase["target_complex"].numpy()[..., 1])
-    inside = magnitude["target"].numpy()[..., 0] > 0.2
+    angles = np.angle(phase.target_complex.numpy()[..., 0] + 1j * phase.target_complex.numpy()[..., 1])
+    inside = magnitude.target.numpy()[..., 0] > 0.2
     assert not np.allclose(angles[0][inside[0]], angles[1][inside[1]].mean())  # slices differ
-    np.testing.assert_allclose(np.abs(phase["target_complex"].numpy()[..., 0] + 1j * phase["target_complex"].numpy()[..., 1]),
-                               magnitude["target"].numpy()[..., 0], atol=1e-6)
+    np.testing.assert_allclose(np.abs(phase.target_complex.numpy()[..., 0] + 1j * phase.target_complex.numpy()[..., 1]),
+                               magnitude.target.numpy()[..., 0], atol=1e-6)
     from dagan_tf import kspace as ks
 
-    full_k_mag = ks.fft2c(magnitude["target"].numpy()[..., 0].astype(np.complex64)).numpy()
-    full_k_phase = ks.fft2c(phase["target_complex"].numpy()[..., 0] + 1j * phase["target_complex"].numpy()[..., 1]).numpy()
+    full_k_mag = ks.fft2c(magnitude.target.numpy()[..., 0].astype(np.complex64)).numpy()
+    full_k_phase = ks.fft2c(phase.target_complex.numpy()[..., 0] + 1j * phase.target_complex.numpy()[..., 1]).numpy()
     assert _conjugate_symmetry_error(full_k_mag) < 1e-4 < 0.1 < _conjugate_symmetry_error(full_k_phase)
 
 
@@ -50,8 +50,8 @@ def test_projection_gains_in_the_magnitude_regime_only(prepared_dir):
     for regime in ("magnitude", "phase"):
         zf, proj = [], []
         for batch in _batches(prepared_dir, regime):
-            zf.append(metrics.psnr(batch["target"], batch["zero_filled"]).numpy())
-            proj.append(metrics.psnr(batch["target"], projection(100)(batch)).numpy())
+            zf.append(metrics.psnr(batch.target, batch.zero_filled).numpy())
+            proj.append(metrics.psnr(batch.target, projection(100)(batch)).numpy())
         gains[regime] = float(np.mean(np.concatenate(proj)) - np.mean(np.concatenate(zf)))
     assert gains["magnitude"] > 2.0 and gains["phase"] < 1.0, gains
 
@@ -62,9 +62,9 @@ def test_training_phases_are_fresh_per_step_and_reproducible(prepared_dir):
     first, second = list(ds.take(2))
     resumed = next(iter(training_dataset(split, 4, SPEC, seed=5, start_step=1, augment=None, with_kspace=True,
                                          regime="phase")[0]))
-    np.testing.assert_array_equal(resumed["kspace"].numpy(), second["kspace"].numpy())
-    assert first["zero_filled_complex"].shape == (4, 32, 32, 2)
-    assert not np.allclose(first["target_complex"].numpy()[..., 1], 0)
+    np.testing.assert_array_equal(resumed.kspace.numpy(), second.kspace.numpy())
+    assert first.zero_filled_complex.shape == (4, 32, 32, 2)
+    assert not np.allclose(first.target_complex.numpy()[..., 1], 0)
 
 
 def test_regime_recorded_and_baseline_warning(tmp_path, trained_run, real_slices):

@@ -5,12 +5,10 @@ order is a stateless shuffle seeded by ``(seed, epoch)`` and each batch's
 augmentation and masks are seeded by ``(seed, global_step)``.  Resuming at an
 epoch boundary therefore reproduces the uninterrupted run exactly.
 
-Elements are ``(zero_filled, target)``, both ``[B, H, W, 1]`` float32 (target in
-[0, 1], zero-filled magnitude not clipped), or with ``with_kspace=True`` a dict
-with ``zero_filled``, ``target``, ``mask [B, H, W]``, ``kspace [B, H, W]``
-(complex64, centred, undersampled), and the complex images as real/imaginary
-channels: ``zero_filled_complex`` and ``target_complex`` ``[B, H, W, 2]``; evaluation batches
-also carry the slice numbers ``index [B]`` (int64).
+Elements are :class:`~dagan_tf.data.batches.ImagePair` ``(zero_filled, target)``, both
+``[B, H, W, 1]`` float32 (target in [0, 1], zero-filled magnitude not clipped), or with
+``with_kspace=True`` a :class:`~dagan_tf.data.batches.KSpaceBatch` (undersampled k-space, mask and the
+complex images as real/imaginary channels); evaluation batches also carry the slice numbers ``index``.
 
 Regimes (:data:`REGIMES`) say how single-coil k-space is simulated from the
 magnitude images: ``magnitude`` (the papers' setting: k-space of the real,
@@ -29,6 +27,7 @@ import tensorflow as tf
 
 from dagan_tf import kspace as ks
 from dagan_tf.data.augment import AugmentConfig, augment_batch, augment_geometry
+from dagan_tf.data.batches import ImagePair, KSpaceBatch, LabelledBatch, RawBatch
 from dagan_tf.data.prepare import PreparedSplit
 from dagan_tf.errors import DaganError
 from dagan_tf.masks import MaskSpec
@@ -48,18 +47,17 @@ def _simulate(target: tf.Tensor, mask: tf.Tensor, with_kspace: bool, phase: tf.T
               complex_images: bool = False):
     """Undersample ``target [B, H, W, 1]`` (times ``exp(i·phase [B, H, W])`` when given) with ``mask``.
 
-    Without ``with_kspace``: ``(zero_filled, target)`` magnitudes, or with ``complex_images`` their
-    complex real/imaginary channels ``[B, H, W, 2]``.
+    Without ``with_kspace``: the :class:`ImagePair` of magnitudes, or with ``complex_images`` of their
+    complex real/imaginary channels ``[B, H, W, 2]``; with it, the :class:`KSpaceBatch`.
     """
     m = target[..., 0]
     image = tf.complex(m, tf.zeros_like(m)) if phase is None else tf.complex(m * tf.cos(phase), m * tf.sin(phase))
     k, zf = ks.undersample(image, mask)
     zero_filled = tf.abs(zf)[..., None]
     if not with_kspace:
-        return (_channels(zf), _channels(image)) if complex_images else (zero_filled, target)
+        return ImagePair(_channels(zf), _channels(image)) if complex_images else ImagePair(zero_filled, target)
     masks = tf.broadcast_to(mask, tf.shape(target)[:3])
-    return {"zero_filled": zero_filled, "target": target, "mask": masks, "kspace": k,
-            "zero_filled_complex": _channels(zf), "target_complex": _channels(image)}
+    return KSpaceBatch(zero_filled, _channels(zf), target, _channels(image), masks, k)
 
 
 def _phases(seed: int, stream: int, shape: tuple[int, int]):
@@ -95,15 +93,13 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
     stream is the same whatever ``start_step`` the stream began at (``complex_images``: tuples of
     real/imaginary channels, for complex networks).  ``mask.per_sample`` draws a
     fresh seeded mask per image (numpy; costly for ``poisson2d``).  A multi-coil split gives
-    multi-coil batch dicts (module doc) of its stored k-space, with ``maps``
+    multi-coil :class:`KSpaceBatch` (module doc) of its stored k-space, with ``maps``
     ``[1 or N, C, H, W]`` (default: the split's own; e.g. :func:`dagan_tf.coils.estimated_maps`).
     ``patch_size`` cuts each ``(zero_filled, target)`` pair at one random location after the whole slice was
     undersampled (:func:`random_crops`; never undersample a crop).
 
-    Batches are made in two stages: the host gathers the slices and draws the masks and phases (a raw batch:
-    ``target [B, H, W, 1]``, ``mask [B, H, W]``, ``key [B, 2]`` the rows ``(seed, step)``, and ``phase
-    [B, H, W]`` in the phase regime; multi-coil: also ``coil_kspace`` and ``maps``), then :func:`batch_stage`
-    augments, undersamples and crops.  ``on_device``: the dataset yields the raw batches, for the training
+    Batches are made in two stages: the host gathers the slices and draws the masks and phases (a
+    :class:`RawBatch`), then :func:`batch_stage` augments, undersamples and crops.  ``on_device``: the dataset yields the raw batches, for the training
     step to finish on its device.
     """
     _check_regime(regime)
@@ -133,13 +129,13 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
         coil_batch = _multicoil_batch(split, maps, gather)
 
     def raw_batch(step, indices):
-        raw = {"target": tf.ensure_shape(gather(indices), [batch_size, h, w, 1]),  # static: kernels pick by size
-               "mask": per_sample_masks(step) if fixed_mask is None else tf.broadcast_to(fixed_mask, [batch_size, h, w]),
-               "key": tf.tile(tf.stack([tf.constant(seed, tf.int64), step])[None], [batch_size, 1])}
+        phase = None
         if regime == "phase":
             keys = tf.stack([tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64)], axis=1)
-            raw["phase"] = training_phases(keys)
-        return raw
+            phase = training_phases(keys)
+        return RawBatch(tf.ensure_shape(gather(indices), [batch_size, h, w, 1]),  # static: kernels pick by size
+                        per_sample_masks(step) if fixed_mask is None else tf.broadcast_to(fixed_mask, [batch_size, h, w]),
+                        tf.tile(tf.stack([tf.constant(seed, tf.int64), step])[None], [batch_size, 1]), phase)
 
     def make_batch(step, indices):
         if split.kspace is not None:
@@ -156,23 +152,23 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
 
 
 def batch_stage(augment: AugmentConfig | None, with_kspace: bool, complex_images: bool, patch_size: int | None):
-    """``raw batch -> training batch`` (:func:`training_dataset`): augmentation, k-space simulation and patch crop.
+    """``RawBatch -> training batch`` (:func:`training_dataset`): augmentation, k-space simulation and patch crop.
 
     Its draws come from the raw batch's key ``(seed, step)``, folded with the replica's number when it runs in
     the training step of one of several replicas (each finishing its slice of the batch).
     """
-    def finish(raw: dict):
-        key = raw["key"][0]
+    def finish(raw: RawBatch):
+        key = raw.key[0]
         replica = tf.distribute.get_replica_context()
         if replica is not None and replica.num_replicas_in_sync > 1:
             key = tf.random.experimental.stateless_fold_in(key, replica.replica_id_in_sync_group)
-        if "coil_kspace" in raw:
+        if raw.coil_kspace is not None:
             return finish_coils(raw, key, augment)
-        target = raw["target"]
+        target = raw.target
         if augment is not None:
-            target = tf.ensure_shape(augment_batch(target, key, augment), raw["target"].shape)
-        pair = _simulate(target, raw["mask"], with_kspace, raw.get("phase"), complex_images)
-        return pair if patch_size is None else random_crops(pair, patch_size, key)
+            target = tf.ensure_shape(augment_batch(target, key, augment), raw.target.shape)
+        pair = _simulate(target, raw.mask, with_kspace, raw.phase, complex_images)
+        return pair if patch_size is None else ImagePair(*random_crops(pair, patch_size, key))
 
     return finish
 
@@ -213,8 +209,7 @@ def _index_stream(n: int, batch_size: int, seed: int, start_step: int) -> tf.dat
 
 def segmentation_dataset(split: PreparedSplit, batch_size: int, seed: int = 0, start_step: int | None = 0
                          ) -> tf.data.Dataset:
-    """``(images [B, H, W, 1] float32 in [0, 1], labels [B, H, W] int32)`` of fully sampled slices and their
-    label maps: endless shuffled batches from global step ``start_step`` (as :func:`training_dataset`), or
+    """The :class:`LabelledBatch` of fully sampled slices and their label maps: endless shuffled batches from global step ``start_step`` (as :func:`training_dataset`), or
     with ``start_step=None`` every slice once, in order."""
     if split.labels is None:
         raise DaganError("this split has no label maps; prepare the data with --labels")
@@ -224,7 +219,7 @@ def segmentation_dataset(split: PreparedSplit, batch_size: int, seed: int = 0, s
     images, labels = _gather_images(split.images), _gather_rows(split.labels, tf.int32)
 
     def make_batch(indices):
-        return images(indices), labels(indices)
+        return LabelledBatch(images(indices), labels(indices))
 
     if start_step is None:
         return tf.data.Dataset.range(n).batch(batch_size).map(make_batch).prefetch(tf.data.AUTOTUNE)
@@ -272,7 +267,7 @@ def evaluation_dataset(split: PreparedSplit, batch_size: int, masks: np.ndarray,
         m = masks[0] if masks.shape[0] == 1 else tf.gather(masks, indices)
         out = _simulate(target, m, with_kspace, phases(tf.gather(index, indices)) if regime == "phase" else None,
                         complex_images)
-        return {**out, "index": indices} if with_kspace else out
+        return out._replace(index=indices) if with_kspace else out
 
     ds = tf.data.Dataset.range(n).batch(batch_size).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -288,34 +283,32 @@ def _gather_rows(array: np.ndarray, dtype):
 
 
 def _multicoil_batch(split: PreparedSplit, maps: np.ndarray, gather):
-    """``(indices [B], masks [1 or B, H, W], key [2] or None) -> raw batch`` of stored coil k-space: the fully
-    sampled ``coil_kspace`` and ``maps`` ``[B, C, H, W]``, ``target [B, H, W, 1]``, ``mask [B, H, W]`` and the
-    key's rows ``key [B, 2]`` (:func:`finish_coils` makes the batch dict of the module doc)."""
+    """``(indices [B], masks [1 or B, H, W], key [2] or None) ->`` the :class:`RawBatch` of stored coil k-space
+    (``key`` ``None`` for evaluation; :func:`finish_coils` makes its :class:`KSpaceBatch`)."""
     coil_kspace, coil_maps = _gather_rows(split.kspace, tf.complex64), _gather_rows(maps, tf.complex64)
 
     def raw_batch(indices, masks, key=None):
         b = tf.size(indices)
-        raw = {"coil_kspace": coil_kspace(indices), "maps": coil_maps(indices), "target": gather(indices),
-               "mask": tf.broadcast_to(masks, [b, *masks.shape[1:]])}
-        return raw if key is None else {**raw, "key": tf.tile(key[None], [b, 1])}
+        return RawBatch(gather(indices), tf.broadcast_to(masks, [b, *masks.shape[1:]]),
+                        None if key is None else tf.tile(key[None], [b, 1]),
+                        coil_kspace=coil_kspace(indices), maps=coil_maps(indices))
 
     return raw_batch
 
 
-def finish_coils(raw: dict, key=None, augment: AugmentConfig | None = None) -> dict:
-    """The multi-coil batch dict (module doc) of a raw batch of :func:`_multicoil_batch`.
+def finish_coils(raw: RawBatch, key=None, augment: AugmentConfig | None = None) -> KSpaceBatch:
+    """The multi-coil :class:`KSpaceBatch` of a :class:`RawBatch` of :func:`_multicoil_batch`.
 
     With ``augment`` (flips and rotations) the coil images ``ifft2c(k_c)``, the maps and the target move
     together (:func:`augment_geometry`, draws seeded by ``key [2]``) before the k-space is taken again and masked.
     """
-    k, s, target, m = raw["coil_kspace"], raw["maps"], raw["target"], raw["mask"]
+    k, s, target, m = raw.coil_kspace, raw.maps, raw.target, raw.mask
     if augment is not None:
         k, s, target = _augment_coils(k, s, target, key, augment)
     k0 = k * tf.cast(m, tf.complex64)[:, None]
     combined = ks.sense_adjoint(k0, s)
-    return {"zero_filled": tf.abs(combined)[..., None], "zero_filled_complex": _channels(combined),
-            "target": target, "target_complex": _channels(ks.sense_adjoint(k, s)), "mask": m, "kspace": k0,
-            "maps": s}
+    return KSpaceBatch(tf.abs(combined)[..., None], _channels(combined), target,
+                       _channels(ks.sense_adjoint(k, s)), m, k0, s)
 
 
 def _augment_coils(kspace: tf.Tensor, maps: tf.Tensor, target: tf.Tensor, key, augment: AugmentConfig):
@@ -339,7 +332,7 @@ def _multicoil_dataset(split: PreparedSplit, batch_size: int, masks: tf.Tensor, 
 
     def batch(indices):
         raw = raw_batch(indices, masks if masks.shape[0] == 1 else tf.gather(masks, indices))
-        return {**finish_coils(raw), "index": indices}
+        return finish_coils(raw)._replace(index=indices)
 
     ds = tf.data.Dataset.range(split.images.shape[0]).batch(batch_size).map(batch)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -408,18 +408,23 @@ class TrainingClock(keras.callbacks.Callback):
 class ImageGrid(keras.callbacks.Callback):
     """TensorBoard image per epoch: the labelled comparison figure of :mod:`dagan_tf.figures`
     (ground truth | zero-filled | error | model | error, PSNR/SSIM per image) for a fixed validation batch:
-    a ``(zero_filled, target)`` tuple (magnitudes, or complex channels) or a k-space batch dict (the trainer's
+    an :class:`~dagan_tf.data.batches.ImagePair` (magnitudes, or complex channels) or a
+    :class:`~dagan_tf.data.batches.KSpaceBatch` (the trainer's
     :meth:`~dagan_tf.training.common.TrainerModel.reconstruct` and ``target`` take either)."""
 
     def __init__(self, log_dir: str | Path, batch, max_images: int = 4):
         super().__init__()
         self.writer = tf.summary.create_file_writer(str(Path(log_dir) / "images"))
-        self.batch = tf.nest.map_structure(lambda x: x[:max_images], batch)
-        zero_filled = self.batch["zero_filled"] if isinstance(batch, dict) else self.batch[0]
-        self.zero_filled = np.sqrt(np.sum(np.square(np.asarray(zero_filled)), axis=-1, keepdims=True))
+        self.batch = type(batch)(*(None if x is None else x[:max_images] for x in batch))
+        zero_filled = np.asarray(self.batch.zero_filled)
+        self.zero_filled = np.sqrt(np.sum(np.square(zero_filled), axis=-1, keepdims=True))
+        self.target = None
+
+    def on_train_begin(self, logs=None):
+        self.target = self.model.target(self.batch).numpy()
 
     def on_epoch_end(self, epoch, logs=None):
-        target = self.model.target(self.batch).numpy()
+        target = self.target
         recon = self.model.reconstruct(self.batch).numpy()
         outputs = {"zero-filled": self.zero_filled, "model": recon}
         scores = {name: metrics.compute_all(target, image) for name, image in outputs.items()}

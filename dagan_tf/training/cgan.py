@@ -1,7 +1,7 @@
 """DAGAN's conditional-GAN training scheme as a ``keras.Model``.
 
 Each ``train_step`` follows the original ``train.py`` on one batch
-``(zero_filled, target)`` (both ``[B, H, W, 1]``, target in [0, 1]; or, for the
+:class:`~dagan_tf.data.batches.ImagePair` (both ``[B, H, W, 1]``, target in [0, 1]; or, for the
 complex DAGAN, both ``[B, H, W, 2]`` real/imaginary channels, whose magnitudes
 the discriminator, the pixel and the VGG losses see, while the frequency loss
 compares complex k-space):
@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf.contract import NetworkContract
+from dagan_tf.data.batches import ImagePair
 from dagan_tf.models.dagan import build_discriminator
 from dagan_tf.models.dagan import build_generator as build_unet
 from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
@@ -122,9 +123,8 @@ class ConditionalGAN(TrainerModel):
         step = tf.cast(self.g_optimizer.iterations + 1, tf.float32)
         return w.adversarial * tf.minimum(1.0, step / float(w.adversarial_warmup_steps))
 
-    def train_step(self, data):
-        zero_filled, target = data
-        target = tf.cast(target, tf.float32)
+    def train_step(self, batch: ImagePair):
+        zero_filled, target = batch.zero_filled, tf.cast(batch.target, tf.float32)
         # 1. Discriminator: real and fake in separate passes (separate batch-norm statistics), on magnitudes.
         fake = magnitude(self.generator(zero_filled, training=True))
         with tf.GradientTape() as tape:

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from dagan_tf import metrics as quality
 from dagan_tf.contract import NetworkContract
+from dagan_tf.data.batches import Batch, ImagePair
 from dagan_tf.models.network_io import as_complex_image, network_inputs, split_output
 from dagan_tf.training.distribute import replica_weight
 
@@ -45,8 +46,8 @@ class TrainerModel(keras.Model):
     restored before the first step.  ``call`` runs the generator.  The base owns validation: :meth:`test_step`
     scores :meth:`reconstruct` against :meth:`target` (NMSE, PSNR, SSIM); a trainer adds ``train_step``.
 
-    Batches: an image batch is a ``(zero_filled, target)`` tuple (``[B, H, W, C]`` magnitudes or real/imaginary
-    channels), a k-space batch the dict of :mod:`dagan_tf.data.pipeline` (``with_kspace=True``).
+    Batches are :class:`~dagan_tf.data.batches.ImagePair` or :class:`~dagan_tf.data.batches.KSpaceBatch`, by
+    the registry entry's ``batches``.
     """
 
     def __init__(self, generator: keras.Model, contract: NetworkContract, tracker_names,
@@ -132,20 +133,20 @@ class TrainerModel(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
-    def network_inputs(self, batch):
-        """The network's input of a batch: an image batch's zero-filled image; a k-space batch dict's inputs by
-        the contract (:func:`dagan_tf.models.network_io.network_inputs`)."""
-        if not isinstance(batch, dict):
-            return batch[0]
-        return network_inputs(self.contract, as_complex_image(batch["zero_filled_complex"]), batch["kspace"],
-                              batch["mask"], batch.get("maps"))
+    def network_inputs(self, batch: Batch):
+        """The network's input of a batch: an image pair's zero-filled image; a k-space batch's inputs by the
+        contract (:func:`dagan_tf.models.network_io.network_inputs`)."""
+        if isinstance(batch, ImagePair):
+            return batch.zero_filled
+        return network_inputs(self.contract, as_complex_image(batch.zero_filled_complex), batch.kspace,
+                              batch.mask, batch.maps)
 
     @staticmethod
-    def target(batch) -> tf.Tensor:
+    def target(batch: Batch) -> tf.Tensor:
         """The fully sampled magnitude ``[B, H, W, 1]`` (float32) of a batch."""
-        return magnitude(batch["target"] if isinstance(batch, dict) else batch[1])
+        return magnitude(batch.target)
 
-    def reconstruct(self, batch) -> tf.Tensor:
+    def reconstruct(self, batch: Batch) -> tf.Tensor:
         """The magnitude ``[B, H, W, 1]`` (float32) of the network's reconstruction of a batch, inference mode."""
         return magnitude(split_output(self.contract, self.generator(self.network_inputs(batch), training=False))[0])
 

@@ -1,6 +1,6 @@
 """Stage 2 of Seitzer et al. (2018): adversarial and perceptual refinement of a frozen RecNet.
 
-Each ``train_step`` on a k-space batch dict (:mod:`dagan_tf.data.pipeline`), ``x`` the
+Each ``train_step`` on a :class:`~dagan_tf.data.batches.KSpaceBatch`, ``x`` the
 magnitude target, ``x̂`` the magnitude of the refined network's reconstruction and Δ
 the refinement U-Net's ungated output:
 
@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf.contract import NetworkContract
+from dagan_tf.data.batches import KSpaceBatch
 from dagan_tf.errors import DaganError
 from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminator, build_refinement_unet,
                                         min_discriminator_size)
@@ -152,9 +153,9 @@ class RefinementGAN(TrainerModel):
         objects = {**super().checkpoint_objects(), "image_pool": self.pool}
         return objects | ({"loss_normaliser": self.normaliser} if self.normaliser is not None else {})
 
-    def losses_of(self, batch: dict) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    def losses_of(self, batch: KSpaceBatch) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """``(d_loss, generator terms and g_loss)`` from one forward pass with the current weights."""
-        real = tf.cast(batch["target"], tf.float32)
+        real = tf.cast(batch.target, tf.float32)
         reconstruction, _, delta = self.generator.forward(self.network_inputs(batch), training=True)
         fake = magnitude(reconstruction)
         *real_features, real_logits = self.discriminator(real, training=True)

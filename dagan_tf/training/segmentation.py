@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf.contract import NetworkContract
+from dagan_tf.data.batches import LabelledBatch
 from dagan_tf.data.prepare import check_prepared
 from dagan_tf.errors import DaganError
 from dagan_tf.models.refinement import build_refinement_unet
@@ -53,8 +54,8 @@ class Segmenter(TrainerModel):
         super().__init__(generator, contract, ("loss", "dice", "dice_loss"), **kwargs)
         self.w_ce, self.w_dice = cross_entropy, dice
 
-    def train_step(self, data):
-        images, labels = data
+    def train_step(self, batch: LabelledBatch):
+        images, labels = batch.images, batch.labels
         with tf.GradientTape() as tape:
             logits = tf.cast(self.generator(images, training=True), tf.float32)
             ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
@@ -63,8 +64,8 @@ class Segmenter(TrainerModel):
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 
-    def test_step(self, data):
-        images, labels = data
+    def test_step(self, batch: LabelledBatch):
+        images, labels = batch.images, batch.labels
         dice = hard_dice(tf.cast(self.generator(images, training=False), tf.float32), labels)
         self.trackers["dice"].update_state(dice)
         self.trackers["dice_loss"].update_state(1.0 - dice)

@@ -28,7 +28,7 @@ class SupervisedCascade(TrainerModel):
     def train_step(self, batch):
         with tf.GradientTape() as tape:
             output = tf.cast(self.generator(self.network_inputs(batch), training=True), tf.float32)
-            loss = tf.reduce_mean(tf.square(output - batch["target_complex"]))
+            loss = tf.reduce_mean(tf.square(output - batch.target_complex))
         self.minimise(self.g_optimizer, tape, loss, self.generator.trainable_variables)
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}

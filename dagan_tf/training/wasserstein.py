@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf.contract import NetworkContract
+from dagan_tf.data.batches import KSpaceBatch
 from dagan_tf.models.dcinet import build_dcinet, build_wgan_critic
 from dagan_tf.recipes import network_contract
 from dagan_tf.training.common import QUALITY, TrainerModel, magnitude
@@ -91,17 +92,17 @@ class WassersteinGAN(TrainerModel):
     def checkpoint_objects(self) -> dict:
         return super().checkpoint_objects() | {"agb_beta": self.beta, "agb_gma": self.gma, "agb_pma": self.pma}
 
-    def critic_value(self, batch: dict, image: tf.Tensor) -> tf.Tensor:
+    def critic_value(self, batch: KSpaceBatch, image: tf.Tensor) -> tf.Tensor:
         """Mean critic value ``D(z, image)`` (or ``D(image)``) over the batch, training mode."""
         if self.settings.critic == "pair":
-            image = tf.concat([tf.cast(batch["zero_filled"], tf.float32), image], axis=-1)
+            image = tf.concat([tf.cast(batch.zero_filled, tf.float32), image], axis=-1)
         return tf.reduce_mean(tf.cast(self.discriminator(image, training=True), tf.float32))
 
-    def critic_step(self, batch: dict, fake: tf.Tensor) -> tf.Tensor:
+    def critic_step(self, batch: KSpaceBatch, fake: tf.Tensor) -> tf.Tensor:
         """One critic update on ``fake`` magnitudes ``[B, H, W, 1]``, then weight clipping; the critic loss."""
         variables = self.discriminator.trainable_variables
         with tf.GradientTape() as tape:
-            loss = (self.critic_value(batch, fake) - self.critic_value(batch, batch["target"])) / self.beta
+            loss = (self.critic_value(batch, fake) - self.critic_value(batch, batch.target)) / self.beta
         self.minimise(self.d_optimizer, tape, loss, variables)
         c = self.settings.clip
         for v in variables:
@@ -121,9 +122,9 @@ class WassersteinGAN(TrainerModel):
                     for _ in range(s.critic_steps):
                         logs["c_loss"] = self.critic_step(batch, fake)
             if s.mse_on == "complex":
-                mse = tf.reduce_mean(tf.square(output - batch["target_complex"]))
+                mse = tf.reduce_mean(tf.square(output - batch.target_complex))
             else:
-                mse = tf.reduce_mean(tf.square(magnitude(output) - batch["target"]))
+                mse = tf.reduce_mean(tf.square(magnitude(output) - batch.target))
             weighted_mse = s.mse_weight * mse
             g_loss = weighted_mse
             if self.discriminator is not None:
