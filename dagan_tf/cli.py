@@ -419,7 +419,7 @@ def recipes_show_command(name, overrides):
                            "--precision bfloat16 for a serving CPU with AMX or AVX512-BF16)")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export (only once the new one is complete).")
 def export_command(run_dir, out, kernels, precision, overwrite):
-    """Export a run's generator as a SavedModel (signatures serving_default and from_kspace)."""
+    """Export a run's network as a SavedModel (signatures serving_default and from_kspace)."""
     from dagan_tf.outputs import check_new_output
 
     check_new_output(out, overwrite)
@@ -428,15 +428,15 @@ def export_command(run_dir, out, kernels, precision, overwrite):
 
     precision = "float32" if precision == "auto" and kernels != "auto" else _inference_precision(precision)
     from dagan_tf.export import export_run_network
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
 
     with target_kernels(None if kernels == "auto" else kernels):  # the network is built and traced inside
-        click.echo(f"loading the generator of {run_dir} (best weights)")
-        generator, config = load_run_generator(run_dir, inference=True, precision=precision)
+        click.echo(f"loading the network of {run_dir} (best weights)")
+        network, config = load_run_network(run_dir, inference=True, precision=precision)
         isa = target_isa()
         click.echo(f"writing the SavedModel (signatures serving_default, from_kspace; {isa} kernels, computing in "
                    f"{precision}) to {out}")
-        export_run_network(generator, config, out, precision, overwrite)
+        export_run_network(network, config, out, precision, overwrite)
     click.echo(f"exported to {out}")
 
 

@@ -97,7 +97,7 @@ def load_models(paths: list[str], dc: bool, size: int, data,
 
     from dagan_tf.inference import batch_reconstructor
     from dagan_tf.models.layers import inference_copy
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
     from dagan_tf.training.run import mask_spec
 
     models, names = [], set()
@@ -126,13 +126,13 @@ def load_models(paths: list[str], dc: bool, size: int, data,
                                 export.precision))
         elif (path / "config.yaml").is_file():
             check_size(path, recipes.load_config_file(path / "config.yaml")["model"]["image_size"])
-            generator, config = load_run_generator(path, precision=precision)
+            network, config = load_run_network(path, precision=precision)
             weights = [path / "best.weights.h5"] if (path / "best.weights.h5").is_file() \
                 else sorted((path / "checkpoints").glob("ckpt-*"))
-            parameters = sum(int(np.prod(w.shape)) for w in generator.weights)
+            parameters = sum(int(np.prod(w.shape)) for w in network.weights)
             models.append(Model(path, name, config["model"]["image_size"], mask_spec(config), parameters,
                                 _files_checksum([path / "config.yaml", *weights]),
-                                batch_reconstructor(inference_copy(generator), recipes.network_contract(config), dc),
+                                batch_reconstructor(inference_copy(network), recipes.network_contract(config), dc),
                                 precision))
         else:
             raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")

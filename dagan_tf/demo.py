@@ -52,7 +52,7 @@ def run_demo(out: str | Path, size: int = 128, steps: int | None = None, minutes
     from dagan_tf.export import export_run_network
     from dagan_tf.hardware import machine_inference_precision
     from dagan_tf.inference import load_run_reconstructor
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
     from dagan_tf.predict import predict_volume
     from dagan_tf.training.run import mask_spec, train
 
@@ -74,14 +74,14 @@ def run_demo(out: str | Path, size: int = 128, steps: int | None = None, minutes
         train(tmp / "run", config, data, echo=lambda line: echo(f"    {line}"))
         _point_run_at(tmp / "run", out.resolve() / "data")
         echo("4/6 evaluating the trained network beside zero-filled and TV")
-        network = load_run_reconstructor(tmp / "run")
-        echo(format_table(evaluate(data, mask_spec(config), tmp / "eval", reconstructors={"model": network, **tv},
+        reconstructor = load_run_reconstructor(tmp / "run")
+        echo(format_table(evaluate(data, mask_spec(config), tmp / "eval", reconstructors={"model": reconstructor, **tv},
                                    settings=settings, regime=DEMO_REGIME,
                                    title=f"demo: {DEMO_RECIPE} vs zero-filled and TV")))
         precision = machine_inference_precision("auto")
         echo(f"5/6 exporting the network for TF Serving (computing in {precision})")
-        generator, config = load_run_generator(tmp / "run", inference=True, precision=precision)
-        export_run_network(generator, config, tmp / "export" / "1", precision)
+        network, config = load_run_network(tmp / "run", inference=True, precision=precision)
+        export_run_network(network, config, tmp / "export" / "1", precision)
         echo("6/6 reconstructing the whole demo volume with the export")
         predict_volume(tmp / "export" / "1", volume, tmp / "reconstruction.nii.gz", DEMO_MASK, regime=DEMO_REGIME)
     final = out.resolve()

@@ -72,9 +72,9 @@ class SISScorer:
 
 def sis_scorer(seg_run: str | Path, classes: list[int] | None = None) -> SISScorer:
     """The :class:`SISScorer` of a segmenter run (``recipe segmenter``); ``classes`` default: all foreground."""
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
 
-    generator, config = load_run_generator(seg_run, inference=True)
+    network, config = load_run_network(seg_run, inference=True)
     if config["trainer"] != "segmentation":
         raise DaganError(f"--sis {seg_run} is a {config['recipe']} run; it needs a segmenter run "
                          "('dagan-tf train --recipe segmenter')")
@@ -82,7 +82,7 @@ def sis_scorer(seg_run: str | Path, classes: list[int] | None = None) -> SISScor
     bad = [k for k in classes or [] if not 0 < k < n]
     if bad:
         raise DaganError(f"--sis-class {bad[0]} is not a foreground class of {seg_run} (1..{n - 1})")
-    segment = tf.function(lambda x: tf.argmax(generator(x, training=False), axis=-1), reduce_retracing=True)
+    segment = tf.function(lambda x: tf.argmax(network(x, training=False), axis=-1), reduce_retracing=True)
     return SISScorer(lambda images: segment(tf.cast(images, tf.float32)).numpy(), list(classes or range(1, n)),
                      str(seg_run), config["model"]["image_size"])
 
@@ -338,14 +338,14 @@ def evaluate_methods(data, spec: MaskSpec, out, *, split: str = "test", run_dir=
     if run_dir is not None:
         from dagan_tf.contract import CASCADE
         from dagan_tf.inference import batch_reconstructor
-        from dagan_tf.training.trained import load_run_generator
+        from dagan_tf.training.trained import load_run_network
 
-        generator, config = load_run_generator(run_dir, inference=True, precision=precision)
+        network, config = load_run_network(run_dir, inference=True, precision=precision)
         contract = recipes.network_contract(config)
         if contract.stage1:  # its stage-1 RecNet beside it, on the same slices
-            recons["stage1+dc" if dc else "stage1"] = batch_reconstructor(generator.recnet, CASCADE, dc)
+            recons["stage1+dc" if dc else "stage1"] = batch_reconstructor(network.recnet, CASCADE, dc)
             settings["stage1+dc" if dc else "stage1"] = {"precision": precision}
-        recons["model+dc" if dc else "model"] = batch_reconstructor(generator, contract, dc)
+        recons["model+dc" if dc else "model"] = batch_reconstructor(network, contract, dc)
         settings["model+dc" if dc else "model"] = {"precision": precision}
         title = f"evaluation of {run_dir}" + (" with data consistency" if dc else "")
     if no_baselines:

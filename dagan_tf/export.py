@@ -1,9 +1,9 @@
-"""Export a trained generator as a TF Serving SavedModel.
+"""Export a trained network as a TF Serving SavedModel.
 
 Signatures (``H = W`` = the model's image size):
 
 * ``serving_default``: ``zero_filled`` float32 ``[N, H, W, 1]`` (magnitude in [0, 1]; for a
-  complex generator ``[N, H, W, 2]``, the real and imaginary parts of the complex zero-filled
+  complex network ``[N, H, W, 2]``, the real and imaginary parts of the complex zero-filled
   image) -> ``reconstruction`` float32 ``[N, H, W, 1]`` (magnitude).
 * cascades (RecNet, refined networks): ``serving_default`` takes the k-space inputs of
   ``from_kspace`` below (no data consistency added) -> ``reconstruction`` and, for a refined
@@ -60,12 +60,12 @@ def _kspace(kspace_real, kspace_imag, mask) -> tf.Tensor:
 class ReconstructionModule(tf.Module):
     """Serving wrapper of a network of ``size``² images with the given ``contract`` (module doc)."""
 
-    def __init__(self, generator: keras.Model, contract: NetworkContract, size: int):
+    def __init__(self, network: keras.Model, contract: NetworkContract, size: int):
         super().__init__(name="dagan_reconstruction")
         # Not tracked: the SavedModel holds the tf.Variables the signatures read (below), each once.  Tracking the
         # Keras model instead saves its Keras 3 variables, wrappers that a session-based loader (TF Serving,
         # `saved_model_cli run`) cannot restore: "Could not find variable …" on the first request.
-        object.__setattr__(self, "generator", generator)
+        object.__setattr__(self, "network", network)
         object.__setattr__(self, "contract", contract)
         if contract.takes == "coil_kspace":
             self.serving_default = tf.function(self._serve_coils, input_signature=_coil_planes(size))
@@ -85,34 +85,34 @@ class ReconstructionModule(tf.Module):
         return {"reconstruction": tf.abs(as_complex_image(reconstruction))[..., None], **extras}
 
     def _serve(self, zero_filled):
-        return self._outputs(*split_output(self.contract, self.generator(zero_filled, training=False)))
+        return self._outputs(*split_output(self.contract, self.network(zero_filled, training=False)))
 
     def _serve_cascade(self, kspace_real, kspace_imag, mask):
-        return self._outputs(*run_network(self.generator, self.contract, None,
+        return self._outputs(*run_network(self.network, self.contract, None,
                                           _kspace(kspace_real, kspace_imag, mask), mask))
 
     def _serve_coils(self, kspace_real, kspace_imag, maps_real, maps_imag, mask):
         k0 = _kspace(kspace_real, kspace_imag, mask[:, None])
-        return self._outputs(*run_network(self.generator, self.contract, None, k0, mask,
+        return self._outputs(*run_network(self.network, self.contract, None, k0, mask,
                                           tf.complex(maps_real, maps_imag)))
 
     def _serve_kspace(self, kspace_real, kspace_imag, mask):
         k0 = _kspace(kspace_real, kspace_imag, mask)
         image = ks.ifft2c(k0)
-        out, _ = run_network(self.generator, self.contract, image, k0, mask)
+        out, _ = run_network(self.network, self.contract, image, k0, mask)
         return {"reconstruction": apply_dc(out, k0, mask), "zero_filled": tf.abs(image)[..., None]}
 
 
 METADATA = "dagan_tf.json"  # beside saved_model.pb: what the network was trained on (TF Serving ignores it)
 
 
-def export_generator(generator: keras.Model, contract: NetworkContract, size: int, out: str | Path,
+def export_network(network: keras.Model, contract: NetworkContract, size: int, out: str | Path,
                      overwrite: bool = False, metadata: dict | None = None) -> Path:
-    """Write the SavedModel of ``generator`` (``size``² images, ``contract``) atomically and return its folder;
+    """Write the SavedModel of ``network`` (``size``² images, ``contract``) atomically and return its folder;
     ``metadata`` (e.g. the recipe, mask and k-space regime of the run) goes to :data:`METADATA` in it.  The graph
     is traced here, with the kernel choices of :func:`dagan_tf.hardware.target_kernels` in force (make the
     inference copy inside it too)."""
-    module = ReconstructionModule(generator, contract, size)
+    module = ReconstructionModule(network, contract, size)
     with atomic_output_dir(out, overwrite) as tmp, warnings.catch_warnings():
         if metadata is not None:
             (tmp / METADATA).write_text(json.dumps(metadata, indent=2))
@@ -124,11 +124,11 @@ def export_generator(generator: keras.Model, contract: NetworkContract, size: in
     return Path(out)
 
 
-def export_run_network(generator: keras.Model, config: dict, out: str | Path, precision: str,
+def export_run_network(network: keras.Model, config: dict, out: str | Path, precision: str,
                        overwrite: bool = False) -> Path:
-    """:func:`export_generator` of a run's network (``config``: its contract, image size and :func:`run_metadata`;
+    """:func:`export_network` of a run's network (``config``: its contract, image size and :func:`run_metadata`;
     ``precision``: the one it computes in)."""
-    return export_generator(generator, network_contract(config), config["model"]["image_size"], out, overwrite,
+    return export_network(network, network_contract(config), config["model"]["image_size"], out, overwrite,
                             run_metadata(config, precision))
 
 

@@ -16,15 +16,15 @@ from dagan_tf import recipes
 from dagan_tf.contract import NetworkContract
 from dagan_tf.data.batches import KSpaceBatch
 from dagan_tf.models.network_io import as_complex_image, magnitude_or_dc, run_network
-from dagan_tf.training.trained import load_run_generator
+from dagan_tf.training.trained import load_run_network
 
 
-def batch_reconstructor(generator, contract: NetworkContract, dc: bool) -> Callable[[KSpaceBatch], tf.Tensor | dict]:
+def batch_reconstructor(network, contract: NetworkContract, dc: bool) -> Callable[[KSpaceBatch], tf.Tensor | dict]:
     """A function of an evaluation :class:`~dagan_tf.data.batches.KSpaceBatch` ->
     the reconstructed magnitude ``[B, H, W, 1]`` (:func:`run_network`, :func:`magnitude_or_dc`), or with extras
     ``{"image": …, **extras}``."""
     def reconstruct(zero_filled, kspace0, mask, maps):
-        out, extras = run_network(generator, contract, as_complex_image(zero_filled), kspace0, mask, maps)
+        out, extras = run_network(network, contract, as_complex_image(zero_filled), kspace0, mask, maps)
         image = magnitude_or_dc(out, kspace0, mask, maps, dc)
         return {"image": image, **extras} if extras else image
 
@@ -34,5 +34,5 @@ def batch_reconstructor(generator, contract: NetworkContract, dc: bool) -> Calla
 
 def load_run_reconstructor(run_dir: str | Path, dc: bool = False) -> Callable[[KSpaceBatch], tf.Tensor]:
     """The run's batch reconstructor (see :func:`batch_reconstructor`)."""
-    generator, config = load_run_generator(run_dir, inference=True)
-    return batch_reconstructor(generator, recipes.network_contract(config), dc)
+    network, config = load_run_network(run_dir, inference=True)
+    return batch_reconstructor(network, recipes.network_contract(config), dc)

@@ -36,7 +36,7 @@ BATCH = 16
 
 @dataclass
 class LoadedModel:
-    """A generator from an export or a run: ``reconstruct`` maps undersampled centred k-space to magnitudes."""
+    """A network from an export or a run: ``reconstruct`` maps undersampled centred k-space to magnitudes."""
 
     size: int
     # (kspace0 [N, S, S], mask) -> (reconstruction [N, S, S, C], extras such as a refined network's refinement)
@@ -58,7 +58,7 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, precision: str = "float32") -> LoadedModel:
-    """The generator of an export folder (signatures checked first; it computes in the precision it was exported
+    """The network of an export folder (signatures checked first; it computes in the precision it was exported
     with) or a run folder (computing in ``precision``, ``float32`` or ``bfloat16``)."""
     path = Path(path)
     if (path / "saved_model.pb").is_file():
@@ -72,15 +72,15 @@ def load_model(path: str | Path, precision: str = "float32") -> LoadedModel:
                            kernels_note(path, metadata.get("kernels")), metadata.get("precision", "float32"))
     if (path / "config.yaml").is_file():
         from dagan_tf.models.network_io import run_network
-        from dagan_tf.training.trained import load_run_generator
+        from dagan_tf.training.trained import load_run_network
 
-        generator, config = load_run_generator(path, inference=True, precision=precision)
+        network, config = load_run_network(path, inference=True, precision=precision)
         contract = recipes.network_contract(config)
 
-        def network(kspace0, mask):
-            return run_network(generator, contract, ks.ifft2c(kspace0), kspace0, mask)
+        def reconstruct(kspace0, mask):
+            return run_network(network, contract, ks.ifft2c(kspace0), kspace0, mask)
 
-        return LoadedModel(config["model"]["image_size"], network, regime=config["data"]["regime"],
+        return LoadedModel(config["model"]["image_size"], reconstruct, regime=config["data"]["regime"],
                            mask=_training_mask(config["data"]), precision=precision)
     raise DaganError(f"{path} is neither an export (saved_model.pb) nor a run folder (config.yaml)")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +30,10 @@ from dagan_tf.schema import Field
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "one-device", "mirrored", "multi-worker")  # dagan_tf.training.distribute
 JIT_COMPILE = ("auto", "xla", "none")  # strings: YAML reads on/off and yes/no as booleans
+# Keys renamed so that each name means one thing; the old names still work, with a warning.
+RENAMED_KEYS = {"model.arch": "model.generator", "vgg.arch": "vgg.network", "loss.vgg": "loss.perceptual"}
+
+log = logging.getLogger(__name__)
 
 
 def _mask_kind_or_file(value: str) -> str | None:
@@ -131,8 +136,8 @@ DAGAN_SECTIONS = {
         "refine": Field("bool", "output = ramp(G(x) + x) (PPGR)"),
         "channels": Field("int", "1 = magnitude in and out (the paper); 2 = complex DAGAN (real and imaginary "
                                     "parts; use with data.regime: phase)", 1, 2, default=1),
-        "arch": Field("choice", "generator: unet = DAGAN's U-Net; resnet = the SRGAN-style ResNet (hybrid-loss thesis)",
-                      choices=("unet", "resnet"), default="unet"),
+        "generator": Field("choice", "unet = DAGAN's U-Net; resnet = the SRGAN-style ResNet (hybrid-loss thesis)",
+                           choices=("unet", "resnet"), default="unet"),
         "blocks": Field("int", "residual blocks of the resnet generator (B)", 1, 64, default=16),
         "zero_init_output": Field("bool", "start the last convolution at zero, so with refine the untrained generator "
                                           "returns its input (ours; the papers start it random)", default=False),
@@ -145,14 +150,14 @@ DAGAN_SECTIONS = {
         "pixel_kind": Field("choice", "ratio = original code ||G-x||/||x||; mse = the paper's MSE",
                             choices=("ratio", "mse")),
         "frequency": Field("float", "weight of the frequency loss (g_beta; code only, the paper has none)", 0),
-        "vgg": Field("float", "weight of the VGG perceptual loss (g_gamma)", 0),
+        "perceptual": Field("float", "weight of the VGG perceptual loss (g_gamma)", 0),
         "adversarial": Field("float", "weight of the adversarial loss (g_adv)", 0),
         "adversarial_warmup_steps": Field("int", "ramp the adversarial weight linearly from 0 over the first N generator "
                                                  "steps (ours; 0 = the papers': full weight from the start)", 0,
                                           default=0),
     },
     "vgg": {
-        "arch": Field("choice", "feature network", choices=("vgg16", "vgg19")),
+        "network": Field("choice", "feature network", choices=("vgg16", "vgg19")),
         "layer": Field("str", "feature layer; the original's 'conv4' is block4_pool"),
         "weights": Field("str", "imagenet (download) | path to a .weights.h5 file | random (tests only)"),
         "input_size": Field("int", "side the images are resized to before VGG (null: their own size)", 32, 1024,
@@ -203,7 +208,7 @@ REFINEMENT_SECTIONS = {
     "loss": {
         "adversarial": Field("float", "weight of BCE(D(x̂), 1)", 0),
         "feature_matching": Field("float", "weight of the l1 feature matching", 0),
-        "vgg": Field("float", "weight of the VGG perceptual MSE", 0),
+        "perceptual": Field("float", "weight of the VGG perceptual MSE", 0),
         "penalty": Field("float", "weight of ||Δ||_1 (with normalise: its value at the first step)", 0),
         "normalise": Field("bool", "the paper: divide each term by its first-step value (M, N, O, α); "
                                    "false = the code's fixed weights"),
@@ -265,12 +270,12 @@ class TrainerModule(Protocol):
 
     def build_trainer(self, config: dict) -> Any: ...
 
-    def build_generator(self, config: dict) -> Any: ...
+    def build_network(self, config: dict) -> Any: ...
 
 
 def _check_vgg_weights(config: dict, source: str) -> None:
     """A VGG loss needs ``vgg.weights`` 'imagenet', 'random' or an existing file."""
-    if config["loss"]["vgg"] and config["vgg"]["weights"] not in ("imagenet", "random") \
+    if config["loss"]["perceptual"] and config["vgg"]["weights"] not in ("imagenet", "random") \
             and not os.path.isfile(str(config["vgg"]["weights"])):
         raise DaganError(f"{source}: vgg.weights must be 'imagenet', 'random' or an existing file, "
                          f"got {config['vgg']['weights']!r}")
@@ -280,14 +285,14 @@ def _check_patches(config: dict, source: str) -> None:
     """Patch training needs the SRGAN discriminator (any size) and patches no larger than the image."""
     patch, size = config["data"]["patch_size"], config["model"]["image_size"]
     if patch is not None and (patch > size or config["model"]["discriminator"] != "srgan"):
-        raise DaganError(f"{source}: data.patch_size {patch} needs model.discriminator srgan (any size) and "
+        raise DaganError(f"{source}: data.patch_size {patch} needs model.adversary srgan (any size) and "
                          f"at most model.image_size {size}")
 
 
 @dataclass(frozen=True)
 class Trainer:
     """A registered training scheme: its recipe sections and the module with ``build_trainer(config)``
-    (the compiled ``keras.Model`` trainer) and ``build_generator(config)`` (the inference network);
+    (the compiled ``keras.Model`` trainer) and ``build_network(config)`` (the inference network);
     optionally ``prepare_config(config, echo)`` (checks before a new run starts, e.g. a stage-1 run).
 
     ``batches`` (:data:`BATCH_KINDS`, the types of :mod:`dagan_tf.data.batches`): ``images`` =
@@ -313,7 +318,7 @@ class Trainer:
     def load(self) -> "TrainerModule":
         """The trainer module, checked against :class:`TrainerModule` (a missing function is a one-line error)."""
         module = importlib.import_module(self.module)
-        missing = [name for name in ("build_trainer", "build_generator") if not callable(getattr(module, name, None))]
+        missing = [name for name in ("build_trainer", "build_network") if not callable(getattr(module, name, None))]
         if missing:
             raise DaganError(f"trainer module {self.module} has no {' or '.join(missing)}(config)")
         return module
@@ -371,11 +376,32 @@ def network_contract(config: dict) -> NetworkContract:
     return trainer_of(config).contract(config)
 
 
+def renamed_key(key: str, source: str) -> str:
+    """The current name of the recipe key ``section.key`` (a warning when ``key`` is a :data:`RENAMED_KEYS` one)."""
+    if key in RENAMED_KEYS:
+        log.warning(f"{source}: key {key} is deprecated; use {RENAMED_KEYS[key]}")
+    return RENAMED_KEYS.get(key, key)
+
+
+def _rename_keys(config: dict, source: str) -> dict:
+    """``config`` with its deprecated keys under their new names (an error when both are given)."""
+    config = dict(config)
+    for old, new in RENAMED_KEYS.items():
+        (section, leaf), (_, new_leaf) = old.split("."), new.split(".")
+        if isinstance(config.get(section), dict) and leaf in config[section]:
+            if new_leaf in config[section]:
+                raise DaganError(f"{source}: give {new} only ({old} is its deprecated name)")
+            renamed_key(old, source)
+            config[section] = {(new_leaf if k == leaf else k): v for k, v in config[section].items()}
+    return config
+
+
 def validate_config(config, source: str = "recipe") -> dict:
-    """The validated (type-converted) recipe; raises a one-line error naming the first bad key."""
+    """The validated (type-converted) recipe; raises a one-line error naming the first bad key.  Deprecated
+    keys (:data:`RENAMED_KEYS`) are read under their new names."""
     if not isinstance(config, dict):
         raise DaganError(f"{source} must be a mapping of sections, got {type(config).__name__}")
-    config = schema.validate(config, trainer_of(config, source).schema, source)
+    config = schema.validate(_rename_keys(config, source), trainer_of(config, source).schema, source)
     d = config["data"]
     if d["mask"].endswith(".mat"):
         if d["per_sample_masks"]:
@@ -439,6 +465,7 @@ def apply_overrides(config: dict, overrides: list[str], resume: bool = False) ->
         key, sep, text = item.partition("=")
         if not sep:
             raise DaganError(f"--set expects key=value, got {item!r}")
+        key = renamed_key(key, "--set")
         if resume and key not in valid:
             raise DaganError(f"--resume takes the run's own config.yaml; --set may change only "
                              f"{' and '.join(valid)}, not {key!r}")

@@ -353,7 +353,7 @@ def seitzer_report(args, report: dict) -> None:
     recnet, unet = build_recnet(size), build_refinement_unet(size, width=args.width)
     d = build_patch_discriminator(6, args.width, image_size=size)
     vgg_config = recipes.apply_overrides(recipes.load_recipe("refinement"), [
-        f"model.image_size={size}", "vgg.arch=vgg16", "vgg.layer=block5_conv3", f"vgg.weights={args.vgg_weights}"])
+        f"model.image_size={size}", "vgg.network=vgg16", "vgg.layer=block5_conv3", f"vgg.weights={args.vgg_weights}"])
     from dagan_tf.models.vgg import VGGFeatures
 
     vgg = VGGFeatures.from_recipe(vgg_config["vgg"])
@@ -388,7 +388,7 @@ def seitzer_report(args, report: dict) -> None:
             for name in ("recnet", "refinement"):
                 config = recipes.apply_overrides(recipes.load_recipe(name), overrides + (
                     [] if name == "recnet" else [f"stage1.run={stage1}", f"model.width={args.width}",
-                                                 f"discriminator.width={args.width}", "vgg.arch=vgg16",
+                                                 f"discriminator.width={args.width}", "vgg.network=vgg16",
                                                  "vgg.layer=block5_conv3", f"vgg.weights={args.vgg_weights}"]))
                 if name == "refinement":
                     from dagan_tf.training.refinement import prepare_config
@@ -431,14 +431,14 @@ def srgan_report(args, report: dict) -> None:
              f"G {size}²": forward_flops(build_resnet_generator(size, args.width))}
     d = build_srgan_discriminator(args.width, image_size=patch)
     config = recipes.apply_overrides(recipes.load_recipe("srgan-hybrid"), [
-        f"model.image_size={size}", f"model.width={args.width}", "vgg.arch=vgg16", "vgg.layer=block5_conv3",
+        f"model.image_size={size}", f"model.width={args.width}", "vgg.network=vgg16", "vgg.layer=block5_conv3",
         f"vgg.weights={args.vgg_weights}"])
     d_flops = forward_flops(d)
     flops[f"D {patch}²"] = d_flops
     model = build_trainer(config)
     flops[f"VGG {patch}²"] = vgg_flops_per_image(model.features.model, patch)
     report["gflop_per_image"] = {k: v / 1e9 for k, v in flops.items()}
-    report["params_M"] = {"G": model.generator.count_params() / 1e6, "D": d.count_params() / 1e6}
+    report["params_M"] = {"G": model.network.count_params() / 1e6, "D": d.count_params() / 1e6}
     step_flops = 4 * flops[f"G {patch}²"] + 8 * d_flops + 3 * flops[f"VGG {patch}²"]  # as the DAGAN step
     report["train_gflop_per_image"] = step_flops / 1e9
     for precision in () if args.inference_only else ("float32", "mixed_bfloat16"):
@@ -460,7 +460,7 @@ def dagan_report(args, report: dict) -> None:
 
     from dagan_tf import recipes
     from dagan_tf.contract import NetworkContract
-    from dagan_tf.export import export_generator
+    from dagan_tf.export import export_network
     from dagan_tf.models.dagan import build_discriminator, build_generator
     from dagan_tf.models.layers import inference_network
     from dagan_tf.training.run import build_trainer
@@ -487,7 +487,7 @@ def dagan_report(args, report: dict) -> None:
                      report)
     g_inference = inference_network(g)  # what eval, compare, predict and export run
     with tempfile.TemporaryDirectory() as tmp:
-        out = export_generator(g_inference, NetworkContract("image", 1), args.size, Path(tmp) / "export")
+        out = export_network(g_inference, NetworkContract("image", 1), args.size, Path(tmp) / "export")
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         param_bytes = sum(int(np.prod(w.shape)) * 4 for w in g_inference.weights)
         report["export"] = {"bytes": size, "parameter_bytes": param_bytes, "ratio": size / param_bytes}

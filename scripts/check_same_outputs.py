@@ -28,12 +28,12 @@ COMMON = [f"model.image_size={SIZE}", "train.batch_size=4", "train.val_batch_siz
           "train.max_cpu_minutes=null", "data.augment=false"]
 DAGAN = ["model.width=0.0625", "vgg.weights=random", "vgg.input_size=32", "data.mask=gaussian1d", "data.ratio=0.3",
          "train.lr=0.0005"]
-SRGAN = ["model.width=0.125", "model.blocks=2", "data.patch_size=16", "vgg.weights=random", "vgg.arch=vgg16",
+SRGAN = ["model.width=0.125", "model.blocks=2", "data.patch_size=16", "vgg.weights=random", "vgg.network=vgg16",
          "vgg.layer=block2_conv2"]
 CASCADE = ["cascade.filters=8", "cascade.blocks=2", "cascade.convs=3", "data.ratio=0.3", "data.acs=4"]
 WASSERSTEIN = ["model.iterations=3", "model.growth=2", "model.filters=4", "data.ratio=0.25", "data.acs=6"]
 REFINEMENT = ["model.width=0.25", "discriminator.layers=3", "discriminator.width=0.125", "discriminator.pool_size=6",
-              "vgg.weights=random", "vgg.arch=vgg16", "vgg.layer=block2_conv2", "data.ratio=0.3", "data.acs=4"]
+              "vgg.weights=random", "vgg.network=vgg16", "vgg.layer=block2_conv2", "data.ratio=0.3", "data.acs=4"]
 RECIPES = {"pg": DAGAN, "ppg": DAGAN, "ppgr": DAGAN, "ppgr-complex": DAGAN,
            "srgan-mse": SRGAN, "srgan-vgg": SRGAN, "srgan-hybrid": SRGAN,
            "recnet": CASCADE, "recnet-fast": CASCADE, "cascade-deep": CASCADE, "refinement": REFINEMENT,

@@ -115,14 +115,14 @@ def assert_user_error(result, *needles, output=None):
 def assert_resume_is_exact(config, data, folder: Path, epochs: int = 2):
     """Train ``config`` for ``epochs`` in one go and, in another run, 1 epoch then ``--resume`` to ``epochs``;
     the generators must be bit-identical.  Returns ``(uninterrupted run folder, its generator)``."""
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
 
     whole, part = folder / "whole", folder / "part"
     train(whole, config, data, epochs=epochs)
     train(part, config, data, epochs=1)
     train(part, resume=True, epochs=epochs)
-    a, _ = load_run_generator(whole)
-    b, _ = load_run_generator(part)
+    a, _ = load_run_network(whole)
+    b, _ = load_run_network(part)
     for x, y in zip(a.weights, b.weights):
         np.testing.assert_array_equal(x.numpy(), y.numpy())
     return whole, a

@@ -63,7 +63,7 @@ def update(strategy_name, config):
         optimizer.epsilon = 1e6
         optimizer.learning_rate.assign(1e5)
     synchronise_batch_norm(model)
-    networks = [model.generator] + ([model.discriminator] if model.discriminator is not None else [])
+    networks = [model.network] + ([model.adversary] if model.adversary is not None else [])
     before = [[v.numpy() for v in net.weights] for net in networks]
     model.fit(batches(config), steps_per_epoch=1, epochs=1, verbose=0)
     return [[v.numpy() - b for v, b in zip(net.weights, old)] for net, old in zip(networks, before)], model

@@ -10,7 +10,7 @@ from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.data.batches import ImagePair
 from dagan_tf.models.network_io import apply_dc, as_complex_image
-from dagan_tf.training.trained import load_run_generator
+from dagan_tf.training.trained import load_run_network
 from dagan_tf.masks import make_mask
 from dagan_tf.models.dagan import build_generator
 from dagan_tf.training.cgan import frequency_loss
@@ -74,7 +74,7 @@ def test_complex_run_evaluates_exports_and_predicts(tmp_path, complex_run, real_
     assert metrics["regime"] == "phase (seed 0)" and "model+dc" in metrics and "zero_filled_dc1" not in metrics
     assert run("export", complex_run, "--out", tmp_path / "x", "--precision", "float32").exit_code == 0
     loaded = tf.saved_model.load(str(tmp_path / "x"))
-    generator, _ = load_run_generator(complex_run)
+    generator, _ = load_run_network(complex_run)
     x = tf.random.uniform((2, SIZE, SIZE, 2), -0.5, 0.5, seed=4)
     np.testing.assert_allclose(loaded.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy(),
                                np.abs(as_complex_image(generator(x, training=False)).numpy())[..., None],
@@ -113,7 +113,7 @@ def test_adversarial_warm_up_ramps_with_the_generator_step():
     model = build_trainer(complex_config("loss.adversarial_warmup_steps=4", "loss.adversarial=2.0"))
     seen = []
     for step in (0, 1, 3, 10):
-        model.g_optimizer.iterations.assign(step)
+        model.network_optimizer.iterations.assign(step)
         seen.append(float(model.adversarial_weight()))
     np.testing.assert_allclose(seen, [0.5, 1.0, 2.0, 2.0])
     assert float(build_trainer(complex_config("loss.adversarial=2.0")).adversarial_weight()) == 2.0
@@ -131,7 +131,7 @@ def test_complex_dagan_learns_from_its_zero_filled_start(real_slices):
 
     recipe = recipes.load_recipe("ppgr-complex")
     assert recipe["model"]["zero_init_output"] and recipe["loss"]["adversarial_warmup_steps"] > 0
-    config = complex_config("model.zero_init_output=true", "loss.adversarial_warmup_steps=1000", "loss.vgg=0",
+    config = complex_config("model.zero_init_output=true", "loss.adversarial_warmup_steps=1000", "loss.perceptual=0",
                             "train.lr=0.001", "model.width=0.125")
     tf.keras.utils.set_random_seed(0)
     model = build_trainer(config)
@@ -139,12 +139,12 @@ def test_complex_dagan_learns_from_its_zero_filled_start(real_slices):
                                   True)
     zero_filled, target = next(iter(dataset))
     error = lambda x: float(tf.reduce_mean(tf.square(magnitude(x) - magnitude(target))))  # noqa: E731
-    start = model.generator(zero_filled, training=False)
+    start = model.network(zero_filled, training=False)
     # the identity, within the refinement's ramp to [-1, 1] (zero-filled ringing can overshoot it)
     np.testing.assert_allclose(start.numpy(), np.clip(zero_filled.numpy(), -1, 1), atol=1e-6)
     for _ in range(60):
         model.train_step(ImagePair(zero_filled, target))
-    out = model.generator(zero_filled, training=False)
+    out = model.network(zero_filled, training=False)
     residual = float(tf.sqrt(tf.reduce_mean(tf.square(out - zero_filled))))
     assert residual > 1e-3
     assert error(out) < 0.8 * error(zero_filled), (error(out), error(zero_filled))

@@ -105,7 +105,7 @@ def test_critic_weights_stay_clipped_and_beta_grows_by_the_rate(multicoil_dir):
     model, batches = _trainer(tiny_wasserstein("cwgan-agb", "agb.ratio=1.0e-9", "critic.clip=0.005"), multicoil_dir)
     for step in range(3):
         logs = model.train_step(next(batches))
-        for v in model.discriminator.trainable_variables:
+        for v in model.adversary.trainable_variables:
             assert np.abs(v.numpy()).max() <= 0.005 + 1e-9, v.path
         assert float(logs["agb_beta"]) == pytest.approx(10.0 * 1.1 ** (step + 1), rel=1e-5)
     never, batches = _trainer(tiny_wasserstein("cwgan-agb", "agb.ratio=1.0e+9"), multicoil_dir)
@@ -115,14 +115,14 @@ def test_critic_weights_stay_clipped_and_beta_grows_by_the_rate(multicoil_dir):
     plain.train_step(next(batches))
     assert float(plain.beta.numpy()) == 1.0 and float(plain.gma.numpy()) == 0.0  # no AGB: β = 1
     mse_only, _ = _trainer(tiny_wasserstein("dcinet"), multicoil_dir)
-    assert mse_only.discriminator is None
+    assert mse_only.adversary is None
 
 
 def test_wgan_critic_sees_the_image_and_cwgan_the_pair(multicoil_dir):
     wgan, _ = _trainer(tiny_wasserstein("wgan"), multicoil_dir)
     cwgan, _ = _trainer(tiny_wasserstein("cwgan"), multicoil_dir)
-    assert wgan.discriminator.input_shape == (None, 32, 32, 1)
-    assert cwgan.discriminator.input_shape == (None, 32, 32, 2)
+    assert wgan.adversary.input_shape == (None, 32, 32, 1)
+    assert cwgan.adversary.input_shape == (None, 32, 32, 2)
     assert cwgan.settings.mse_weight == 100.0 and not cwgan.settings.agb
 
 
@@ -211,13 +211,13 @@ def test_select_fid_without_weights_is_a_one_line_error(tmp_path, multicoil_dir)
 
 def test_dcinet_export_serves_coil_kspace_like_the_run(tmp_path, multicoil_dir):
     from dagan_tf.data.pipeline import evaluation_dataset, evaluation_masks
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
     from dagan_tf.training.run import train
 
     train(tmp_path / "r", tiny_wasserstein("cwgan-agb", "train.epochs=1"), multicoil_dir)
     assert run("export", tmp_path / "r", "--out", tmp_path / "e", "--precision", "float32").exit_code == 0
     loaded = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
-    generator, config = load_run_generator(tmp_path / "r")
+    network, config = load_run_network(tmp_path / "r")
     split = load_split(multicoil_dir, "test")
     d = config["data"]
     masks = evaluation_masks(split, MaskSpec(d["mask"], d["ratio"], acs=d["acs"]))
@@ -225,7 +225,7 @@ def test_dcinet_export_serves_coil_kspace_like_the_run(tmp_path, multicoil_dir):
     k, s = batch.kspace, batch.maps
     served = loaded(kspace_real=tf.math.real(k), kspace_imag=tf.math.imag(k), maps_real=tf.math.real(s),
                     maps_imag=tf.math.imag(s), mask=batch.mask)["reconstruction"].numpy()
-    out = generator(network_inputs(k, batch.mask, s)).numpy()
+    out = network(network_inputs(k, batch.mask, s)).numpy()
     np.testing.assert_allclose(served[..., 0], np.hypot(out[..., 0], out[..., 1]), atol=1e-5)
     zero_filled = np.abs(ks.sense_adjoint(k, s).numpy())
     assert not np.allclose(served[..., 0], zero_filled, atol=1e-3)

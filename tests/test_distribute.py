@@ -210,7 +210,7 @@ def test_the_device_stage_gives_the_host_batches(prepared_dir, multicoil_dir, re
 
 
 def test_training_with_the_device_stage_equals_the_host_pipeline(tmp_path, prepared_dir):
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
 
     weights = {}
     for placement in ("host", "device"):
@@ -219,6 +219,6 @@ def test_training_with_the_device_stage_equals_the_host_pipeline(tmp_path, prepa
         train(out, tiny_config("ppgr", "data.augment=true", f"data.augment_on={placement}", "train.epochs=1"),
               prepared_dir, echo=lines.append)
         assert any(f"augmentation and simulation on the {placement}" in line for line in lines), lines
-        weights[placement] = [w.numpy() for w in load_run_generator(out)[0].weights]
+        weights[placement] = [w.numpy() for w in load_run_network(out)[0].weights]
     for a, b in zip(weights["host"], weights["device"]):  # Adam steps of ±lr: sign flips of ~0 gradients only
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-3)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from conftest import SIZE, phantom_volume, saved_model_cli, saved_model_cli_run, write_nifti
 from dagan_tf import kspace as ks
 from dagan_tf.cli import main
-from dagan_tf.training.trained import load_run_generator
+from dagan_tf.training.trained import load_run_network
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,11 @@ def exported(tmp_path_factory, trained_run):
 
 
 def test_export_parity_and_size(exported, trained_run):
-    generator, _ = load_run_generator(trained_run)
+    network, _ = load_run_network(trained_run)
     loaded = tf.saved_model.load(str(exported))
     x = tf.random.uniform((3, SIZE, SIZE, 1), seed=1)
     out = loaded.signatures["serving_default"](zero_filled=x)["reconstruction"]
-    np.testing.assert_allclose(out.numpy(), generator(x, training=False).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), network(x, training=False).numpy(), atol=1e-5)
 
     target = tf.random.uniform((3, SIZE, SIZE), seed=2)
     mask = np.broadcast_to(np.random.default_rng(0).random((SIZE, SIZE)) < 0.3,
@@ -36,10 +36,10 @@ def test_export_parity_and_size(exported, trained_run):
                                            mask=tf.constant(mask))
     zero_filled = tf.abs(zf)[..., None]
     np.testing.assert_allclose(res["zero_filled"].numpy(), zero_filled.numpy(), atol=1e-5)
-    expected = tf.abs(ks.data_consistency_image(generator(zero_filled, training=False)[..., 0], k0, mask))
+    expected = tf.abs(ks.data_consistency_image(network(zero_filled, training=False)[..., 0], k0, mask))
     np.testing.assert_allclose(res["reconstruction"].numpy()[..., 0], expected.numpy(), atol=1e-5)
 
-    param_bytes = sum(int(np.prod(w.shape)) * 4 for w in generator.weights)
+    param_bytes = sum(int(np.prod(w.shape)) * 4 for w in network.weights)
     variables = sum(p.stat().st_size for p in (exported / "variables").iterdir())
     assert variables <= 1.05 * param_bytes + 4096
 
@@ -76,11 +76,11 @@ def test_bfloat16_export_computes_in_bf16_with_float32_interfaces_and_data_consi
     signature = saved.meta_graphs[0].signature_def["serving_default"]
     assert {t.dtype for t in [*signature.inputs.values(), *signature.outputs.values()]} == {tf.float32.as_datatype_enum}
 
-    generator, _ = load_run_generator(trained_run)
+    network, _ = load_run_network(trained_run)
     loaded = tf.saved_model.load(str(out))
     x = tf.random.uniform((3, SIZE, SIZE, 1), seed=1)
     bf16 = loaded.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy()
-    f32 = generator(x, training=False).numpy()
+    f32 = network(x, training=False).numpy()
     assert bf16.dtype == np.float32
     # the convolutions' weights are stored in bf16 (rounded once at export, not cast at every call)
     assert tf.bfloat16 in {v.dtype for v in loaded.serving_variables}
@@ -141,7 +141,7 @@ def test_export_for_another_cpu_builds_that_cpus_kernels_with_the_same_outputs(t
     from dagan_tf.export import export_metadata
     from dagan_tf.hardware import target_isa
 
-    generator, _ = load_run_generator(trained_run)
+    network, _ = load_run_network(trained_run)
     loaded = {}
     for kernels in ("avx2", "avx512"):
         out = tmp_path / kernels
@@ -157,7 +157,7 @@ def test_export_for_another_cpu_builds_that_cpus_kernels_with_the_same_outputs(t
         x = tf.random.uniform((batch, SIZE, SIZE, 1), seed=batch)
         for model in loaded.values():
             np.testing.assert_allclose(model.signatures["serving_default"](zero_filled=x)["reconstruction"].numpy(),
-                                       generator(x, training=False).numpy(), atol=1e-5)
+                                       network(x, training=False).numpy(), atol=1e-5)
     # predict says when an export was built for another CPU's kernels, and only then
     source = write_nifti(tmp_path / "in.nii.gz", phantom_volume(SIZE, 3))
     for kernels in ("avx2", "avx512"):

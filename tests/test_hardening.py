@@ -104,6 +104,33 @@ def test_recipe_sections_and_keys_are_checked(tmp_path, prepared_dir):
                           output=out)
 
 
+def test_renamed_recipe_keys_still_work_with_a_warning(tmp_path, caplog):
+    """model.arch, vgg.arch and loss.vgg (each once meant two things) read as model.generator, vgg.network and
+    loss.perceptual, from a file and from --set; giving both names is an error naming them."""
+    import yaml
+
+    current = recipes.apply_overrides(recipes.load_recipe("srgan-hybrid"),
+                                      ["vgg.network=vgg16", "loss.perceptual=0.25", "model.generator=unet"])
+    old = recipes.load_recipe("srgan-hybrid")
+    old["model"]["arch"] = old["model"].pop("generator")
+    old["vgg"]["arch"] = old["vgg"].pop("network")
+    old["loss"]["vgg"] = old["loss"].pop("perceptual")
+    file = tmp_path / "old.yaml"
+    file.write_text(yaml.safe_dump(old))
+    with caplog.at_level("WARNING", logger="dagan_tf.recipes"):
+        from_file = recipes.apply_overrides(recipes.load_config_file(file),
+                                            ["vgg.arch=vgg16", "loss.vgg=0.25", "model.arch=unet"])
+    assert from_file == current
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for old_key, new_key in recipes.RENAMED_KEYS.items():
+        assert f"{file}: key {old_key} is deprecated; use {new_key}" in warned
+        assert f"--set: key {old_key} is deprecated; use {new_key}" in warned
+    both = {**old, "loss": {**old["loss"], "perceptual": 1.0}}
+    file.write_text(yaml.safe_dump(both))
+    with pytest.raises(DaganError, match="give loss.perceptual only"):
+        recipes.load_config_file(file)
+
+
 @pytest.mark.parametrize("args,needle", [
     (("masks", "--kind", "gaussian1d", "--ratio", 0.3, "--size", 32, "--seed", -1), "--seed"),
     (("masks", "--kind", "gaussian1d", "--ratio", 0.001, "--size", 64), "gives no column of 64"),

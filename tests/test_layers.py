@@ -237,46 +237,46 @@ def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, m
     from dagan_tf.models.layers import inference_copy
     from dagan_tf.models.network_io import network_inputs, run_network
     from dagan_tf.models.refinement import RefinedNetwork
-    from dagan_tf.training.trained import build_generator
+    from dagan_tf.training.trained import build_network
 
     size, config = 32, recipes.load_recipe(recipe)
     overrides = [f"model.image_size={size}"] + (["model.width=0.125"] if "width" in config["model"] else []) \
         + (["data.patch_size=null"] if config["data"].get("patch_size") else [])
     config = recipes.apply_overrides(config, overrides)
-    generator, contract = build_generator(config), recipes.network_contract(config)
+    network, contract = build_network(config), recipes.network_contract(config)
     image = tf.complex(tf.random.uniform((8, size, size), seed=2), tf.random.uniform((8, size, size), seed=3))
     mask = tf.cast(tf.random.uniform((8, size, size), seed=4) < 0.4, tf.float32)
     kspace = tf.signal.fft2d(image) * tf.complex(mask, 0.0)
     inputs = network_inputs(contract, image, kspace, mask)
     refined = contract.stage1
-    norms = [layer for layer in (generator.unet if refined else generator).layers
+    norms = [layer for layer in (network.unet if refined else network).layers
              if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:  # moving statistics of this batch (momentum 0), not the initial ones
         layer.momentum = 0.0
     if refined:
-        generator.forward(inputs, training=True)
-        generator.gate.gate.assign(0.7)  # λ = 0 would hide the refinement U-Net
+        network.forward(inputs, training=True)
+        network.gate.gate.assign(0.7)  # λ = 0 would hide the refinement U-Net
     elif norms:
-        generator(inputs, training=True)
+        network(inputs, training=True)
     for layer in norms:
         layer.momentum = 0.9
-    copy = inference_copy(generator)
+    copy = inference_copy(network)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
                    for net in ([copy.unet] if isinstance(copy, RefinedNetwork) else [copy]) for layer in net.layers)
     def reconstruction(network, n=8):
         return run_network(network, contract, image[:n], kspace[:n], mask[:n])[0].numpy()
 
-    expected = reconstruction(generator)
+    expected = reconstruction(network)
     copies = [copy]
     if recipe in ("pg", "ppg", "ppgr", "ppgr-complex"):  # DAGAN U-Nets: 8×8 and smaller maps on the GEMM path
-        copies = [fast.inference_network(generator, matmul_layout) for matmul_layout in (True, False)]
+        copies = [fast.inference_network(network, matmul_layout) for matmul_layout in (True, False)]
         assert [sum(isinstance(layer, fast.MatmulConv2DTranspose) for layer in c.layers) for c in copies] == [4, 0]
     if recipe in ("pg", "ppg", "ppgr", "srgan-hybrid", "srgan-mse", "srgan-vgg", "refinement"):  # one-channel outputs
         output = "head" if refined else "out"
         assert all(type((c.unet if refined else c).get_layer(output)) is fast.GemmConv2D for c in copies)
-        assert type((generator.unet if refined else generator).get_layer(output)) is keras.layers.Conv2D
+        assert type((network.unet if refined else network).get_layer(output)) is keras.layers.Conv2D
     monkeypatch.setattr(fast, "split_batch_of_one", lambda: True)  # what AVX2 machines get
-    copies.append(inference_copy(generator))
+    copies.append(inference_copy(network))
     for net in ([copies[-1].recnet, copies[-1].unet] if refined else [copies[-1]]):
         assert any(isinstance(layer, fast.RowBlockConv2D) for layer in net.layers)
     for copy in copies:

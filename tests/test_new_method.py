@@ -20,7 +20,7 @@ from dagan_tf.training.run import train
 
 
 # --- the toy method: what a new method brings (here, in the test module itself) ---------------------------------
-def build_generator(config: dict) -> keras.Model:
+def build_network(config: dict) -> keras.Model:
     """Toy network ``[N, S, S, 1] -> [N, S, S, 1]``: zero-filled magnitude plus a 2-layer residual (starts at the
     identity)."""
     size, width = config["model"]["image_size"], config["model"]["width"]
@@ -33,21 +33,21 @@ def build_generator(config: dict) -> keras.Model:
 class ToyTrainer(TrainerModel):
     """MSE on the magnitude; validation, checkpoints and schedules come from the base and the run."""
 
-    def __init__(self, generator, contract):
-        super().__init__(generator, contract, ("loss", *QUALITY))
+    def __init__(self, network, contract):
+        super().__init__(network, contract, ("loss", *QUALITY))
 
     def train_step(self, batch):
         with tf.GradientTape() as tape:
-            output = tf.cast(self.generator(self.network_inputs(batch), training=True), tf.float32)
+            output = tf.cast(self.network(self.network_inputs(batch), training=True), tf.float32)
             loss = tf.reduce_mean(tf.square(output - self.target(batch)))
-        self.minimise(self.g_optimizer, tape, loss, self.generator.trainable_variables)
+        self.minimise(self.network_optimizer, tape, loss, self.network.trainable_variables)
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 
 
 def build_trainer(config: dict) -> ToyTrainer:
-    model = ToyTrainer(build_generator(config), recipes.network_contract(config))
-    model.compile(g_optimizer=adam(config["train"]))
+    model = ToyTrainer(build_network(config), recipes.network_contract(config))
+    model.compile(network_optimizer=adam(config["train"]))
     return model
 
 
@@ -71,14 +71,14 @@ def test_a_method_registered_outside_the_package_trains_evaluates_exports_predic
         toy, tmp_path, prepared_dir):
     from dagan_tf import kspace as ks
     from dagan_tf.models.network_io import network_input
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
 
     run_dir, export = tmp_path / "toy-run", tmp_path / "toy-export"
     history = train(run_dir, toy, prepared_dir, verbose=0)
     assert len(history["loss"]) == 2 and np.isfinite(history["val_psnr"]).all()
-    generator, config = load_run_generator(run_dir)
-    assert generator.name == "toy" and config["trainer"] == "toy"
-    assert float(np.abs(generator.get_layer("toy_out").kernel.numpy()).max()) > 0  # it trained
+    network, config = load_run_network(run_dir)
+    assert network.name == "toy" and config["trainer"] == "toy"
+    assert float(np.abs(network.get_layer("toy_out").kernel.numpy()).max()) > 0  # it trained
 
     result = run("eval", "--run", run_dir, "--data", prepared_dir, "--no-baselines", "--regime", "phase",
                  "--out", tmp_path / "eval")
@@ -94,7 +94,7 @@ def test_a_method_registered_outside_the_package_trains_evaluates_exports_predic
     rng = np.random.default_rng(0)
     mask = (rng.random((3, SIZE, SIZE)) < 0.4).astype(np.float32)
     kspace0 = tf.constant(ks.fft2c(tf.constant(rng.random((3, SIZE, SIZE)), tf.complex64)).numpy() * mask)
-    by_hand = generator(network_input(ks.ifft2c(kspace0), 1), training=False).numpy()
+    by_hand = network(network_input(ks.ifft2c(kspace0), 1), training=False).numpy()
     served = tf.saved_model.load(str(export)).signatures["serving_default"](
         zero_filled=tf.abs(ks.ifft2c(kspace0))[..., None])["reconstruction"].numpy()
     np.testing.assert_allclose(served, np.abs(by_hand), atol=1e-5)

@@ -9,7 +9,7 @@ from conftest import SIZE, assert_resume_is_exact, assert_user_error, run, saved
 from dagan_tf import kspace as ks
 from dagan_tf import recipes
 from dagan_tf.export import kspace_planes
-from dagan_tf.training.trained import load_run_generator
+from dagan_tf.training.trained import load_run_network
 from dagan_tf.models.recnet import build_recnet, from_channels, network_inputs
 from dagan_tf.models.refinement import (RefinedNetwork, build_patch_discriminator, build_refinement_unet,
                                         to_signed)
@@ -27,7 +27,7 @@ def recnet_config(*extra):
 def refinement_config(stage1, *extra):
     return recipes.apply_overrides(recipes.load_recipe("refinement"), COMMON + [
         f"stage1.run={stage1}", "model.width=0.25", "discriminator.layers=3", "discriminator.width=0.125",
-        "discriminator.pool_size=6", "vgg.weights=random", "vgg.arch=vgg16", "vgg.layer=block2_conv2", *extra])
+        "discriminator.pool_size=6", "vgg.weights=random", "vgg.network=vgg16", "vgg.layer=block2_conv2", *extra])
 
 
 @pytest.fixture(scope="module")
@@ -137,18 +137,18 @@ def test_feature_matching_and_normalisation_by_hand():
 
 
 def test_recnet_and_refinement_runs_train_and_keep_their_state(recnet_run, refinement_run):
-    recnet, config = load_run_generator(recnet_run)
+    recnet, config = load_run_network(recnet_run)
     assert config["trainer"] == "supervised"
-    refined, config = load_run_generator(refinement_run)
+    refined, config = load_run_network(refinement_run)
     assert isinstance(refined, RefinedNetwork) and config["cascade"]["filters"] == 8
     for a, b in zip(refined.recnet.weights, recnet.weights):  # the frozen stage 1 is RecNet's best weights
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert float(refined.gate.gate.numpy()) != 0.0  # λ moved from 0
     # train.keep: last (the code's choice): best.weights.h5 holds the last epoch's generator
     from dagan_tf.training.callbacks import checkpoints_newest_first
-    from dagan_tf.training.refinement import build_generator
+    from dagan_tf.training.refinement import build_network
 
-    last = build_generator(config)
+    last = build_network(config)
     tf.train.Checkpoint(generator=last).restore(checkpoints_newest_first(refinement_run / "checkpoints")[0]) \
         .expect_partial()
     for a, b in zip(refined.weights, last.weights):
@@ -193,7 +193,7 @@ def test_eval_export_predict_of_a_refinement_run(tmp_path, real_slices, refineme
     masks = np.broadcast_to(mask, k0.shape).astype(np.float32)
     served = loaded.signatures["serving_default"](kspace_real=tf.math.real(k0), kspace_imag=tf.math.imag(k0),
                                                   mask=tf.constant(masks))
-    refined, _ = load_run_generator(refinement_run)
+    refined, _ = load_run_network(refinement_run)
     direct = refined(network_inputs(k0, mask))
     np.testing.assert_allclose(served["reconstruction"].numpy(),
                                tf.abs(from_channels(direct["reconstruction"]))[..., None].numpy(), atol=1e-5)

@@ -20,7 +20,7 @@ PATCH = 16
 def srgan_config(recipe="srgan-hybrid", *extra):
     return recipes.apply_overrides(recipes.load_recipe(recipe), [
         f"model.image_size={SIZE}", "model.width=0.125", "model.blocks=2", f"data.patch_size={PATCH}",
-        "data.mask=gaussian2d", "data.ratio=0.3", "vgg.weights=random", "vgg.arch=vgg16", "vgg.layer=block2_conv2",
+        "data.mask=gaussian2d", "data.ratio=0.3", "vgg.weights=random", "vgg.network=vgg16", "vgg.layer=block2_conv2",
         "train.batch_size=4", "train.val_batch_size=8", "train.steps_per_epoch=3", "train.epochs=2",
         "train.deterministic=true", "train.precision=float32", *extra])
 
@@ -76,9 +76,9 @@ def test_zero_initialised_output_makes_the_untrained_refiner_return_its_input():
     # through the recipe key, and the output convolution still learns (its gradient is not zero)
     model = build_trainer(srgan_config("srgan-mse", "model.refine=true", "model.zero_init_output=true"))
     with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(tf.square(model.generator(x[:, :PATCH, :PATCH]) - 0.5))
-    grad = tape.gradient(loss, model.generator.get_layer("out").kernel)
-    assert not np.any(model.generator.get_layer("out").kernel.numpy()) and float(tf.reduce_max(tf.abs(grad))) > 0
+        loss = tf.reduce_mean(tf.square(model.network(x[:, :PATCH, :PATCH]) - 0.5))
+    grad = tape.gradient(loss, model.network.get_layer("out").kernel)
+    assert not np.any(model.network.get_layer("out").kernel.numpy()) and float(tf.reduce_max(tf.abs(grad))) > 0
 
 
 def test_loss_weights_reach_their_terms():
@@ -86,7 +86,7 @@ def test_loss_weights_reach_their_terms():
     model = build_trainer(config)
     x = tf.random.uniform((2, PATCH, PATCH, 1), seed=1)
     zf = x * 0.8
-    variables = model.generator.trainable_variables
+    variables = model.network.trainable_variables
     with tf.GradientTape(persistent=True) as tape:
         terms = model.generator_losses(zf, x)
     w = model.loss_weights_

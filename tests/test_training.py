@@ -42,11 +42,11 @@ def test_short_training_beats_zero_filled_on_training_slices(real_slices):
     for _ in range(60):
         step((zf, target))
     # a decayed learning rate lets the batch-norm moving statistics (used at inference) catch up
-    for opt in (model.g_optimizer, model.d_optimizer):
+    for opt in (model.network_optimizer, model.adversary_optimizer):
         opt.learning_rate.assign(1e-5)
     for _ in range(20):
         step((zf, target))
-    recon = model.generator(zf, training=False)
+    recon = model.network(zf, training=False)
     assert float(np.mean(metrics.psnr(target, recon))) > float(np.mean(metrics.psnr(target, zf))) + 2.0
 
 
@@ -265,7 +265,7 @@ def test_cosine_over_epochs_in_training_logs_and_resumes_exactly(tmp_path, real_
     """A recnet run with a cosine over its 2 epochs × 3 steps: history's learning_rate is the rate of each
     epoch's last step, and a run stopped after its first epoch and resumed ends with the uninterrupted run's
     weights, bit for bit."""
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
     from dagan_tf.training.callbacks import read_history
 
     class StopAfterFirstEpoch(keras.callbacks.Callback):
@@ -285,5 +285,5 @@ def test_cosine_over_epochs_in_training_logs_and_resumes_exactly(tmp_path, real_
     for run_dir in (whole, part):
         logged = [float(row["learning_rate"]) for row in read_history(run_dir / "history.csv")]
         np.testing.assert_allclose(logged, expected, rtol=1e-6)
-    for x, y in zip(load_run_generator(whole)[0].weights, load_run_generator(part)[0].weights):
+    for x, y in zip(load_run_network(whole)[0].weights, load_run_network(part)[0].weights):
         np.testing.assert_array_equal(x.numpy(), y.numpy())

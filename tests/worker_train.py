@@ -14,7 +14,7 @@ keep = RunState.on_train_end
 
 def on_train_end(self, logs=None):
     keep(self, logs)
-    np.savez(os.environ["DAGAN_TEST_FINAL_WEIGHTS"], *[w.numpy() for w in self.model.generator.weights])
+    np.savez(os.environ["DAGAN_TEST_FINAL_WEIGHTS"], *[w.numpy() for w in self.model.network.weights])
 
 
 RunState.on_train_end = on_train_end

@@ -21,7 +21,7 @@ def as_complex_image(image: tf.Tensor) -> tf.Tensor:
 
 
 def network_input(image: tf.Tensor, channels: int) -> tf.Tensor:
-    """A generator's input from a complex image ``[N, H, W]``: its magnitude ``[N, H, W, 1]`` (``channels=1``)
+    """A network's input from a complex image ``[N, H, W]``: its magnitude ``[N, H, W, 1]`` (``channels=1``)
     or its real and imaginary parts ``[N, H, W, 2]`` (``channels=2``)."""
     if channels == 2:
         return tf.stack([tf.math.real(image), tf.math.imag(image)], -1)
@@ -42,11 +42,11 @@ def network_inputs(contract: NetworkContract, image: tf.Tensor, kspace0: tf.Tens
     return network_input(image, contract.channels)
 
 
-def run_network(generator, contract: NetworkContract, image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor,
+def run_network(network, contract: NetworkContract, image: tf.Tensor, kspace0: tf.Tensor, mask: tf.Tensor,
                 maps: tf.Tensor | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-    """``(reconstruction, extras)`` of ``generator`` (inference mode) on :func:`network_inputs`: its output
+    """``(reconstruction, extras)`` of ``network`` (inference mode) on :func:`network_inputs`: its output
     ``[N, H, W, channels]`` and the extra outputs its ``contract`` names (``[N, H, W, 1]`` each), float32."""
-    return split_output(contract, generator(network_inputs(contract, image, kspace0, mask, maps), training=False))
+    return split_output(contract, network(network_inputs(contract, image, kspace0, mask, maps), training=False))
 
 
 def split_output(contract: NetworkContract, output) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:

@@ -94,7 +94,7 @@ class VGGFeatures:
     @classmethod
     def from_recipe(cls, vgg: dict) -> "VGGFeatures":
         """The extractor of a recipe's ``vgg`` section."""
-        return cls(vgg["arch"], vgg["layer"], str(vgg["weights"]), vgg["input_size"], vgg["same_pooling"],
+        return cls(vgg["network"], vgg["layer"], str(vgg["weights"]), vgg["input_size"], vgg["same_pooling"],
                    vgg.get("feature_scale", 1.0))
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:

@@ -185,7 +185,7 @@ class RunState(keras.callbacks.Callback):
         the lowest sum of FID and NMSE, each standardised over the candidates, becomes ``best.weights.h5``
         (``best`` holds its number).  Whether the selected epoch is this one."""
         number = epoch + 1
-        _save_weights(self.model.generator, self.epoch_weights_path(number))
+        _save_weights(self.model.network, self.epoch_weights_path(number))
         self.scores = [r for r in self.scores if r["epoch"] < number]
         self.scores.append({"epoch": number, "nmse": float(logs.get(self.nmse_key, math.nan)),
                             "fid": float(logs.get("val_fid", math.nan))})
@@ -228,7 +228,7 @@ class RunState(keras.callbacks.Callback):
             if improved:
                 self.best.assign(value)
             if improved or self.keep_last:
-                _save_weights(self.model.generator, self.best_weights_path)
+                _save_weights(self.model.network, self.best_weights_path)
         if improved:
             self.wait.assign(0)
         else:
@@ -240,7 +240,7 @@ class RunState(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self.best_weights_path.exists() and not self.stopped_reason and not self.interrupted:
-            self.model.generator.load_weights(str(self.best_weights_path))
+            self.model.network.load_weights(str(self.best_weights_path))
 
 
 def _save_weights(network, path: Path) -> None:

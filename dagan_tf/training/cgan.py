@@ -99,10 +99,10 @@ class ConditionalGAN(TrainerModel):
     def generator_losses(self, zero_filled, target) -> dict[str, tf.Tensor]:
         """Forward G (training mode) and D on its output; the weighted terms and their sum ``g_loss``."""
         w = self.loss_weights_
-        output = tf.cast(self.generator(zero_filled, training=True), tf.float32)
+        output = tf.cast(self.network(zero_filled, training=True), tf.float32)
         fake, real = magnitude(output), magnitude(target)
         terms = {
-            "g_adversarial": bce_logits(self.discriminator(fake, training=True), 1.0),
+            "g_adversarial": bce_logits(self.adversary(fake, training=True), 1.0),
             "g_pixel": pixel_loss(real, fake, self.pixel_kind),
             "g_frequency": frequency_loss(target, output) if w.frequency else tf.constant(0.0),
             "g_vgg": tf.constant(0.0),
@@ -120,33 +120,33 @@ class ConditionalGAN(TrainerModel):
         w = self.loss_weights_
         if not w.adversarial_warmup_steps:
             return tf.constant(w.adversarial, tf.float32)
-        step = tf.cast(self.g_optimizer.iterations + 1, tf.float32)
+        step = tf.cast(self.network_optimizer.iterations + 1, tf.float32)
         return w.adversarial * tf.minimum(1.0, step / float(w.adversarial_warmup_steps))
 
     def train_step(self, batch: ImagePair):
         zero_filled, target = batch.zero_filled, tf.cast(batch.target, tf.float32)
         # 1. Discriminator: real and fake in separate passes (separate batch-norm statistics), on magnitudes.
-        fake = magnitude(self.generator(zero_filled, training=True))
+        fake = magnitude(self.network(zero_filled, training=True))
         with tf.GradientTape() as tape:
-            d_loss = (bce_logits(self.discriminator(magnitude(target), training=True), 1.0)
-                      + bce_logits(self.discriminator(fake, training=True), 0.0))
-        self.minimise(self.d_optimizer, tape, d_loss, self.discriminator.trainable_variables)
+            d_loss = (bce_logits(self.adversary(magnitude(target), training=True), 1.0)
+                      + bce_logits(self.adversary(fake, training=True), 0.0))
+        self.minimise(self.adversary_optimizer, tape, d_loss, self.adversary.trainable_variables)
         # 2. Generator, on the same batch, against the updated discriminator.
         with tf.GradientTape() as tape:
             terms = self.generator_losses(zero_filled, target)
-        self.minimise(self.g_optimizer, tape, terms["g_loss"], self.generator.trainable_variables)
+        self.minimise(self.network_optimizer, tape, terms["g_loss"], self.network.trainable_variables)
         self.trackers["d_loss"].update_state(d_loss)
         for name, value in terms.items():
             self.trackers[name].update_state(value)
         return {name: self.trackers[name].result() for name in ("d_loss",) + tuple(terms)}
 
 
-def build_generator(config: dict, any_size: bool = False) -> keras.Model:
+def build_network(config: dict, any_size: bool = False) -> keras.Model:
     """The recipe's generator ``[N, S, S, C] -> [N, S, S, C]`` (in the current dtype policy), DAGAN's U-Net or
-    the SRGAN ResNet (``model.arch``); ``C = model.channels`` (1 magnitude, 2 complex).  ``any_size``: the
+    the SRGAN ResNet (``model.generator``); ``C = model.channels`` (1 magnitude, 2 complex).  ``any_size``: the
     ResNet takes any ``S`` (patch training; the same weights)."""
     m = config["model"]
-    if m["arch"] == "resnet":
+    if m["generator"] == "resnet":
         return build_resnet_generator(None if any_size else m["image_size"], m["width"], m["blocks"], m["refine"],
                                       m["channels"], m["zero_init_output"])
     return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"], channels=m["channels"],
@@ -157,15 +157,15 @@ def build_trainer(config: dict) -> ConditionalGAN:
     """The ConditionalGAN of a validated recipe, compiled (Adam, β1 from the recipe), optimizers built."""
     m, loss, vgg, t = config["model"], config["loss"], config["vgg"], config["train"]
     features = None
-    if loss["vgg"]:
+    if loss["perceptual"]:
         features = VGGFeatures.from_recipe(vgg)
-    weights = LossWeights(loss["pixel"], loss["frequency"], loss["vgg"], loss["adversarial"],
+    weights = LossWeights(loss["pixel"], loss["frequency"], loss["perceptual"], loss["adversarial"],
                           loss["adversarial_warmup_steps"])
     discriminator = build_srgan_discriminator(m["width"]) if m["discriminator"] == "srgan" \
         else build_discriminator(m["image_size"], m["width"])
     patches = config["data"]["patch_size"] is not None
-    model = ConditionalGAN(build_generator(config, any_size=patches), network_contract(config), discriminator,
+    model = ConditionalGAN(build_network(config, any_size=patches), network_contract(config), discriminator,
                            features, weights, loss["pixel_kind"],
                            dagan_target_prepro if vgg["target_prepro"] == "dagan" else None)
-    model.compile(g_optimizer=adam(t), d_optimizer=adam(t))
+    model.compile(network_optimizer=adam(t), adversary_optimizer=adam(t))
     return model

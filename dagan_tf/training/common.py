@@ -40,39 +40,40 @@ def quality_metrics(trackers: dict, target: tf.Tensor, output: tf.Tensor) -> dic
 class TrainerModel(keras.Model):
     """Base of every trainer: what the shared run machinery (:mod:`dagan_tf.training.run`) uses.
 
-    ``generator`` is the network inference uses (its weights go to ``best.weights.h5``), ``contract`` what it
-    takes and returns (:func:`dagan_tf.recipes.network_contract`); ``trackers`` the mean metrics by name;
-    ``compile`` sets ``g_optimizer`` (and ``d_optimizer`` for GANs) and builds their slots so a checkpoint can be
-    restored before the first step.  ``call`` runs the generator.  The base owns validation: :meth:`test_step`
+    ``network`` is the network inference uses (a GAN's generator; its weights go to ``best.weights.h5``),
+    ``adversary`` a GAN's discriminator or critic (else ``None``), ``contract`` what the network takes and returns
+    (:func:`dagan_tf.recipes.network_contract`); ``trackers`` the mean metrics by name; ``compile`` sets
+    ``network_optimizer`` (and ``adversary_optimizer`` for GANs) and builds their slots so a checkpoint can be
+    restored before the first step.  ``call`` runs the network.  The base owns validation: :meth:`test_step`
     scores :meth:`reconstruct` against :meth:`target` (NMSE, PSNR, SSIM); a trainer adds ``train_step``.
 
     Batches are :class:`~dagan_tf.data.batches.ImagePair` or :class:`~dagan_tf.data.batches.KSpaceBatch`, by
     the registry entry's ``batches``.
     """
 
-    def __init__(self, generator: keras.Model, contract: NetworkContract, tracker_names,
-                 discriminator: keras.Model | None = None, **kwargs):
+    def __init__(self, network: keras.Model, contract: NetworkContract, tracker_names,
+                 adversary: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.generator, self.discriminator = generator, discriminator
+        self.network, self.adversary = network, adversary
         self.contract = contract
         self.trackers = {name: keras.metrics.Mean(name=name) for name in tracker_names}
-        self.g_optimizer = self.d_optimizer = None
+        self.network_optimizer = self.adversary_optimizer = None
         self.batch_stage = None  # raw training batch -> batch, run in the step (data.augment_on: device)
         self.built = True  # the networks are built: no symbolic build on a batch (a dict is no network input)
 
-    def compile(self, g_optimizer: keras.optimizers.Optimizer, d_optimizer: keras.optimizers.Optimizer | None = None,
-                **kwargs):
+    def compile(self, network_optimizer: keras.optimizers.Optimizer,
+                adversary_optimizer: keras.optimizers.Optimizer | None = None, **kwargs):
         """Under the ``mixed_float16`` policy each optimizer is wrapped in Keras' dynamic
         :class:`keras.optimizers.LossScaleOptimizer` (:meth:`minimise` scales the loss for it)."""
         super().compile(**kwargs)
         if keras.mixed_precision.global_policy().name == "mixed_float16":
-            g_optimizer = keras.optimizers.LossScaleOptimizer(g_optimizer)
-            if d_optimizer is not None:
-                d_optimizer = keras.optimizers.LossScaleOptimizer(d_optimizer)
-        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        g_optimizer.build(self.generator.trainable_variables)
-        if d_optimizer is not None:
-            d_optimizer.build(self.discriminator.trainable_variables)
+            network_optimizer = keras.optimizers.LossScaleOptimizer(network_optimizer)
+            if adversary_optimizer is not None:
+                adversary_optimizer = keras.optimizers.LossScaleOptimizer(adversary_optimizer)
+        self.network_optimizer, self.adversary_optimizer = network_optimizer, adversary_optimizer
+        network_optimizer.build(self.network.trainable_variables)
+        if adversary_optimizer is not None:
+            adversary_optimizer.build(self.adversary.trainable_variables)
 
     @staticmethod
     def scaled_gradients(optimizer: keras.optimizers.Optimizer, tape: tf.GradientTape, loss: tf.Tensor,
@@ -92,15 +93,16 @@ class TrainerModel(keras.Model):
     @property
     def optimizers(self) -> list[keras.optimizers.Optimizer]:
         """Optimizers whose learning rate the schedule sets."""
-        return [o for o in (self.g_optimizer, self.d_optimizer) if o is not None]
+        return [o for o in (self.network_optimizer, self.adversary_optimizer) if o is not None]
 
     def checkpoint_objects(self) -> dict:
-        """Everything a checkpoint must hold to resume training exactly (subclasses add their state)."""
-        objects = {"generator": self.generator, "g_optimizer": self.g_optimizer}
-        if self.discriminator is not None:
-            objects.update(discriminator=self.discriminator, d_optimizer=self.d_optimizer)
+        """Everything a checkpoint must hold to resume training exactly (subclasses add their state).  The keys
+        keep their first names, so checkpoints of earlier versions resume."""
+        objects = {"generator": self.network, "g_optimizer": self.network_optimizer}
+        if self.adversary is not None:
+            objects.update(discriminator=self.adversary, d_optimizer=self.adversary_optimizer)
         # the random state of dropout layers (Keras seed generators), which tf.train.Checkpoint does not see
-        networks = [self.generator] + ([self.discriminator] if self.discriminator is not None else [])
+        networks = [self.network] + ([self.adversary] if self.adversary is not None else [])
         seeds = [v.value for net in networks for v in net.variables if v.path.endswith("seed_generator_state")]
         return objects | ({"seed_states": seeds} if seeds else {})
 
@@ -148,10 +150,10 @@ class TrainerModel(keras.Model):
 
     def reconstruct(self, batch: Batch) -> tf.Tensor:
         """The magnitude ``[B, H, W, 1]`` (float32) of the network's reconstruction of a batch, inference mode."""
-        return magnitude(split_output(self.contract, self.generator(self.network_inputs(batch), training=False))[0])
+        return magnitude(split_output(self.contract, self.network(self.network_inputs(batch), training=False))[0])
 
     def test_step(self, batch):
         return quality_metrics(self.trackers, self.target(batch), self.reconstruct(batch))
 
     def call(self, inputs, training=False):
-        return self.generator(inputs, training=training)
+        return self.network(inputs, training=training)

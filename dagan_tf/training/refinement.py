@@ -38,7 +38,7 @@ from dagan_tf.recipes import network_contract
 from dagan_tf.training.common import QUALITY, TrainerModel, bce_logits, magnitude
 from dagan_tf.training.distribute import replicas_mean
 from dagan_tf.training.optimizers import adam
-from dagan_tf.training.supervised import build_generator as build_recnet
+from dagan_tf.training.supervised import build_network as build_recnet
 
 TERMS = ("g_adversarial", "g_feature_matching", "g_vgg", "g_penalty")
 STAGE1_DATA_KEYS = ("mask", "ratio", "mask_seed", "acs", "per_sample_masks", "regime")
@@ -156,11 +156,11 @@ class RefinementGAN(TrainerModel):
     def losses_of(self, batch: KSpaceBatch) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """``(d_loss, generator terms and g_loss)`` from one forward pass with the current weights."""
         real = tf.cast(batch.target, tf.float32)
-        reconstruction, _, delta = self.generator.forward(self.network_inputs(batch), training=True)
+        reconstruction, _, delta = self.network.forward(self.network_inputs(batch), training=True)
         fake = magnitude(reconstruction)
-        *real_features, real_logits = self.discriminator(real, training=True)
-        *fake_features, fake_logits = self.discriminator(fake, training=True)
-        pooled_logits = self.discriminator(self.pool(tf.stop_gradient(fake)), training=True)[-1]
+        *real_features, real_logits = self.adversary(real, training=True)
+        *fake_features, fake_logits = self.adversary(fake, training=True)
+        pooled_logits = self.adversary(self.pool(tf.stop_gradient(fake)), training=True)[-1]
         d_loss = bce_logits(pooled_logits, 0.0) + bce_logits(real_logits, self.real_label)
         vgg = tf.constant(0.0)
         if self.weights_.vgg:
@@ -176,19 +176,19 @@ class RefinementGAN(TrainerModel):
     def train_step(self, batch):
         with tf.GradientTape(persistent=True) as tape:
             d_loss, terms = self.losses_of(batch)
-        d_vars, g_vars = self.discriminator.trainable_variables, self.generator.trainable_variables
-        d_grads = self.scaled_gradients(self.d_optimizer, tape, d_loss, d_vars)
-        g_grads = self.scaled_gradients(self.g_optimizer, tape, terms["g_loss"], g_vars)
+        d_vars, g_vars = self.adversary.trainable_variables, self.network.trainable_variables
+        d_grads = self.scaled_gradients(self.adversary_optimizer, tape, d_loss, d_vars)
+        g_grads = self.scaled_gradients(self.network_optimizer, tape, terms["g_loss"], g_vars)
         del tape
-        self.d_optimizer.apply_gradients(zip(d_grads, d_vars))
-        self.g_optimizer.apply_gradients(zip(g_grads, g_vars))
-        logs = {"d_loss": d_loss, **terms, "lambda": self.generator.gate.gate}
+        self.adversary_optimizer.apply_gradients(zip(d_grads, d_vars))
+        self.network_optimizer.apply_gradients(zip(g_grads, g_vars))
+        logs = {"d_loss": d_loss, **terms, "lambda": self.network.gate.gate}
         for name, value in logs.items():
             self.trackers[name].update_state(value)
         return {name: self.trackers[name].result() for name in logs}
 
 
-def build_generator(config: dict) -> RefinedNetwork:
+def build_network(config: dict) -> RefinedNetwork:
     """The refined network of a recipe: RecNet (``cascade`` section, untrained) + V + λ."""
     m = config["model"]
     recnet = build_recnet(config)
@@ -221,20 +221,20 @@ def prepare_config(config: dict, echo=lambda _: None) -> dict:
 
 def build_trainer(config: dict) -> RefinementGAN:
     """The compiled refinement trainer; RecNet's weights come from ``stage1.run``."""
-    from dagan_tf.training.trained import load_run_generator
+    from dagan_tf.training.trained import load_run_network
 
     m, d, loss, t = config["model"], config["discriminator"], config["loss"], config["train"]
     smallest = min_discriminator_size(d["layers"])
     if m["image_size"] < smallest:
         raise DaganError(f"the {d['layers']}-layer PatchGAN needs images of at least {smallest}², got "
                          f"{m['image_size']}²; lower discriminator.layers")
-    generator = build_generator(config)
-    stage1, _ = load_run_generator(config["stage1"]["run"])
+    generator = build_network(config)
+    stage1, _ = load_run_network(config["stage1"]["run"])
     generator.recnet.set_weights(stage1.get_weights())
-    features = VGGFeatures.from_recipe(config["vgg"]) if loss["vgg"] else None
-    weights = RefinementWeights(loss["adversarial"], loss["feature_matching"], loss["vgg"], loss["penalty"])
+    features = VGGFeatures.from_recipe(config["vgg"]) if loss["perceptual"] else None
+    weights = RefinementWeights(loss["adversarial"], loss["feature_matching"], loss["perceptual"], loss["penalty"])
     pool = ImagePool(d["pool_size"], (m["image_size"], m["image_size"], 1), d["pool_probability"], t["seed"])
     model = RefinementGAN(generator, network_contract(config), build_patch_discriminator(d["layers"], d["width"], d["dropout"]), features,
                           weights, loss["normalise"], pool, d["real_label"])
-    model.compile(g_optimizer=adam(t), d_optimizer=adam(t))
+    model.compile(network_optimizer=adam(t), adversary_optimizer=adam(t))
     return model

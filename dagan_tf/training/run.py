@@ -4,10 +4,10 @@ Run folder::
 
     config.yaml         the resolved recipe (with the data folder), commented
     checkpoints/        tf.train checkpoints (trainer state, optimizers, epoch, early-stopping state)
-    best.weights.h5     generator weights with the best validation score (train.select: the trainer's monitor,
+    best.weights.h5     network weights with the best validation score (train.select: the trainer's monitor,
                         e.g. NMSE; the validation FID; or the normalised FID + NMSE sum)
     history.csv         per-epoch logs (appended on resume), with cpu_minutes / wall_minutes for learning curves
-    epochs/, selection.json   (train.select fid_nmse) every epoch's generator weights and validation scores
+    epochs/, selection.json   (train.select fid_nmse) every epoch's network weights and validation scores
     logs/               TensorBoard: losses, metrics, learning rate, image grid
 
 Safety: a new run that fails before its first checkpoint is removed; ``overwrite``
@@ -334,9 +334,9 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
         echo(f"the run already spent {spent['cpu']:.1f} CPU-minutes (train.max_cpu_minutes = "
              f"{t['max_cpu_minutes']:g}); nothing to do")
         return {}, state
-    params = sum(int(np.prod(v.shape)) for v in model.generator.weights)
+    params = sum(int(np.prod(v.shape)) for v in model.network.weights)
     d = config["data"]
-    echo(f"recipe {config['recipe']} ({config['trainer']}): {params / 1e6:.3g} M generator parameters, "
+    echo(f"recipe {config['recipe']} ({config['trainer']}): {params / 1e6:.3g} M network parameters, "
          f"{config['model']['image_size']}² images, precision {precision}")
     echo(f"data {d['folder']}: {len(train_split.images)} training / {len(val_split.images)} validation slices; "
          f"mask {d['mask']}" + (f" ratio {d['ratio']}" if d["ratio"] is not None else "")

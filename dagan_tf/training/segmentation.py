@@ -49,30 +49,30 @@ def hard_dice(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
 class Segmenter(TrainerModel):
     """Trains ``generator`` (image -> class logits) with cross-entropy and soft Dice."""
 
-    def __init__(self, generator: keras.Model, contract: NetworkContract, cross_entropy: float = 1.0,
+    def __init__(self, network: keras.Model, contract: NetworkContract, cross_entropy: float = 1.0,
                  dice: float = 1.0, **kwargs):
-        super().__init__(generator, contract, ("loss", "dice", "dice_loss"), **kwargs)
+        super().__init__(network, contract, ("loss", "dice", "dice_loss"), **kwargs)
         self.w_ce, self.w_dice = cross_entropy, dice
 
     def train_step(self, batch: LabelledBatch):
         images, labels = batch.images, batch.labels
         with tf.GradientTape() as tape:
-            logits = tf.cast(self.generator(images, training=True), tf.float32)
+            logits = tf.cast(self.network(images, training=True), tf.float32)
             ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
             loss = self.w_ce * ce + self.w_dice * (1.0 - soft_dice(tf.nn.softmax(logits), labels))
-        self.minimise(self.g_optimizer, tape, loss, self.generator.trainable_variables)
+        self.minimise(self.network_optimizer, tape, loss, self.network.trainable_variables)
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 
     def test_step(self, batch: LabelledBatch):
         images, labels = batch.images, batch.labels
-        dice = hard_dice(tf.cast(self.generator(images, training=False), tf.float32), labels)
+        dice = hard_dice(tf.cast(self.network(images, training=False), tf.float32), labels)
         self.trackers["dice"].update_state(dice)
         self.trackers["dice_loss"].update_state(1.0 - dice)
         return {name: self.trackers[name].result() for name in ("dice", "dice_loss")}
 
 
-def build_generator(config: dict) -> keras.Model:
+def build_network(config: dict) -> keras.Model:
     """The segmentation U-Net ``[N, S, S, 1] -> logits [N, S, S, classes]``."""
     m = config["model"]
     return build_refinement_unet(m["image_size"], 1, m["width"], m["classes"], name="segmenter")
@@ -91,6 +91,6 @@ def prepare_config(config: dict, echo=lambda _: None) -> dict:
 
 def build_trainer(config: dict) -> Segmenter:
     t, loss = config["train"], config["loss"]
-    model = Segmenter(build_generator(config), network_contract(config), loss["cross_entropy"], loss["dice"])
-    model.compile(g_optimizer=adam(t))
+    model = Segmenter(build_network(config), network_contract(config), loss["cross_entropy"], loss["dice"])
+    model.compile(network_optimizer=adam(t))
     return model

@@ -22,19 +22,19 @@ from dagan_tf.training.optimizers import adam
 class SupervisedCascade(TrainerModel):
     """Trains ``generator`` (a cascade) with the MSE loss; ``call`` runs it."""
 
-    def __init__(self, generator: keras.Model, contract: NetworkContract, **kwargs):
-        super().__init__(generator, contract, ("loss", *QUALITY), **kwargs)
+    def __init__(self, network: keras.Model, contract: NetworkContract, **kwargs):
+        super().__init__(network, contract, ("loss", *QUALITY), **kwargs)
 
     def train_step(self, batch):
         with tf.GradientTape() as tape:
-            output = tf.cast(self.generator(self.network_inputs(batch), training=True), tf.float32)
+            output = tf.cast(self.network(self.network_inputs(batch), training=True), tf.float32)
             loss = tf.reduce_mean(tf.square(output - batch.target_complex))
-        self.minimise(self.g_optimizer, tape, loss, self.generator.trainable_variables)
+        self.minimise(self.network_optimizer, tape, loss, self.network.trainable_variables)
         self.trackers["loss"].update_state(loss)
         return {"loss": self.trackers["loss"].result()}
 
 
-def build_generator(config: dict) -> keras.Model:
+def build_network(config: dict) -> keras.Model:
     """RecNet of the recipe's ``model`` and ``cascade`` sections (the refinement's stage 1 too)."""
     c = config["cascade"]
     return build_recnet(config["model"]["image_size"], c["blocks"], c["convs"], c["filters"], c["residual"],
@@ -44,6 +44,6 @@ def build_generator(config: dict) -> keras.Model:
 def build_trainer(config: dict) -> SupervisedCascade:
     """The compiled trainer (:func:`~dagan_tf.training.optimizers.adam` of the recipe), optimizer built."""
     t = config["train"]
-    model = SupervisedCascade(build_generator(config), network_contract(config))
-    model.compile(g_optimizer=adam(t))
+    model = SupervisedCascade(build_network(config), network_contract(config))
+    model.compile(network_optimizer=adam(t))
     return model

@@ -96,14 +96,14 @@ class WassersteinGAN(TrainerModel):
         """Mean critic value ``D(z, image)`` (or ``D(image)``) over the batch, training mode."""
         if self.settings.critic == "pair":
             image = tf.concat([tf.cast(batch.zero_filled, tf.float32), image], axis=-1)
-        return tf.reduce_mean(tf.cast(self.discriminator(image, training=True), tf.float32))
+        return tf.reduce_mean(tf.cast(self.adversary(image, training=True), tf.float32))
 
     def critic_step(self, batch: KSpaceBatch, fake: tf.Tensor) -> tf.Tensor:
         """One critic update on ``fake`` magnitudes ``[B, H, W, 1]``, then weight clipping; the critic loss."""
-        variables = self.discriminator.trainable_variables
+        variables = self.adversary.trainable_variables
         with tf.GradientTape() as tape:
             loss = (self.critic_value(batch, fake) - self.critic_value(batch, batch.target)) / self.beta
-        self.minimise(self.d_optimizer, tape, loss, variables)
+        self.minimise(self.adversary_optimizer, tape, loss, variables)
         c = self.settings.clip
         for v in variables:
             v.assign(tf.clip_by_value(v, -c, c))
@@ -114,9 +114,9 @@ class WassersteinGAN(TrainerModel):
         inputs = self.network_inputs(batch)
         logs = {}
         with tf.GradientTape(persistent=True) as tape:
-            output = tf.cast(self.generator(inputs, training=True), tf.float32)
+            output = tf.cast(self.network(inputs, training=True), tf.float32)
             tape.watch(output)
-            if self.discriminator is not None:  # the critic steps see this output: G does not change in them
+            if self.adversary is not None:  # the critic steps see this output: G does not change in them
                 with tape.stop_recording():
                     fake = tf.stop_gradient(magnitude(output))
                     for _ in range(s.critic_steps):
@@ -127,12 +127,12 @@ class WassersteinGAN(TrainerModel):
                 mse = tf.reduce_mean(tf.square(magnitude(output) - batch.target))
             weighted_mse = s.mse_weight * mse
             g_loss = weighted_mse
-            if self.discriminator is not None:
+            if self.adversary is not None:
                 adversarial = -self.critic_value(batch, magnitude(output)) / self.beta
                 weighted_adversarial = s.adversarial_weight * adversarial
                 g_loss = g_loss + weighted_adversarial
-        self.minimise(self.g_optimizer, tape, g_loss, self.generator.trainable_variables)
-        if self.discriminator is not None and s.agb:
+        self.minimise(self.network_optimizer, tape, g_loss, self.network.trainable_variables)
+        if self.adversary is not None and s.agb:
             share = tf.constant(replica_weight(), tf.float32)  # this replica's part of the global gradients
             gan_std = batch_std(tape.gradient(weighted_adversarial, output, output_gradients=share))
             mse_std = batch_std(tape.gradient(weighted_mse, output, output_gradients=share))
@@ -141,13 +141,13 @@ class WassersteinGAN(TrainerModel):
                 var.assign(value)
         del tape
         logs.update(g_loss=g_loss, g_mse=mse)
-        if self.discriminator is not None:
+        if self.adversary is not None:
             logs["g_adversarial"] = adversarial
         result = {}
         for name, value in logs.items():
             self.trackers[name].update_state(value)
             result[name] = self.trackers[name].result()
-        if self.discriminator is not None and s.agb:
+        if self.adversary is not None and s.agb:
             result.update(agb_beta=self.beta.value(), agb_gma=self.gma.value(), agb_pma=self.pma.value())
         return result
 
@@ -159,7 +159,7 @@ def settings_of(config: dict) -> WassersteinSettings:
                                agb["ema"])
 
 
-def build_generator(config: dict) -> keras.Model:
+def build_network(config: dict) -> keras.Model:
     """DCI-Net of the recipe's ``model`` section."""
     m = config["model"]
     return build_dcinet(m["image_size"], m["iterations"], m["growth"], m["filters"], m["kernel_size"],
@@ -173,6 +173,6 @@ def build_trainer(config: dict) -> WassersteinGAN:
     if settings.critic != "none":
         critic = build_wgan_critic(config["model"]["image_size"], settings.critic == "pair",
                                    config["critic"]["filters"])
-    model = WassersteinGAN(build_generator(config), network_contract(config), critic, settings)
-    model.compile(g_optimizer=adam(t), d_optimizer=None if critic is None else adam(t))
+    model = WassersteinGAN(build_network(config), network_contract(config), critic, settings)
+    model.compile(network_optimizer=adam(t), adversary_optimizer=None if critic is None else adam(t))
     return model
