@@ -254,8 +254,6 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
     """Compare ``models`` (run or export folders) and classical ``baselines`` on ``split`` of ``data``
     (module doc); ``regime`` is ``phase`` (default), ``magnitude`` or ``both``; run folders compute in
     ``precision`` (``float32`` or ``bfloat16``).  Returns the summary."""
-    from dagan_tf.baselines import build_baselines
-
     check_new_output(out, overwrite)
     manifest = check_prepared(data)
     prepared = load_split(data, split)
@@ -276,19 +274,8 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
     with atomic_output_dir(out, overwrite) as tmp:
         for reg in regimes:
             folder = tmp / reg
-            common = [data_key, split, asdict(spec), reg, phase_seed]
-            recons = {"zero_filled": CachedReconstructor(zero_filled, "zero_filled", None, len(prepared.images),
-                                                         (size, size))}
-            recons |= {m.name: CachedReconstructor(m.batch_reconstructor, _key(m.checksum, *common, dc, *([m.precision] if m.precision != "float32" else [])), cache_dir,
-                                                  len(prepared.images), (size, size)) for m in loaded}
-            # in the magnitude regime the projection (no network) is valid and often the strongest: always shown
-            baseline_recons, settings = build_baselines(
-                list(baselines) + (["zero-filled-dc"] if reg == "magnitude" else []), data, spec,
-                tune=True, echo=echo, regime=reg, phase_seed=phase_seed)
-            for name, fn in baseline_recons.items():
-                # a baseline does not depend on --dc: one cache entry serves comparisons with and without it
-                recons[name] = CachedReconstructor(fn, _key(name, settings, *common, False), cache_dir,
-                                                   len(prepared.images), (size, size))
+            recons, settings = _reconstructors(loaded, baselines, data, spec, reg, phase_seed, dc, cache_dir,
+                                               [data_key, split, asdict(spec), reg, phase_seed], prepared, echo)
             if reference not in recons:
                 raise DaganError(f"--reference {reference!r} is not one of {', '.join(recons)}")
             echo(f"{reg} regime: {', '.join(recons)} on {len(prepared.images)} {split} slices"
@@ -303,20 +290,46 @@ def compare(models: list[str], data, out, baselines: list[str] = (), split: str 
                 if fn.cached_ms is not None:
                     result[name]["ms_per_slice"] = fn.cached_ms
                 fn.save(result[name]["ms_per_slice"])
-            names = list(recons)
-            per_slice = _read_per_slice(folder, names)
-            stats = paired_statistics(per_slice, prepared.subjects, reference)
-            params = {m.name: m.parameters for m in loaded}
-            trained = {name: c["cpu_minutes"][-1] for name, c in curves.items()}
-            table = _comparison_table(result, names, stats, params, trained, reference,
-                                      {m.name: m.precision for m in loaded})
-            _write_comparison(folder, table, result, stats, reference, reg, spec, split)
-            _comparison_figures(folder, prepared, recons, per_slice, reference, names)
+            table, stats = _write_regime(folder, result, recons, loaded, curves, prepared, reference, reg, spec, split)
             summary[reg] = {"table": table, "statistics": stats, "seconds": time.perf_counter() - started}
         if curves:
             _write_learning_curves(tmp, curves)
             echo(f"learning curves of {', '.join(curves)}: {Path(out) / 'learning_curves.png'}")
     return summary
+
+
+def _reconstructors(loaded: list[Model], baselines: list[str], data, spec: MaskSpec, regime: str, phase_seed: int,
+                    dc: bool, cache_dir: Path | None, common: list, prepared, echo) -> tuple[dict, dict]:
+    """``(name -> CachedReconstructor, baseline settings)`` of one regime: zero-filled, the ``loaded`` models and
+    the tuned ``baselines``; ``common`` keys the cache (data, split, mask, regime, phase seed)."""
+    from dagan_tf.baselines import build_baselines
+
+    n, size = len(prepared.images), prepared.images.shape[1:]
+    recons = {"zero_filled": CachedReconstructor(zero_filled, "zero_filled", None, n, size)}
+    for m in loaded:
+        key = _key(m.checksum, *common, dc, *([m.precision] if m.precision != "float32" else []))
+        recons[m.name] = CachedReconstructor(m.batch_reconstructor, key, cache_dir, n, size)
+    # in the magnitude regime the projection (no network) is valid and often the strongest: always shown
+    baseline_recons, settings = build_baselines(list(baselines) + (["zero-filled-dc"] if regime == "magnitude" else []),
+                                                data, spec, tune=True, echo=echo, regime=regime, phase_seed=phase_seed)
+    for name, fn in baseline_recons.items():
+        # a baseline does not depend on --dc: one cache entry serves comparisons with and without it
+        recons[name] = CachedReconstructor(fn, _key(name, settings, *common, False), cache_dir, n, size)
+    return recons, settings
+
+
+def _write_regime(folder: Path, result: dict, recons: dict, loaded: list[Model], curves: dict, prepared,
+                  reference: str, regime: str, spec: MaskSpec, split: str) -> tuple[list[dict], dict]:
+    """The comparison table and paired statistics of one regime's evaluation, written with its figures."""
+    names = list(recons)
+    per_slice = _read_per_slice(folder, names)
+    stats = paired_statistics(per_slice, prepared.subjects, reference)
+    trained = {name: c["cpu_minutes"][-1] for name, c in curves.items()}
+    table = _comparison_table(result, names, stats, {m.name: m.parameters for m in loaded}, trained, reference,
+                              {m.name: m.precision for m in loaded})
+    _write_comparison(folder, table, result, stats, reference, regime, spec, split)
+    _comparison_figures(folder, prepared, recons, per_slice, reference, names)
+    return table, stats
 
 
 def _comparison_table(result: dict, names: list[str], stats: dict, params: dict, trained: dict, reference: str,

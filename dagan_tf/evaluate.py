@@ -113,73 +113,20 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     check_new_output(out, overwrite)
     prepared = load_split(data, split)
     mask.validate()
-    shape = prepared.images.shape[1:]
     masks = evaluation_masks(prepared, mask)
-    if sis is not None and prepared.labels is None:
-        raise DaganError(f"--sis needs label maps in the {split} split of {data}; prepare it with --labels")
-    if sis is not None and sis.size not in (None, shape[0]):
-        raise DaganError(f"the segmenter {sis.segmenter} was trained on {sis.size}² images, {data} holds "
-                         f"{shape[0]}² slices")
-    if masks.shape[1:] != shape:
-        raise DaganError(f"mask shape {masks.shape[1:]} differs from the image shape {shape}")
+    _check_inputs(prepared, masks, sis, data, split)
     recons: dict[str, Reconstructor] = {"zero_filled": zero_filled, **(reconstructors or {})}
     ranges = metrics.volume_data_ranges(np.asarray(prepared.images), prepared.subjects)
-    per_slice = {name: {m: [] for m in metrics.METRIC_NAMES} for name in recons}
     n = len(prepared.subjects)
-    example_idx = set(example_indices if example_indices is not None
-                      else np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist())
-    examples: dict[int, dict[str, np.ndarray]] = {}
-    seconds = {name: 0.0 for name in recons}
-    dice = {name: [] for name in ("ground_truth", *recons)}
-    changes: dict[str, list[np.ndarray]] = {}
-    features = {name: [] for name in ("ground_truth", *recons)}
-    start = 0
+    scores = _Scores(list(recons), ranges, prepared.labels, dagan_compat, sis, fid, set(
+        example_indices if example_indices is not None
+        else np.linspace(0, n - 1, min(N_EXAMPLES, n)).astype(int).tolist()))
     with Stage(f"eval {' + '.join(recons)} on {split}", n, "slices") as stage:
         for batch in evaluation_dataset(prepared, batch_size, masks, True, None if maps is None else maps[1],
                                         regime, phase_seed, SPLITS.index(split)):
-            b = int(batch.target.shape[0])
-            outputs = {}
-            for name, fn in recons.items():
-                if start == 0 and getattr(fn, "warm_up", True):
-                    fn(batch)  # warm-up: the first call traces the graph
-                started = time.perf_counter()
-                output = fn(batch)
-                if isinstance(output, dict):  # a refined network: its image and what the refinement changed
-                    changes.setdefault(name, []).append(output["refinement"].numpy()[..., 0])
-                    output = output["image"]
-                outputs[name] = output.numpy()
-                seconds[name] += time.perf_counter() - started
-            for name, image in outputs.items():
-                values = metrics.compute_all(batch.target, image, ranges[start:start + b], dagan_compat)
-                for m in metrics.METRIC_NAMES:
-                    per_slice[name][m].append(values[m])
-            if fid is not None:
-                features["ground_truth"].append(fid(np.asarray(batch.target), cache=True))
-                for name, image in outputs.items():
-                    features[name].append(fid(np.asarray(image)))
-            if sis is not None:
-                truth = np.asarray(prepared.labels[start:start + b])
-                for name, image in (("ground_truth", batch.target), *outputs.items()):
-                    dice[name].append(metrics.dice_per_class(sis.segment(image), truth, sis.classes))
-            for i in range(b):
-                if start + i in example_idx:
-                    examples[start + i] = {"target": batch.target[i, ..., 0].numpy(),
-                                           **{name: outputs[name][i, ..., 0] for name in recons}}
-            start += b
-            stage.update(b)
-    per_slice = {name: {m: np.concatenate(v) for m, v in d.items()} for name, d in per_slice.items()}
-    result = {name: {**metrics.summary_json(values, prepared.subjects), "ms_per_slice": 1000 * seconds[name] / n}
-              for name, values in per_slice.items()}
-    for name, maps_ in changes.items():
-        magnitude = np.abs(np.concatenate(maps_))
-        result[name]["refinement"] = {"mean_abs": float(magnitude.mean()), "max_abs": float(magnitude.max()),
-                                      "meaning": "|λ·V(x)|, what the refinement changed, in image units"}
-    if fid is not None:
-        reference = np.concatenate(features["ground_truth"])
-        for name in recons:
-            result[name]["fid"] = metrics.frechet_distance(np.concatenate(features[name]), reference)
-    if sis is not None:
-        result["sis"] = sis.scores({name: np.concatenate(d) for name, d in dice.items()}, result)
+            scores.add(batch, scores.reconstruct(recons, batch))
+            stage.update(int(batch.target.shape[0]))
+    result = scores.result(prepared.subjects)
     fractions = [sampled_fraction(m) for m in masks]
     result.update({
         "n_slices": int(n),
@@ -199,10 +146,103 @@ def evaluate(data: str | Path, mask: MaskSpec, out: str | Path, split: str = "te
     })
     result["warnings"] = baseline_warnings(result, models)
     with atomic_output_dir(out, overwrite) as tmp:
-        _write_outputs(tmp, result, per_slice, prepared, ranges, examples, list(recons), title)
-        for name, maps_ in changes.items():
-            _write_change_figure(tmp / f"refinement_{name}.png", np.concatenate(maps_), examples, name, prepared)
+        _write_outputs(tmp, result, scores.per_slice, prepared, ranges, scores.examples, list(recons), title)
+        for name, change in scores.changes.items():
+            _write_change_figure(tmp / f"refinement_{name}.png", change, scores.examples, name, prepared)
     return result
+
+
+def _check_inputs(prepared, masks: np.ndarray, sis: "SISScorer | None", data, split: str) -> None:
+    """One-line errors for masks or a segmenter that do not fit the split's slices."""
+    shape = prepared.images.shape[1:]
+    if sis is not None and prepared.labels is None:
+        raise DaganError(f"--sis needs label maps in the {split} split of {data}; prepare it with --labels")
+    if sis is not None and sis.size not in (None, shape[0]):
+        raise DaganError(f"the segmenter {sis.segmenter} was trained on {sis.size}² images, {data} holds "
+                         f"{shape[0]}² slices")
+    if masks.shape[1:] != shape:
+        raise DaganError(f"mask shape {masks.shape[1:]} differs from the image shape {shape}")
+
+
+class _Scores:
+    """What :func:`evaluate` gathers over a split, batch by batch, in slice order: per-slice metrics
+    (``ranges`` the per-slice data ranges), milliseconds per reconstructor, what a refinement changed, FID
+    features, per-class Dice for the SIS (``labels`` the split's label maps) and the ``examples`` slices."""
+
+    def __init__(self, names: list[str], ranges: np.ndarray, labels, dagan_compat: bool,
+                 sis: "SISScorer | None", fid, example_idx: set[int]):
+        self.names, self.ranges, self.labels, self.dagan_compat = names, ranges, labels, dagan_compat
+        self.sis, self.fid, self.example_idx = sis, fid, example_idx
+        self.values = {name: {m: [] for m in metrics.METRIC_NAMES} for name in names}
+        self.seconds = {name: 0.0 for name in names}
+        self.change_parts: dict[str, list[np.ndarray]] = {}
+        self.dice = {name: [] for name in ("ground_truth", *names)}
+        self.features = {name: [] for name in ("ground_truth", *names)}
+        self.examples: dict[int, dict[str, np.ndarray]] = {}
+        self.start = 0
+
+    def reconstruct(self, recons: dict[str, Reconstructor], batch: KSpaceBatch) -> dict[str, np.ndarray]:
+        """Each reconstructor's magnitudes ``[B, H, W, 1]`` of ``batch``, timed (the first batch after a warm-up
+        call that traces the graph)."""
+        outputs = {}
+        for name, fn in recons.items():
+            if self.start == 0 and getattr(fn, "warm_up", True):
+                fn(batch)
+            started = time.perf_counter()
+            output = fn(batch)
+            if isinstance(output, dict):  # a refined network: its image and what the refinement changed
+                self.change_parts.setdefault(name, []).append(output["refinement"].numpy()[..., 0])
+                output = output["image"]
+            outputs[name] = output.numpy()
+            self.seconds[name] += time.perf_counter() - started
+        return outputs
+
+    def add(self, batch: KSpaceBatch, outputs: dict[str, np.ndarray]) -> None:
+        """Score ``outputs`` (name -> magnitudes) against the batch's target."""
+        start, b = self.start, int(batch.target.shape[0])
+        for name, image in outputs.items():
+            values = metrics.compute_all(batch.target, image, self.ranges[start:start + b], self.dagan_compat)
+            for m in metrics.METRIC_NAMES:
+                self.values[name][m].append(values[m])
+        if self.fid is not None:
+            self.features["ground_truth"].append(self.fid(np.asarray(batch.target), cache=True))
+            for name, image in outputs.items():
+                self.features[name].append(self.fid(np.asarray(image)))
+        if self.sis is not None:
+            truth = np.asarray(self.labels[start:start + b])
+            for name, image in (("ground_truth", batch.target), *outputs.items()):
+                self.dice[name].append(metrics.dice_per_class(self.sis.segment(image), truth, self.sis.classes))
+        for i in range(b):
+            if start + i in self.example_idx:
+                self.examples[start + i] = {"target": batch.target[i, ..., 0].numpy(),
+                                            **{name: outputs[name][i, ..., 0] for name in self.names}}
+        self.start += b
+
+    @property
+    def per_slice(self) -> dict[str, dict[str, np.ndarray]]:
+        return {name: {m: np.concatenate(v) for m, v in d.items()} for name, d in self.values.items()}
+
+    @property
+    def changes(self) -> dict[str, np.ndarray]:
+        """A refined network's ``[N, H, W]`` changes, by row name."""
+        return {name: np.concatenate(parts) for name, parts in self.change_parts.items()}
+
+    def result(self, subjects: np.ndarray) -> dict:
+        """Per row: the metrics' summaries, ms per slice, and the refinement, FID and SIS entries that apply."""
+        n = self.start
+        result = {name: {**metrics.summary_json(values, subjects), "ms_per_slice": 1000 * self.seconds[name] / n}
+                  for name, values in self.per_slice.items()}
+        for name, change in self.changes.items():
+            magnitude = np.abs(change)
+            result[name]["refinement"] = {"mean_abs": float(magnitude.mean()), "max_abs": float(magnitude.max()),
+                                          "meaning": "|λ·V(x)|, what the refinement changed, in image units"}
+        if self.fid is not None:
+            reference = np.concatenate(self.features["ground_truth"])
+            for name in self.names:
+                result[name]["fid"] = metrics.frechet_distance(np.concatenate(self.features[name]), reference)
+        if self.sis is not None:
+            result["sis"] = self.sis.scores({name: np.concatenate(d) for name, d in self.dice.items()}, result)
+        return result
 
 
 def strongest_baseline(result: dict, models=MODEL_ROWS) -> str | None:

@@ -73,6 +73,45 @@ def _silent(_: str) -> None:
     pass
 
 
+def _run_folder_and_config(run_dir: Path, config: dict | None, data, resume: bool, overwrite: bool, chief: bool,
+                           budgets: Sequence[str], echo: Callable[[str], None]) -> tuple[Path, dict]:
+    """``(work, config)``: the folder :func:`train` writes (``run_dir``, or its staging folder while an
+    ``--overwrite`` run replaces a previous one) and the validated recipe (a resumed run's own, with its
+    ``budgets``; a new run's with its data folder, after the trainer's ``prepare_config``)."""
+    work = staging_dir(run_dir)
+    if resume:
+        if not (work / "config.yaml").is_file():
+            work = run_dir
+            if not (run_dir / "config.yaml").is_file():
+                raise DaganError(f"{run_dir} is not a run folder (no config.yaml) to resume")
+        else:
+            echo(f"resuming the unfinished --overwrite run in {work} (it replaces {run_dir} when it ends)")
+        config = recipes.load_config_file(work / "config.yaml")
+        if budgets:
+            config = recipes.apply_overrides(config, list(budgets), resume=True)
+        return work, config
+    if chief and run_dir.exists() and not run_dir.is_dir():
+        raise DaganError(f"--out {run_dir} is a file, not a run folder")
+    if chief and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise DaganError(f"run folder {run_dir} exists; pass --resume to continue it or --overwrite")
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        work = run_dir
+    config = recipes.validate_config({**config, "data": {**config["data"], "folder": str(Path(data).resolve())}})
+    prepare_config = getattr(recipes.trainer_of(config).load(), "prepare_config", None)
+    if prepare_config is not None:
+        config = recipes.validate_config(prepare_config(config, echo))
+    return work, config
+
+
+def _lost_worker(exc: tf.errors.OpError, folder: Path, run_dir: Path) -> DaganError:
+    """The one-line error of a multi-worker run whose cluster lost a worker: what was kept and how to resume."""
+    newest = checkpoints_newest_first(folder / "checkpoints")
+    kept = (f"the checkpoint of epoch {newest[0].rsplit('-', 1)[1]} is kept; start every worker again with "
+            f"'dagan-tf train --out {run_dir} --resume'") if newest else "nothing was saved (no checkpoint yet)"
+    reason = next((line.strip() for line in exc.message.splitlines() if "aborted by" in line), type(exc).__name__)
+    return DaganError(f"the multi-worker cluster lost a worker ({reason}); {kept}")
+
+
 def train(run_dir: str | Path, config: dict | None = None, data: str | Path | None = None,
           resume: bool = False, epochs: int | None = None, overwrite: bool = False,
           verbose: int | None = None, echo: Callable[[str], None] = _silent, strategy: str | None = None,
@@ -90,28 +129,7 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
     """
     run_dir = Path(run_dir)
     chief = is_chief()
-    work = staging_dir(run_dir)
-    if resume:
-        if not (work / "config.yaml").is_file():
-            work = run_dir
-            if not (run_dir / "config.yaml").is_file():
-                raise DaganError(f"{run_dir} is not a run folder (no config.yaml) to resume")
-        else:
-            echo(f"resuming the unfinished --overwrite run in {work} (it replaces {run_dir} when it ends)")
-        config = recipes.load_config_file(work / "config.yaml")
-        if budgets:
-            config = recipes.apply_overrides(config, list(budgets), resume=True)
-    else:
-        if chief and run_dir.exists() and not run_dir.is_dir():
-            raise DaganError(f"--out {run_dir} is a file, not a run folder")
-        if chief and run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise DaganError(f"run folder {run_dir} exists; pass --resume to continue it or --overwrite")
-        if not (run_dir.exists() and any(run_dir.iterdir())):
-            work = run_dir
-        config = recipes.validate_config({**config, "data": {**config["data"], "folder": str(Path(data).resolve())}})
-        prepare_config = getattr(recipes.trainer_of(config).load(), "prepare_config", None)
-        if prepare_config is not None:
-            config = recipes.validate_config(prepare_config(config, echo))
+    work, config = _run_folder_and_config(run_dir, config, data, resume, overwrite, chief, budgets, echo)
     if epochs is not None:
         config["train"]["epochs"] = int(epochs)
     if strategy is not None:
@@ -144,12 +162,7 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as exc:
             if not isinstance(distribution, tf.distribute.MultiWorkerMirroredStrategy):
                 raise
-            newest = checkpoints_newest_first(folder / "checkpoints")
-            kept = (f"the checkpoint of epoch {newest[0].rsplit('-', 1)[1]} is kept; start every worker again with "
-                    f"'dagan-tf train --out {run_dir} --resume'") if newest else "nothing was saved (no checkpoint yet)"
-            reason = next((line.strip() for line in exc.message.splitlines() if "aborted by" in line),
-                          type(exc).__name__)
-            raise DaganError(f"the multi-worker cluster lost a worker ({reason}); {kept}") from None
+            raise _lost_worker(exc, folder, run_dir) from None
         _raise_if_unfinished(state, folder, run_dir)
         return history
 
