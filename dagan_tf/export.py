@@ -169,24 +169,25 @@ def load_export(path: str | Path) -> tuple[Callable[[tf.Tensor, tf.Tensor], tupl
         raise DaganError(f"cannot load the SavedModel {path}: {str(exc).splitlines()[0][:200]} (corrupt?)") from None
     check_export_signatures(loaded.signatures, path)
     signature = loaded.signatures["serving_default"]
-    contract = serving_contract(signature)
+    contract, size = serving_contract(signature)
 
     def network(kspace0, mask):
         outputs = signature(**serving_inputs(contract, kspace0, mask))
         return outputs["reconstruction"], {k: outputs[k] for k in contract.extras}
 
-    inputs = signature.structured_input_signature[1]
-    size = int(inputs["mask"].shape[-1] if "mask" in inputs else inputs["zero_filled"].shape[1])
     return network, size, loaded.signatures["from_kspace"]
 
 
-def serving_contract(signature) -> NetworkContract:
-    """The contract of the network behind a ``serving_default`` signature (its inputs and outputs, module doc)."""
+def serving_contract(signature) -> tuple[NetworkContract, int]:
+    """The contract of the network behind a ``serving_default`` signature (its inputs and outputs, module doc)
+    and its image side."""
     inputs = signature.structured_input_signature[1]
     extras = tuple(sorted(set(signature.structured_outputs) - {"reconstruction"}))
     if "zero_filled" in inputs:
-        return NetworkContract("image", int(inputs["zero_filled"].shape[-1]), extras)
-    return NetworkContract("coil_kspace" if "maps_real" in inputs else "kspace", 2, extras)
+        image = inputs["zero_filled"]
+        return NetworkContract("image", int(image.shape[-1]), extras), int(image.shape[1])
+    takes = "coil_kspace" if "maps_real" in inputs else "kspace"
+    return NetworkContract(takes, 2, extras), int(inputs["mask"].shape[-1])
 
 
 def serving_inputs(contract: NetworkContract, kspace0: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
