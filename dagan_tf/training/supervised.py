@@ -1,6 +1,6 @@
 """Supervised MSE training of a k-space cascade (RecNet, stage 1 of Seitzer et al. 2018) as a ``keras.Model``.
 
-Batches are the k-space dicts of :mod:`dagan_tf.data.pipeline` (``with_kspace=True``):
+Batches are :class:`~dagan_tf.data.batches.KSpaceBatch`:
 the network sees its inputs by its contract (``kspace`` and ``mask``,
 :meth:`~dagan_tf.training.common.TrainerModel.network_inputs`); the loss is ``mean((y − x)²)`` over the real/imaginary channels of the output
 ``y`` and of the complex target ``target_complex`` ``[B, H, W, 2]`` (images on the [0, 1]

@@ -1,6 +1,6 @@
 """Wasserstein GAN training of DCI-Net with Adaptive Gradient Balancing (Malkiel et al. 2019) as a ``keras.Model``.
 
-Batches are the k-space dicts of :mod:`dagan_tf.data.pipeline` (multi-coil: coil k-space and maps;
+Batches are :class:`~dagan_tf.data.batches.KSpaceBatch` (multi-coil: coil k-space and maps;
 single-coil works as one coil with unit sensitivity).  One ``train_step`` on a batch, for the recipe's
 ``critic.kind`` (``none`` = DCI-Net trained on the MSE alone, ``image`` = the plain WGAN critic on the
 magnitude, ``pair`` = the cWGAN critic on (zero-filled, image) magnitudes):
