@@ -37,15 +37,16 @@ def test_generator_loss_decreases(real_slices):
 def test_short_training_beats_zero_filled_on_training_slices(real_slices):
     keras.utils.set_random_seed(0)
     model = build_trainer(tiny_config("ppgr", "train.lr=0.001"))
-    zf, target = _fixed_batch(real_slices)
+    batch = _fixed_batch(real_slices)
+    zf, target = batch
     step = tf.function(model.train_step)
     for _ in range(60):
-        step((zf, target))
+        step(batch)
     # a decayed learning rate lets the batch-norm moving statistics (used at inference) catch up
     for opt in (model.network_optimizer, model.adversary_optimizer):
         opt.learning_rate.assign(1e-5)
     for _ in range(20):
-        step((zf, target))
+        step(batch)
     recon = model.network(zf, training=False)
     assert float(np.mean(metrics.psnr(target, recon))) > float(np.mean(metrics.psnr(target, zf))) + 2.0
 
