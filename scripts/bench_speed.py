@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dagan_tf.data.batches import KSpaceBatch
+from dagan_tf.data.batches import ImagePair, KSpaceBatch
 from dagan_tf.models.layers import inference_copy
 
 SHARED_VGG = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vgg16_imagenet_notop.weights.h5"
@@ -447,7 +447,7 @@ def srgan_report(args, report: dict) -> None:
         model = build_trainer(config)
         x = tf.random.uniform((16, patch, patch, 1))
         step = tf.function(model.train_step)
-        train_report(report, f"train_{precision}", lambda: step((x, x))["g_loss"].numpy(), 16, step_flops, ceiling,
+        train_report(report, f"train_{precision}", lambda: step(ImagePair(x, x))["g_loss"].numpy(), 16, step_flops, ceiling,
                      args.steps)
     keras.mixed_precision.set_global_policy("float32")
     own_width_ceilings(report, 3, scaled_filters(64, args.width), patch)
@@ -498,7 +498,7 @@ def dagan_report(args, report: dict) -> None:
         model = build_trainer(config)
         x = tf.random.uniform((args.batch, args.size, args.size, 1))
         step = tf.function(model.train_step)
-        train_report(report, f"train_{precision}", lambda: step((x, x))["g_loss"].numpy(), args.batch, step_flops,
+        train_report(report, f"train_{precision}", lambda: step(ImagePair(x, x))["g_loss"].numpy(), args.batch, step_flops,
                      ceiling, args.steps)
     keras.mixed_precision.set_global_policy("float32")
 
