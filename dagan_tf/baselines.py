@@ -23,7 +23,6 @@ cached in the prepared folder (``baseline_lambdas.json``) per method, solver, ma
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -41,6 +40,7 @@ from dagan_tf import metrics
 from dagan_tf.data.batches import KSpaceBatch, Reconstructor
 from dagan_tf.errors import DaganError
 from dagan_tf.models.network_io import apply_dc
+from dagan_tf.scoped import restoring
 
 SIGPY_BASELINES = ("sense", "tv", "wavelet")
 BASELINES = ("zero-filled-dc",) + SIGPY_BASELINES
@@ -81,24 +81,14 @@ def _sigpy_app():
 SIGPY_SEED = 0  # the seed of sigpy's step-size power iteration, the same for every slice
 
 
-@contextlib.contextmanager
-def _numpy_global_seed(seed: int):
-    """Runs its body with numpy's global random state seeded to ``seed``, and gives the caller's state back."""
-    saved = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(saved)
-
-
 def _sigpy_slice(method: str, lam: float, iterations: int, kspace0, mask, maps) -> np.ndarray:
     """sigpy's reconstruction of one slice, a pure function of its arguments: its apps estimate their step
     size by a power iteration (``MaxEig``) from ``sigpy.util.randn``, which draws from numpy's *global* random
     state, so without a fixed seed the output depended on what had drawn random numbers before it."""
     app = _sigpy_app()
     recon = {"sense": app.SenseRecon, "tv": app.TotalVariationRecon, "wavelet": app.L1WaveletRecon}[method]
-    with _numpy_global_seed(SIGPY_SEED):
+    with restoring(np.random.get_state, np.random.set_state):
+        np.random.seed(SIGPY_SEED)
         return recon(kspace0, maps, lam, weights=mask, max_iter=iterations, show_pbar=False).run()
 
 

@@ -25,6 +25,8 @@ import os
 import platform
 from pathlib import Path
 
+from dagan_tf.scoped import restoring
+
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -99,12 +101,9 @@ def precision_policy(name: str):
     """Build models under the Keras dtype policy ``name``; the previous global policy is restored after."""
     import keras
 
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(name)
-    try:
+    with restoring(keras.mixed_precision.global_policy, keras.mixed_precision.set_global_policy):
+        keras.mixed_precision.set_global_policy(name)
         yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 def visible_gpu_capabilities() -> list[tuple[int, int]]:
