@@ -110,23 +110,10 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
     steps = n // batch_size
     if steps == 0:
         raise DaganError(f"batch size {batch_size} exceeds the {n} training slices")
-    fixed_mask = None if mask.per_sample else tf.constant(mask.build((h, w)))
-
-    def per_sample_masks(step):
-        def draw(step_value):
-            rng = np.random.SeedSequence([seed, int(step_value)]).generate_state(batch_size)
-            return np.stack([mask.build((h, w), int(s)) for s in rng]).astype(np.float32)
-        return tf.ensure_shape(tf.numpy_function(draw, [step], tf.float32), [batch_size, h, w])
-
+    batch_masks = _batch_masks(mask, seed, batch_size, (h, w))
     gather = _gather_images(split.images)
     if split.kspace is not None:
-        if augment is not None and (augment.elastic_alpha or augment.shift or augment.zoom != (1, 1)
-                                    or augment.gamma != (1, 1)):
-            raise DaganError("multi-coil k-space takes flips and rotations only; set data.augment_style flip_rotate")
-        maps = split.maps if maps is None else maps
-        if maps is None:
-            raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them first")
-        coil_batch = _multicoil_batch(split, maps, gather)
+        coil_batch = _checked_multicoil_batch(split, maps, augment, gather)
 
     def raw_batch(step, indices):
         phase = None
@@ -134,13 +121,12 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
             keys = tf.stack([tf.fill([batch_size], step), tf.range(batch_size, dtype=tf.int64)], axis=1)
             phase = training_phases(keys)
         return RawBatch(tf.ensure_shape(gather(indices), [batch_size, h, w, 1]),  # static: kernels pick by size
-                        per_sample_masks(step) if fixed_mask is None else tf.broadcast_to(fixed_mask, [batch_size, h, w]),
+                        tf.broadcast_to(batch_masks(step), [batch_size, h, w]),
                         tf.tile(tf.stack([tf.constant(seed, tf.int64), step])[None], [batch_size, 1]), phase)
 
     def make_batch(step, indices):
         if split.kspace is not None:
-            raw = coil_batch(indices, per_sample_masks(step) if fixed_mask is None else fixed_mask[None],
-                             tf.stack([tf.constant(seed, tf.int64), step]))
+            raw = coil_batch(indices, batch_masks(step), tf.stack([tf.constant(seed, tf.int64), step]))
         else:
             raw = raw_batch(step, indices)
         return raw if on_device else finish(raw)
@@ -149,6 +135,31 @@ def training_dataset(split: PreparedSplit, batch_size: int, mask: MaskSpec, seed
     training_phases = _phases(seed, TRAINING_PHASE_STREAM, (h, w))
     ds = _index_stream(n, batch_size, seed, start_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE), steps
+
+
+def _batch_masks(mask: MaskSpec, seed: int, batch_size: int, shape: tuple[int, int]):
+    """``step -> masks``: the fixed mask ``[1, H, W]``, or with ``mask.per_sample`` one mask per image
+    ``[batch_size, H, W]`` seeded by ``(seed, step)`` (float32, 0/1)."""
+    if not mask.per_sample:
+        fixed = tf.constant(mask.build(shape))[None]
+        return lambda step: fixed
+
+    def draw(step_value):
+        rng = np.random.SeedSequence([seed, int(step_value)]).generate_state(batch_size)
+        return np.stack([mask.build(shape, int(s)) for s in rng]).astype(np.float32)
+    return lambda step: tf.ensure_shape(tf.numpy_function(draw, [step], tf.float32), [batch_size, *shape])
+
+
+def _checked_multicoil_batch(split: PreparedSplit, maps: np.ndarray | None, augment: AugmentConfig | None, gather):
+    """:func:`_multicoil_batch` of ``split`` with ``maps`` (default: its own), after checking that it has maps
+    and that ``augment`` asks only for flips and rotations."""
+    if augment is not None and (augment.elastic_alpha or augment.shift or augment.zoom != (1, 1)
+                                or augment.gamma != (1, 1)):
+        raise DaganError("multi-coil k-space takes flips and rotations only; set data.augment_style flip_rotate")
+    maps = split.maps if maps is None else maps
+    if maps is None:
+        raise DaganError("this multi-coil split has no sensitivity maps of its own; estimate them first")
+    return _multicoil_batch(split, maps, gather)
 
 
 def batch_stage(augment: AugmentConfig | None, with_kspace: bool, complex_images: bool, patch_size: int | None):

@@ -391,13 +391,7 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
     unchanged (101.7 → 102.6), so batch 1 costs 1.18× batch 16 per image instead of 1.27×.  Folding alone
     (the copy where oneDNN is limited to AVX2): batch 1 174–180 → 165–170, batch 16 113–115 → 105–110.
     """
-    folds: dict[str, layers.Layer] = {}  # convolution name -> its batch norm
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization) and len(layer._inbound_nodes) == 1:
-            parents = layer._inbound_nodes[0].parent_nodes
-            conv = parents[0].operation if len(parents) == 1 else None
-            if isinstance(conv, (layers.Conv2D, layers.Conv2DTranspose)) and len(conv._outbound_nodes) == 1:
-                folds[conv.name] = layer
+    folds = _foldable_batch_norms(model)
     folded_bns = {bn.name for bn in folds.values()}
     matmul_layout = inference_matmul_layout() if matmul_layout is None else matmul_layout
     relayout = {layer.name for layer in model.layers if matmul_layout
@@ -429,26 +423,40 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
 
     copy = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:
-        if layer.name in folded_bns:
-            continue
-        target = copy.get_layer(layer.name)
-        if layer.name not in folds and layer.name not in relayout:
-            target.set_weights(layer.get_weights())
-            continue
-        kernel = layer.kernel.numpy()
-        out_axis = 2 if isinstance(layer, layers.Conv2DTranspose) else 3
-        bias = layer.bias.numpy() if layer.use_bias else np.zeros(kernel.shape[out_axis], np.float32)
-        if layer.name in folds:
-            bn = folds[layer.name]
-            scale = bn.gamma.numpy() / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
-            shape = [1, 1, 1, 1]
-            shape[out_axis] = -1
-            kernel = kernel * scale.reshape(shape)
-            bias = (bias - bn.moving_mean.numpy()) * scale + bn.beta.numpy()
-        if layer.name in relayout:  # [kh, kw, Cout, Cin] -> [Cin, kh·kw·Cout]
-            kernel = kernel.reshape(-1, kernel.shape[-1]).T
-        target.set_weights([kernel, bias] if target.use_bias else [kernel])
+        if layer.name not in folded_bns:
+            copy.get_layer(layer.name).set_weights(_inference_weights(layer, folds.get(layer.name),
+                                                                      layer.name in relayout))
     return copy
+
+
+def _foldable_batch_norms(model: keras.Model) -> dict[str, layers.Layer]:
+    """Convolution name -> the batch norm that is its only consumer and has it as its only input."""
+    folds = {}
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization) and len(layer._inbound_nodes) == 1:
+            parents = layer._inbound_nodes[0].parent_nodes
+            conv = parents[0].operation if len(parents) == 1 else None
+            if isinstance(conv, (layers.Conv2D, layers.Conv2DTranspose)) and len(conv._outbound_nodes) == 1:
+                folds[conv.name] = layer
+    return folds
+
+
+def _inference_weights(layer: layers.Layer, batch_norm: layers.Layer | None, matmul_layout: bool) -> list:
+    """``layer``'s weights for its inference copy: ``batch_norm`` folded in, the kernel in the matmul layout."""
+    if batch_norm is None and not matmul_layout:
+        return layer.get_weights()
+    kernel = layer.kernel.numpy()
+    out_axis = 2 if isinstance(layer, layers.Conv2DTranspose) else 3
+    bias = layer.bias.numpy() if layer.use_bias else np.zeros(kernel.shape[out_axis], np.float32)
+    if batch_norm is not None:
+        scale = batch_norm.gamma.numpy() / np.sqrt(batch_norm.moving_variance.numpy() + batch_norm.epsilon)
+        shape = [1, 1, 1, 1]
+        shape[out_axis] = -1
+        kernel = kernel * scale.reshape(shape)
+        bias = (bias - batch_norm.moving_mean.numpy()) * scale + batch_norm.beta.numpy()
+    if matmul_layout:  # [kh, kw, Cout, Cin] -> [Cin, kh·kw·Cout]
+        kernel = kernel.reshape(-1, kernel.shape[-1]).T
+    return [kernel, bias] if layer.use_bias or batch_norm is not None else [kernel]
 
 
 def inference_copy(generator):
