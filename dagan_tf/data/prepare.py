@@ -418,12 +418,12 @@ class PreparedSplit:
     ``[1 or N, C, S, S]`` (the true or measured sensitivities), both memory-mapped.
     """
 
-    images: np.ndarray
-    subjects: np.ndarray
-    sources: np.ndarray
-    slice_numbers: np.ndarray
-    kspace: np.ndarray | None = None
-    maps: np.ndarray | None = None
+    images: np.ndarray  # float32 [N, S, S] on [0, 1]
+    subjects: np.ndarray  # str [N]: the subject of each slice
+    sources: np.ndarray  # str [N]: the file each slice came from
+    slice_numbers: np.ndarray  # int [N]: each slice's index in its volume
+    kspace: np.ndarray | None = None  # complex64 [N, C, S, S], multi-coil splits only
+    maps: np.ndarray | None = None  # complex64 [1 or N, C, S, S], multi-coil splits only
     labels: np.ndarray | None = None  # uint8 [N, S, S] class per pixel (prepare --labels)
 
     @property
