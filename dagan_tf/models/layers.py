@@ -424,8 +424,8 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
     copy = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:
         if layer.name not in folded_bns:
-            copy.get_layer(layer.name).set_weights(_inference_weights(layer, folds.get(layer.name),
-                                                                      layer.name in relayout))
+            target = copy.get_layer(layer.name)
+            target.set_weights(_inference_weights(layer, target, folds.get(layer.name), layer.name in relayout))
     return copy
 
 
@@ -441,8 +441,10 @@ def _foldable_batch_norms(model: keras.Model) -> dict[str, layers.Layer]:
     return folds
 
 
-def _inference_weights(layer: layers.Layer, batch_norm: layers.Layer | None, matmul_layout: bool) -> list:
-    """``layer``'s weights for its inference copy: ``batch_norm`` folded in, the kernel in the matmul layout."""
+def _inference_weights(layer: layers.Layer, target: layers.Layer, batch_norm: layers.Layer | None,
+                       matmul_layout: bool) -> list:
+    """``layer``'s weights for its inference copy ``target``: ``batch_norm`` folded in, the kernel in the matmul
+    layout, a bias where ``target`` has one."""
     if batch_norm is None and not matmul_layout:
         return layer.get_weights()
     kernel = layer.kernel.numpy()
@@ -456,7 +458,7 @@ def _inference_weights(layer: layers.Layer, batch_norm: layers.Layer | None, mat
         bias = (bias - batch_norm.moving_mean.numpy()) * scale + batch_norm.beta.numpy()
     if matmul_layout:  # [kh, kw, Cout, Cin] -> [Cin, kh·kw·Cout]
         kernel = kernel.reshape(-1, kernel.shape[-1]).T
-    return [kernel, bias] if layer.use_bias or batch_norm is not None else [kernel]
+    return [kernel, bias] if target.use_bias else [kernel]
 
 
 def inference_copy(generator):
