@@ -144,6 +144,9 @@ DAGAN_SECTIONS = {
         "discriminator": Field("choice", "dagan = DAGAN's (fixed image size); srgan = SRGAN's eight convolutions "
                                          "with global pooling (any size, patches)", choices=("dagan", "srgan"),
                                default="dagan"),
+        "data_consistency": Field("bool", "end the U-Net with hard data consistency, trained through (ours; the "
+                                          "paper's future work): the network takes the undersampled k-space and "
+                                          "its mask; needs model.channels 2", default=False),
     },
     "loss": {
         "pixel": Field("float", "weight of the pixel loss (g_alpha)", 0),
@@ -281,6 +284,14 @@ def _check_vgg_weights(config: dict, source: str) -> None:
                          f"got {config['vgg']['weights']!r}")
 
 
+def _check_data_consistency(config: dict, source: str) -> None:
+    """A generator ending in data consistency is the complex U-Net (it replaces complex k-space)."""
+    m = config["model"]
+    if m["data_consistency"] and (m["channels"] != 2 or m["generator"] != "unet"):
+        raise DaganError(f"{source}: model.data_consistency needs model.channels 2 and model.generator unet, "
+                         f"got {m['channels']} and {m['generator']}")
+
+
 def _check_patches(config: dict, source: str) -> None:
     """Patch training needs the SRGAN discriminator (any size) and patches no larger than the image."""
     patch, size = config["data"]["patch_size"], config["model"]["image_size"]
@@ -324,13 +335,22 @@ class Trainer:
         return module
 
     def contract(self, config: dict) -> NetworkContract:
-        """The contract of the network of ``config`` (an image network's channels: ``model.channels``)."""
-        channels = config["model"].get("channels", 1) if self.takes == "image" else 2
-        return NetworkContract(self.takes, channels, self.extras, self.stage1)
+        """The contract of the network of ``config``: an image network's channels are ``model.channels``; one
+        ending in data consistency (``model.data_consistency``) takes k-space, as a cascade does."""
+        model = config.get("model", {})
+        takes = "kspace" if self.takes == "image" and model.get("data_consistency") else self.takes
+        channels = model.get("channels", 1) if takes == "image" else 2
+        return NetworkContract(takes, channels, self.extras, self.stage1)
+
+    def batch_kind(self, config: dict) -> str:
+        """The batches (:data:`BATCH_KINDS`) training ``config`` needs: k-space batches for a network that takes
+        k-space, else ``batches``."""
+        return "kspace" if self.contract(config).takes != "image" else self.batches
 
 
 TRAINERS: dict[str, Trainer] = {
-    "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan", checks=(_check_patches, _check_vgg_weights)),
+    "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan", checks=(_check_patches, _check_vgg_weights,
+                                                                                     _check_data_consistency)),
     "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", batches="kspace", takes="kspace"),
     "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", batches="kspace", takes="kspace",
                               extras=("refinement",), stage1=True, checks=(_check_vgg_weights,)),
@@ -408,7 +428,7 @@ def validate_config(config, source: str = "recipe") -> dict:
             raise DaganError(f"{source}: data.per_sample_masks needs a mask kind, not the file {d['mask']}")
     elif d["ratio"] is None:
         raise DaganError(f"{source}: data.ratio is required for mask kind {d['mask']}")
-    if d.get("patch_size") is not None and trainer_of(config).batches != "images":
+    if d.get("patch_size") is not None and trainer_of(config).batch_kind(config) != "images":
         raise DaganError(f"{source}: data.patch_size applies to image-to-image trainers, not {config['trainer']}")
     t = config["train"]
     if t["lr_halve_every"] and t["lr_schedule"] != "step":
@@ -417,7 +437,7 @@ def validate_config(config, source: str = "recipe") -> dict:
     if t["lr_schedule"] == "cosine" and t["lr_min"] >= t["lr"]:
         raise DaganError(f"{source}: train.lr_min {t['lr_min']:g} must be below train.lr {t['lr']:g}")
     if t["select"] != "monitor":
-        if trainer_of(config).batches == "labels":
+        if trainer_of(config).batch_kind(config) == "labels":
             raise DaganError(f"{source}: train.select {t['select']} needs a reconstruction trainer, "
                              f"not {config['trainer']}")
         if t["fid_weights"] is None or not os.path.isfile(t["fid_weights"]):

@@ -41,7 +41,7 @@ def batches(config):
     """The first global batch of the recipe's training stream (segmenter: images and 3-class labels)."""
     data = multicoil if config["trainer"] == "wasserstein" else prepared
     split = load_split(data, "train")
-    kind = recipes.trainer_of(config).batches
+    kind = recipes.trainer_of(config).batch_kind(config)
     if kind == "labels":
         images = split.images[:4, ..., None].astype(np.float32)
         labels = ((images[..., 0] > 0.3).astype(np.int32) + (images[..., 0] > 0.7))

@@ -18,10 +18,9 @@ from dagan_tf.training.common import magnitude
 
 
 def complex_config(*extra):
-    config = tiny_config("ppgr", *extra)
     base = recipes.load_recipe("ppgr-complex")
-    config["model"]["channels"], config["data"]["regime"] = base["model"]["channels"], base["data"]["regime"]
-    return recipes.validate_config(config)
+    return tiny_config("ppgr", f"model.channels={base['model']['channels']}", f"data.regime={base['data']['regime']}",
+                       *extra)
 
 
 def test_ppgr_complex_recipe_is_complex_in_the_phase_regime():
@@ -148,3 +147,69 @@ def test_complex_dagan_learns_from_its_zero_filled_start(real_slices):
     residual = float(tf.sqrt(tf.reduce_mean(tf.square(out - zero_filled))))
     assert residual > 1e-3
     assert error(out) < 0.8 * error(zero_filled), (error(out), error(zero_filled))
+
+
+def centred_fft(x: np.ndarray) -> np.ndarray:
+    """numpy's orthonormal centred 2-D FFT over the last two axes (the reference for :func:`ks.fft2c`)."""
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(x, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+
+
+def test_generator_ending_in_data_consistency_keeps_the_samples_and_changes_only_the_rest():
+    """model.data_consistency: the U-Net's output with its k-space replaced by the measurements on the mask."""
+    from dagan_tf.models.recnet import network_inputs
+
+    rng = np.random.default_rng(3)
+    mask = make_mask("vds1d", (SIZE, SIZE), 0.25, seed=0).astype(np.float32)
+    image = (rng.uniform(0, 0.8, (2, SIZE, SIZE)) * np.exp(1j * rng.uniform(-1, 1, (2, SIZE, SIZE)))).astype(
+        np.complex64)
+    k0 = centred_fft(image) * mask
+    tf.keras.utils.set_random_seed(1)
+    plain = build_generator(SIZE, 0.125, True, channels=2)
+    plain.get_layer("out").bias.assign([0.3, -0.2])  # a residual well away from zero
+    consistent = build_generator(SIZE, 0.125, True, channels=2, data_consistency=True)
+    consistent.set_weights(plain.get_weights())
+    inputs = network_inputs(tf.constant(k0), tf.constant(mask))
+    out = consistent(inputs, training=False).numpy()
+    unet = plain(inputs["zero_filled"], training=False).numpy()
+    k_out, k_unet = centred_fft(out[..., 0] + 1j * out[..., 1]), centred_fft(unet[..., 0] + 1j * unet[..., 1])
+    scale = np.abs(k0).max()
+    np.testing.assert_allclose(k_out * mask, k0, atol=1e-5 * scale)
+    np.testing.assert_allclose(k_out * (1 - mask), k_unet * (1 - mask), atol=1e-5 * scale)
+    assert np.abs(k_unet * mask - k0).max() > 1e-2 * scale  # the U-Net alone does not keep them
+
+
+def test_data_consistency_makes_the_complex_dagan_a_kspace_network():
+    config = complex_config("model.data_consistency=true")
+    trainer = recipes.trainer_of(config)
+    assert recipes.network_contract(config).takes == "kspace" and trainer.batch_kind(config) == "kspace"
+    assert recipes.network_contract(complex_config()).takes == "image" and trainer.batch_kind(complex_config()) \
+        == "images"
+    assert recipes.load_recipe("ppgr-complex")["model"]["data_consistency"] is False  # an option, off by default
+    with pytest.raises(recipes.DaganError, match="model.data_consistency needs model.channels 2"):
+        recipes.validate_config(tiny_config("ppgr", "model.data_consistency=true"))
+
+
+def test_complex_dagan_with_data_consistency_trains_evaluates_and_serves(tmp_path, real_slices):
+    from dagan_tf.training.run import train
+
+    run_dir = tmp_path / "run"
+    train(run_dir, complex_config("model.data_consistency=true", "train.epochs=1"), real_slices, verbose=0)
+    assert "val_psnr" in (run_dir / "history.csv").read_text().splitlines()[0]
+    scores = {}
+    for flag in ((), ("--dc",)):
+        out = tmp_path / f"e{len(flag)}"
+        result = run("eval", "--run", run_dir, "--no-baselines", "--data", real_slices, *flag, "--out", out)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        scores[flag] = metrics["model+dc" if flag else "model"]["psnr"]["mean"]
+    assert abs(scores[()] - scores[("--dc",)]) < 1e-3  # its output already holds the measurements
+    assert run("export", run_dir, "--out", tmp_path / "x", "--precision", "float32").exit_code == 0
+    served = tf.saved_model.load(str(tmp_path / "x")).signatures["from_kspace"]
+    network, _ = load_run_network(run_dir)
+    mask = np.broadcast_to(make_mask("vds1d", (SIZE, SIZE), 0.25, seed=0), (2, SIZE, SIZE)).astype(np.float32)
+    k0 = ks.fft2c(tf.complex(*tf.unstack(tf.random.uniform((2, 2, SIZE, SIZE), 0, 0.5, seed=5)))) * mask
+    from dagan_tf.models.recnet import network_inputs
+
+    expected = magnitude(network(network_inputs(k0, mask), training=False)).numpy()
+    got = served(kspace_real=tf.math.real(k0), kspace_imag=tf.math.imag(k0), mask=tf.constant(mask))
+    np.testing.assert_allclose(got["reconstruction"].numpy(), expected, atol=1e-5)

@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from dagan_tf.models.layers import FusedBatchNorm, GemmConv2D, GemmConv2DTranspose, LeakyReLU
+from dagan_tf.models.recnet import KSpaceDataConsistency
 
 ENCODER_FILTERS = (64, 128, 256, 512, 512, 512, 512, 512)
 DECODER_FILTERS = (64, 64, 128, 256, 1024, 1024, 1024, 512)  # output level 0 (full size) … 7
@@ -57,7 +58,7 @@ def unet_depth(size: int, max_depth: int = 8) -> int:
 
 def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = True,
                     max_depth: int = 8, name: str = "generator", channels: int = 1,
-                    zero_init_output: bool = False) -> keras.Model:
+                    zero_init_output: bool = False, data_consistency: bool = False) -> keras.Model:
     """DAGAN U-Net generator ``[N, S, S, channels] -> [N, S, S, channels]``.
 
     ``channels=1`` (the paper): magnitude in [0, 1] in and out.  ``channels=2`` (complex
@@ -66,7 +67,10 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
     ``zero_init_output`` starts the last 1×1 convolution at zero (ours; the paper's is N(0, 0.02²)), so with
     ``refine`` the untrained generator returns its input: the random residual of the paper's start is noise
     of about the size of the complex parts of a dark image, which put the untrained complex DAGAN below
-    zero-filled.
+    zero-filled.  ``data_consistency`` (ours, complex only) ends the network in hard data consistency
+    (:class:`~dagan_tf.models.recnet.KSpaceDataConsistency`): it then takes a cascade's inputs
+    ``{zero_filled, kspace [N, S, S, 2], mask [N, S, S, 1]}`` (:func:`dagan_tf.models.recnet.network_inputs`), and
+    its output's k-space equals the measurements on the mask.
     """
     depth = unet_depth(image_size, max_depth)
     if depth < 2:
@@ -75,6 +79,8 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
     conv_kw = dict(kernel_size=4, strides=2, padding="same", kernel_initializer=w_init, bias_initializer="zeros")
     if channels not in (1, 2):
         raise ValueError(f"channels must be 1 (magnitude) or 2 (complex), got {channels}")
+    if data_consistency and channels != 2:
+        raise ValueError("data consistency needs the complex generator (channels=2)")
     inputs = keras.Input((image_size, image_size, channels), name="zero_filled")
     x_in = layers.Rescaling(2.0, offset=-1.0, name="to_signed")(inputs) if channels == 1 else inputs
     skips, x = [], x_in
@@ -97,6 +103,11 @@ def build_generator(image_size: int = 256, width: float = 1.0, refine: bool = Tr
         x = layers.Add(dtype="float32", name="refinement")([x, x_in])
         x = Ramp(dtype="float32", name="ramp")(x)
     outputs = layers.Rescaling(0.5, offset=0.5, dtype="float32", name="to_unit")(x) if channels == 1 else x
+    if data_consistency:
+        kspace0 = keras.Input((image_size, image_size, 2), name="kspace")
+        mask = keras.Input((image_size, image_size, 1), name="mask")
+        outputs = KSpaceDataConsistency(dtype="float32", name="data_consistency")([outputs, kspace0, mask])
+        inputs = {"zero_filled": inputs, "kspace": kspace0, "mask": mask}
     return keras.Model(inputs, outputs, name=name)
 
 

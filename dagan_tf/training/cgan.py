@@ -4,7 +4,9 @@ Each ``train_step`` follows the original ``train.py`` on one batch
 :class:`~dagan_tf.data.batches.ImagePair` (both ``[B, H, W, 1]``, target in [0, 1]; or, for the
 complex DAGAN, both ``[B, H, W, 2]`` real/imaginary channels, whose magnitudes
 the discriminator, the pixel and the VGG losses see, while the frequency loss
-compares complex k-space):
+compares complex k-space).  A complex generator ending in data consistency (``model.data_consistency``)
+trains on k-space batches (:class:`~dagan_tf.data.batches.KSpaceBatch`) instead: it takes their k-space and
+mask, and its target is their ``target_complex``:
 
 1. discriminator update: ``BCE(D(target), 1) + BCE(D(G(zf)), 0)``;
 2. generator update on the same batch:
@@ -28,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from dagan_tf.contract import NetworkContract
-from dagan_tf.data.batches import ImagePair
+from dagan_tf.data.batches import Batch, ImagePair
 from dagan_tf.models.dagan import build_discriminator
 from dagan_tf.models.dagan import build_generator as build_unet
 from dagan_tf.models.srgan import build_resnet_generator, build_srgan_discriminator
@@ -96,10 +98,17 @@ class ConditionalGAN(TrainerModel):
         self.pixel_kind = pixel_kind
         self.vgg_target_prepro = vgg_target_prepro
 
-    def generator_losses(self, zero_filled, target) -> dict[str, tf.Tensor]:
-        """Forward G (training mode) and D on its output; the weighted terms and their sum ``g_loss``."""
+    @staticmethod
+    def channel_target(batch: Batch) -> tf.Tensor:
+        """The target in the generator's channels (float32): an image pair's ``target``, a k-space batch's
+        real/imaginary ``target_complex`` ``[B, H, W, 2]``."""
+        return tf.cast(batch.target if isinstance(batch, ImagePair) else batch.target_complex, tf.float32)
+
+    def generator_losses(self, inputs, target) -> dict[str, tf.Tensor]:
+        """Forward G (training mode) on its ``inputs`` (:meth:`network_inputs`) and D on its output; the weighted
+        terms and their sum ``g_loss``."""
         w = self.loss_weights_
-        output = tf.cast(self.network(zero_filled, training=True), tf.float32)
+        output = tf.cast(self.network(inputs, training=True), tf.float32)
         fake, real = magnitude(output), magnitude(target)
         terms = {
             "g_adversarial": bce_logits(self.adversary(fake, training=True), 1.0),
@@ -123,17 +132,17 @@ class ConditionalGAN(TrainerModel):
         step = tf.cast(self.network_optimizer.iterations + 1, tf.float32)
         return w.adversarial * tf.minimum(1.0, step / float(w.adversarial_warmup_steps))
 
-    def train_step(self, batch: ImagePair):
-        zero_filled, target = batch.zero_filled, tf.cast(batch.target, tf.float32)
+    def train_step(self, batch: Batch):
+        inputs, target = self.network_inputs(batch), self.channel_target(batch)
         # 1. Discriminator: real and fake in separate passes (separate batch-norm statistics), on magnitudes.
-        fake = magnitude(self.network(zero_filled, training=True))
+        fake = magnitude(self.network(inputs, training=True))
         with tf.GradientTape() as tape:
             d_loss = (bce_logits(self.adversary(magnitude(target), training=True), 1.0)
                       + bce_logits(self.adversary(fake, training=True), 0.0))
         self.minimise(self.adversary_optimizer, tape, d_loss, self.adversary.trainable_variables)
         # 2. Generator, on the same batch, against the updated discriminator.
         with tf.GradientTape() as tape:
-            terms = self.generator_losses(zero_filled, target)
+            terms = self.generator_losses(inputs, target)
         self.minimise(self.network_optimizer, tape, terms["g_loss"], self.network.trainable_variables)
         self.trackers["d_loss"].update_state(d_loss)
         for name, value in terms.items():
@@ -143,14 +152,15 @@ class ConditionalGAN(TrainerModel):
 
 def build_network(config: dict, any_size: bool = False) -> keras.Model:
     """The recipe's generator ``[N, S, S, C] -> [N, S, S, C]`` (in the current dtype policy), DAGAN's U-Net or
-    the SRGAN ResNet (``model.generator``); ``C = model.channels`` (1 magnitude, 2 complex).  ``any_size``: the
+    the SRGAN ResNet (``model.generator``); ``C = model.channels`` (1 magnitude, 2 complex); with
+    ``model.data_consistency`` the U-Net takes a cascade's k-space inputs.  ``any_size``: the
     ResNet takes any ``S`` (patch training; the same weights)."""
     m = config["model"]
     if m["generator"] == "resnet":
         return build_resnet_generator(None if any_size else m["image_size"], m["width"], m["blocks"], m["refine"],
                                       m["channels"], m["zero_init_output"])
     return build_unet(m["image_size"], m["width"], m["refine"], m["max_depth"], channels=m["channels"],
-                      zero_init_output=m["zero_init_output"])
+                      zero_init_output=m["zero_init_output"], data_consistency=m["data_consistency"])
 
 
 def build_trainer(config: dict) -> ConditionalGAN:

@@ -278,10 +278,10 @@ def learning_rate_schedule(train: dict, steps_per_epoch: int, spent: dict[str, f
 
 def run_datasets(config: dict, train_split, val_split, spec: MaskSpec, start_step: int, echo):
     """``(training, validation, batch_stage or None)`` of a run: the batches its trainer's registry entry asks for
-    (``batches``; an image network's channels from its contract), the training stream starting at ``start_step``;
+    (:meth:`~dagan_tf.recipes.Trainer.batch_kind`; an image network's channels from its contract), the training stream starting at ``start_step``;
     with augmentation and simulation on the device, the stage that finishes each raw training batch in the step."""
     t, d = config["train"], config["data"]
-    batches = recipes.trainer_of(config).batches
+    batches = recipes.trainer_of(config).batch_kind(config)
     if batches == "labels":
         return (segmentation_dataset(train_split, t["batch_size"], t["seed"], start_step),
                 segmentation_dataset(val_split, t["val_batch_size"], start_step=None), None)
@@ -310,7 +310,8 @@ def run_callbacks(config: dict, work: Path, val_ds, state: RunState, resume: boo
 
         with precision_policy("float32"):
             fid = [ValidationFID(FIDFeatures(t["fid_weights"]), val_ds)]
-    figure = [ImageGrid(work / "logs", next(iter(val_ds)))] if recipes.trainer_of(config).batches != "labels" else []
+    batches = recipes.trainer_of(config).batch_kind(config)
+    figure = [ImageGrid(work / "logs", next(iter(val_ds)))] if batches != "labels" else []
     return [*fid, state, TrainingClock(work / "history.csv"),
             keras.callbacks.CSVLogger(str(work / "history.csv"), append=resume),
             keras.callbacks.TensorBoard(str(work / "logs"), write_graph=False), *figure]
