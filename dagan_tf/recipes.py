@@ -307,7 +307,8 @@ class Trainer:
     optionally ``prepare_config(config, echo)`` (checks before a new run starts, e.g. a stage-1 run).
 
     ``batches`` (:data:`BATCH_KINDS`, the types of :mod:`dagan_tf.data.batches`): ``images`` =
-    ``ImagePair``, ``kspace`` = ``KSpaceBatch``, ``labels`` = ``LabelledBatch``.  ``monitor`` (minimised) picks
+    ``ImagePair``, ``labels`` = ``LabelledBatch``; a network that takes k-space gets ``KSpaceBatch``, whatever
+    this says (:meth:`batch_kind`).  ``monitor`` (minimised) picks
     ``best.weights.h5`` and drives early stopping.  ``takes``, ``extras`` and ``stage1`` declare the network's
     :class:`~dagan_tf.contract.NetworkContract` (:meth:`contract`).
     """
@@ -343,19 +344,18 @@ class Trainer:
         return NetworkContract(takes, channels, self.extras, self.stage1)
 
     def batch_kind(self, config: dict) -> str:
-        """The batches (:data:`BATCH_KINDS`) training ``config`` needs: k-space batches for a network that takes
-        k-space, else ``batches``."""
+        """The batches (:data:`BATCH_KINDS`) training ``config`` needs: ``kspace`` for a network that takes k-space
+        (:meth:`contract`), else ``batches``."""
         return "kspace" if self.contract(config).takes != "image" else self.batches
 
 
 TRAINERS: dict[str, Trainer] = {
     "conditional_gan": Trainer(DAGAN_SECTIONS, "dagan_tf.training.cgan", checks=(_check_patches, _check_vgg_weights,
                                                                                      _check_data_consistency)),
-    "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", batches="kspace", takes="kspace"),
-    "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", batches="kspace", takes="kspace",
+    "supervised": Trainer(RECNET_SECTIONS, "dagan_tf.training.supervised", takes="kspace"),
+    "refinement_gan": Trainer(REFINEMENT_SECTIONS, "dagan_tf.training.refinement", takes="kspace",
                               extras=("refinement",), stage1=True, checks=(_check_vgg_weights,)),
-    "wasserstein": Trainer(WASSERSTEIN_SECTIONS, "dagan_tf.training.wasserstein", batches="kspace",
-                           takes="coil_kspace"),
+    "wasserstein": Trainer(WASSERSTEIN_SECTIONS, "dagan_tf.training.wasserstein", takes="coil_kspace"),
     "segmentation": Trainer(SEGMENTER_SECTIONS, "dagan_tf.training.segmentation", batches="labels",
                             monitor="val_dice_loss"),
 }

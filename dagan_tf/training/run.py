@@ -278,8 +278,9 @@ def learning_rate_schedule(train: dict, steps_per_epoch: int, spent: dict[str, f
 
 def run_datasets(config: dict, train_split, val_split, spec: MaskSpec, start_step: int, echo):
     """``(training, validation, batch_stage or None)`` of a run: the batches its trainer's registry entry asks for
-    (:meth:`~dagan_tf.recipes.Trainer.batch_kind`; an image network's channels from its contract), the training stream starting at ``start_step``;
-    with augmentation and simulation on the device, the stage that finishes each raw training batch in the step."""
+    (:meth:`~dagan_tf.recipes.Trainer.batch_kind`; an image network's channels from its contract), the training
+    stream starting at ``start_step``; with augmentation and simulation on the device, the stage that finishes each
+    raw training batch in the step."""
     t, d = config["train"], config["data"]
     batches = recipes.trainer_of(config).batch_kind(config)
     if batches == "labels":
