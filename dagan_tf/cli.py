@@ -393,8 +393,10 @@ def recipes_command(ctx):
     from dagan_tf import recipes
 
     if ctx.invoked_subcommand is None:
-        for name in recipes.recipe_names():
-            click.echo(f"{name:16s} {recipes.describe(name)}")
+        names = recipes.recipe_names()
+        width = max(map(len, names))
+        for name in names:
+            click.echo(f"{name:{width}s} {recipes.describe(name)}")
 
 
 @recipes_command.command("show")

@@ -118,6 +118,32 @@ def test_adversarial_warm_up_ramps_with_the_generator_step():
     assert float(build_trainer(complex_config("loss.adversarial=2.0")).adversarial_weight()) == 2.0
 
 
+def test_adversarial_weight_zero_skips_the_discriminator():
+    """At loss.adversarial 0 (ppgr-complex-fast) a step leaves the discriminator, its optimizer and the
+    adversarial term untouched and minimises the reconstruction terms alone; at a positive weight it trains D."""
+    from dagan_tf.training.run import build_trainer
+
+    assert recipes.load_recipe("ppgr-complex-fast")["loss"]["adversarial"] == 0.0
+    rng = np.random.default_rng(2)
+    target = tf.constant(rng.uniform(-0.5, 0.5, (2, SIZE, SIZE, 2)), tf.float32)
+    zero_filled = target + tf.constant(rng.normal(0, 0.1, (2, SIZE, SIZE, 2)), tf.float32)
+    for weight in (0.0, 1.0):
+        tf.keras.utils.set_random_seed(0)
+        model = build_trainer(complex_config(f"loss.adversarial={weight}", "loss.perceptual=0", "train.lr=0.001"))
+        before = [w.numpy().copy() for w in model.adversary.trainable_weights]
+        losses = [model.train_step(ImagePair(zero_filled, target)) for _ in range(3)]
+        moved = max(float(np.abs(w.numpy() - b).max()) for w, b in zip(model.adversary.trainable_weights, before))
+        if weight:
+            assert moved > 0 and int(model.adversary_optimizer.iterations) == 3
+            assert float(losses[-1]["d_loss"]) > 0
+            continue
+        assert moved == 0 and int(model.adversary_optimizer.iterations) == 0
+        assert float(losses[-1]["d_loss"]) == 0 and float(losses[-1]["g_adversarial"]) == 0
+        expected = 15.0 * float(losses[-1]["g_pixel"]) + 0.1 * float(losses[-1]["g_frequency"])
+        np.testing.assert_allclose(float(losses[-1]["g_loss"]), expected, rtol=1e-5)
+        assert float(losses[-1]["g_loss"]) < float(losses[0]["g_loss"])
+
+
 def test_complex_dagan_learns_from_its_zero_filled_start(real_slices):
     """The fix of the complex DAGAN that did not learn: at the paper's start (a random output layer, full
     adversarial weight) the untrained discriminator's gradient on the generated image dwarfs the reconstruction

@@ -8,7 +8,7 @@ compares complex k-space).  A complex generator ending in data consistency (``mo
 trains on k-space batches (:class:`~dagan_tf.data.batches.KSpaceBatch`) instead: it takes their k-space and
 mask, and its target is their ``target_complex``:
 
-1. discriminator update: ``BCE(D(target), 1) + BCE(D(G(zf)), 0)``;
+1. discriminator update: ``BCE(D(target), 1) + BCE(D(G(zf)), 0)`` (none at adversarial weight 0);
 2. generator update on the same batch:
    ``w_adv·BCE(D(G(zf)), 1) + w_pixel·pixel + w_freq·frequency + w_vgg·vgg``.
 
@@ -111,7 +111,8 @@ class ConditionalGAN(TrainerModel):
         output = tf.cast(self.network(inputs, training=True), tf.float32)
         fake, real = magnitude(output), magnitude(target)
         terms = {
-            "g_adversarial": bce_logits(self.adversary(fake, training=True), 1.0),
+            "g_adversarial": bce_logits(self.adversary(fake, training=True), 1.0) if w.adversarial
+            else tf.constant(0.0),
             "g_pixel": pixel_loss(real, fake, self.pixel_kind),
             "g_frequency": frequency_loss(target, output) if w.frequency else tf.constant(0.0),
             "g_vgg": tf.constant(0.0),
@@ -134,12 +135,14 @@ class ConditionalGAN(TrainerModel):
 
     def train_step(self, batch: Batch):
         inputs, target = self.network_inputs(batch), self.channel_target(batch)
-        # 1. Discriminator: real and fake in separate passes (separate batch-norm statistics), on magnitudes.
-        fake = magnitude(self.network(inputs, training=True))
-        with tf.GradientTape() as tape:
-            d_loss = (bce_logits(self.adversary(magnitude(target), training=True), 1.0)
-                      + bce_logits(self.adversary(fake, training=True), 0.0))
-        self.minimise(self.adversary_optimizer, tape, d_loss, self.adversary.trainable_variables)
+        d_loss = tf.constant(0.0)
+        if self.loss_weights_.adversarial:  # 1. Discriminator (skipped, with its generator pass, at weight 0):
+            # real and fake in separate passes (separate batch-norm statistics), on magnitudes.
+            fake = magnitude(self.network(inputs, training=True))
+            with tf.GradientTape() as tape:
+                d_loss = (bce_logits(self.adversary(magnitude(target), training=True), 1.0)
+                          + bce_logits(self.adversary(fake, training=True), 0.0))
+            self.minimise(self.adversary_optimizer, tape, d_loss, self.adversary.trainable_variables)
         # 2. Generator, on the same batch, against the updated discriminator.
         with tf.GradientTape() as tape:
             terms = self.generator_losses(inputs, target)
