@@ -133,16 +133,20 @@ class ConditionalGAN(TrainerModel):
         step = tf.cast(self.network_optimizer.iterations + 1, tf.float32)
         return w.adversarial * tf.minimum(1.0, step / float(w.adversarial_warmup_steps))
 
+    def discriminator_step(self, inputs, target) -> tf.Tensor:
+        """One discriminator update on magnitudes, real and fake in separate passes (separate batch-norm
+        statistics); its loss ``BCE(D(target), 1) + BCE(D(G(inputs)), 0)``."""
+        fake = magnitude(self.network(inputs, training=True))
+        with tf.GradientTape() as tape:
+            d_loss = (bce_logits(self.adversary(magnitude(target), training=True), 1.0)
+                      + bce_logits(self.adversary(fake, training=True), 0.0))
+        self.minimise(self.adversary_optimizer, tape, d_loss, self.adversary.trainable_variables)
+        return d_loss
+
     def train_step(self, batch: Batch):
         inputs, target = self.network_inputs(batch), self.channel_target(batch)
-        d_loss = tf.constant(0.0)
-        if self.loss_weights_.adversarial:  # 1. Discriminator (skipped, with its generator pass, at weight 0):
-            # real and fake in separate passes (separate batch-norm statistics), on magnitudes.
-            fake = magnitude(self.network(inputs, training=True))
-            with tf.GradientTape() as tape:
-                d_loss = (bce_logits(self.adversary(magnitude(target), training=True), 1.0)
-                          + bce_logits(self.adversary(fake, training=True), 0.0))
-            self.minimise(self.adversary_optimizer, tape, d_loss, self.adversary.trainable_variables)
+        # 1. Discriminator (none, nor its generator pass, at adversarial weight 0).
+        d_loss = self.discriminator_step(inputs, target) if self.loss_weights_.adversarial else tf.constant(0.0)
         # 2. Generator, on the same batch, against the updated discriminator.
         with tf.GradientTape() as tape:
             terms = self.generator_losses(inputs, target)
