@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import sys
@@ -178,3 +179,48 @@ def atomic_output_file(out: str | Path, overwrite: bool = False) -> Iterator[Pat
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
     with _writing(tmp, out, is_dir=False) as path:
         yield path
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
+    """Hold ``target`` (a file or folder, present or not) for this process alone, until the block ends.
+
+    The lock is ``flock`` on a hidden ``.NAME.lock`` file beside ``target`` (holding the pid), removed
+    on exit, so it also outlives a removal of ``target`` itself by someone else.  Raises
+    :class:`DaganError` naming ``what`` and ``target`` when another process holds it.
+    """
+    target = Path(target)
+    make_dir(target.parent)
+    path = target.with_name(f".{target.name}.lock")
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise os_error(exc, path) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DaganError(f"{what} {target} is in use by another process (pid {holder}); "
+                             f"wait until it ends") from None
+        if _is_open_file(path, fd):
+            break
+        os.close(fd)  # its previous holder removed the file between our open and lock: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _is_open_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)

@@ -227,6 +227,34 @@ def test_overwrite_replaces_only_when_done_and_sigterm_keeps_a_resumable_checkpo
     assert recipes.load_config_file(old / "config.yaml")["train"]["steps_per_epoch"] == 2
 
 
+def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path, trained_run, real_slices):
+    """While another process holds a run (it trains, or still stops after a signal), a resume and a new run
+    into its path (even after the folder was deleted) are refused; a killed holder's stale lock file is not."""
+    from dagan_tf.training.run import train
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    before = tree_digest(run_dir)
+    hold = ("import sys, time\nfrom dagan_tf.outputs import exclusive_lock\n"
+            "with exclusive_lock(sys.argv[1], 'run folder'):\n    print('held', flush=True)\n    time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = run("train", "--out", run_dir, "--resume", "--epochs", 3)
+        assert_user_error(refused, f"run folder {run_dir} is in use", f"pid {holder.pid}")
+        assert tree_digest(run_dir) == before
+        shutil.rmtree(run_dir)
+        with pytest.raises(DaganError, match="in use"):
+            train(run_dir, tiny_config("pg"), real_slices, verbose=0)
+        assert not run_dir.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert leftovers(tmp_path) == [".run.lock"], "SIGKILL leaves the lock file, but not the lock"
+    train(run_dir, tiny_config("pg"), real_slices, verbose=0)
+    assert (run_dir / "checkpoints" / "ckpt-2.index").exists() and not leftovers(tmp_path)
+
+
 # --- 3. damaged checkpoints ----------------------------------------------------------------------
 
 def test_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path, trained_run):

@@ -14,7 +14,10 @@ Safety: a new run that fails before its first checkpoint is removed; ``overwrite
 trains in a hidden staging folder beside the run (``.RUN.overwrite``) that
 replaces the old run only when training ends, so a failed overwrite leaves the
 old run as it was (``resume`` continues a staged run).  SIGINT/SIGTERM stop
-training after the current batch, keeping the last epoch checkpoint.
+training after the current batch, keeping the last epoch checkpoint.  One process
+trains a run at a time: a second ``train`` of the same ``--out`` (a resume, or a new
+run after the folder was deleted while the first still stops) is refused while the
+first holds the lock ``.RUN.lock`` beside the run.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from dagan_tf.data.prepare import load_split
 from dagan_tf.errors import DaganError
 from dagan_tf.hardware import precision_policy, resolve_precision, visible_gpu_capabilities
 from dagan_tf.masks import MaskSpec, sampled_fraction
-from dagan_tf.outputs import make_dir, replace_path
+from dagan_tf.outputs import exclusive_lock, make_dir, replace_path
 from dagan_tf.training.callbacks import (ImageGrid, LearningRate, LearningRateSchedule, ReplicatedValidation,
                                         RunClock, RunState, Signals, TimeBudget, TrainingClock, ValidationFID,
                                         checkpoints_newest_first, read_history)
@@ -170,20 +173,21 @@ def train(run_dir: str | Path, config: dict | None = None, data: str | Path | No
         echo(f"multi-worker: this worker is not the chief; the chief writes {run_dir}")
         with worker_folder(work if resume else None) as scratch:
             return fit(scratch)
-    existed = work.exists()
-    if not resume:
+    with exclusive_lock(run_dir, "run folder"):  # one trainer per run, its staging folder included
+        existed = work.exists()
+        if not resume:
+            if work != run_dir:
+                shutil.rmtree(work, ignore_errors=True)  # a stale staging folder of an earlier overwrite
+                existed = False
+            make_dir(work)
+        try:
+            history = fit(work)
+        except BaseException:
+            if not resume and not _has_checkpoint(work):
+                _discard(work, keep_folder=existed)
+            raise
         if work != run_dir:
-            shutil.rmtree(work, ignore_errors=True)  # a stale staging folder of an earlier overwrite
-            existed = False
-        make_dir(work)
-    try:
-        history = fit(work)
-    except BaseException:
-        if not resume and not _has_checkpoint(work):
-            _discard(work, keep_folder=existed)
-        raise
-    if work != run_dir:
-        replace_path(work, run_dir)
+            replace_path(work, run_dir)
     return history
 
 
