@@ -207,9 +207,9 @@ def exclusive_lock(target: str | Path, what: str) -> Iterator[None]:
         if _is_open_file(path, fd):
             break
         os.close(fd)  # its previous holder removed the file between our open and lock: lock the new one
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
     try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
         yield
     finally:
         path.unlink(missing_ok=True)
