@@ -17,6 +17,7 @@ import scipy.io
 from conftest import assert_user_error, phantom_volume, run, tiny_config, write_nifti
 from dagan_tf import recipes
 from dagan_tf.errors import DaganError
+from dagan_tf.training.callbacks import read_history
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
@@ -281,6 +282,17 @@ def test_resume_may_change_only_the_time_budgets(tmp_path, trained_run):
     assert "already spent" in spent.output and "nothing to do" in spent.output
     assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == before
     assert recipes.load_config_file(run_dir / "config.yaml")["train"]["max_cpu_minutes"] == 1.0e-6
+
+
+def test_a_budget_cut_after_a_resume_counts_the_steps_of_the_whole_run(tmp_path, trained_run):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    spent = float(read_history(run_dir / "history.csv")[-1]["cpu_minutes"])
+    # a budget 1e-9 CPU-minutes above what the run spent ends the resumed run after its first batch
+    result = run("train", "--out", run_dir, "--resume", "--epochs", 5, "--set", f"train.max_cpu_minutes={spent + 1e-9!r}")
+    assert result.exit_code == 0, result.output
+    assert "resuming at epoch 2, step 6" in result.output
+    assert "training cut short after 7 steps of the run (epoch 3; 1 since the resume)" in result.output, result.output
 
 
 def test_resume_with_no_intact_checkpoint_after_a_kill_during_the_first_write(tmp_path, trained_run):

@@ -384,8 +384,10 @@ def _fit(work: Path, config: dict, resume: bool, train_split, val_split, spec, v
                             shuffle=False)
     ended = [budget for budget in budgets if budget.cut_short]
     if ended:
+        run_steps = first_epoch * steps + ended[0].steps
         echo(f"{ended[0].clock} time budget of {ended[0].minutes:g} min reached: training cut short after "
-             f"{ended[0].steps} steps (epoch {int(state.next_epoch.numpy())})")
+             f"{run_steps} steps of the run (epoch {int(state.next_epoch.numpy())}"
+             + (f"; {ended[0].steps} since the resume)" if resume else ")"))
     elif not state.interrupted and not state.stopped_reason:
         best = float(state.best.numpy())
         selected = f"; selected epoch {best:.0f} (normalised FID + NMSE)" if t["select"] == "fid_nmse" \
