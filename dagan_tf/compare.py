@@ -149,8 +149,8 @@ def common_mask(models: list[Model], override: MaskSpec | None) -> MaskSpec:
     first = next(iter(specs.values()))
     for name, spec in specs.items():
         if spec != first:
-            raise DaganError(f"the runs use different masks ({next(iter(specs))}: {first.kind} {first.ratio}, "
-                             f"{name}: {spec.kind} {spec.ratio}); pass --mask to compare all on one")
+            raise DaganError(f"the runs use different masks ({next(iter(specs))}: {first.describe()}; "
+                             f"{name}: {spec.describe()}); pass --mask to compare all on one")
     return first
 
 

@@ -314,6 +314,12 @@ class MaskSpec:
     def is_file(self) -> bool:
         return self.kind.endswith(".mat")
 
+    def describe(self) -> str:
+        """The spec in words, e.g. ``vds1d 0.25, 12 centre lines, seed 0, one mask per slice``."""
+        return (self.kind + (f" {self.ratio:g}" if self.ratio is not None else "")
+                + (f", {self.acs} centre lines" if self.acs else "") + f", seed {self.seed}"
+                + (", one mask per slice" if self.per_sample else ", one mask for all slices"))
+
     def validate(self) -> None:
         if self.is_file:
             if not os.path.isfile(self.kind):

@@ -131,3 +131,9 @@ def test_compare_errors(tmp_path, real_slices, trained_run):
     (other / "config.yaml").write_text(yaml.safe_dump(config))
     assert_user_error(run("compare", trained_run, other, "--data", real_slices, "--out", out, "--no-cache"),
                       "the runs use different masks", output=out)
+    # masks that differ only in being drawn per slice are named as such
+    config["data"]["ratio"] = yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["ratio"]
+    config["data"]["per_sample_masks"] = True
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    assert_user_error(run("compare", trained_run, other, "--data", real_slices, "--out", out, "--no-cache"),
+                      "one mask for all slices; other-mask:", "one mask per slice", output=out)
