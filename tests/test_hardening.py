@@ -289,7 +289,8 @@ def test_a_budget_cut_after_a_resume_counts_the_steps_of_the_whole_run(tmp_path,
     shutil.copytree(trained_run, run_dir)
     spent = float(read_history(run_dir / "history.csv")[-1]["cpu_minutes"])
     # a budget 1e-9 CPU-minutes above what the run spent ends the resumed run after its first batch
-    result = run("train", "--out", run_dir, "--resume", "--epochs", 5, "--set", f"train.max_cpu_minutes={spent + 1e-9!r}")
+    budget = f"train.max_cpu_minutes={spent + 1e-9!r}"
+    result = run("train", "--out", run_dir, "--resume", "--epochs", 5, "--set", budget)
     assert result.exit_code == 0, result.output
     assert "resuming at epoch 2, step 6" in result.output
     assert "training cut short after 7 steps of the run (epoch 3; 1 since the resume)" in result.output, result.output
