@@ -13,7 +13,7 @@ output (identity affine) is in the zero-filled intensity scale.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -145,9 +145,8 @@ def predict_volume(model: str | Path, source: str | Path, out: str | Path, mask:
         if loaded.mask is None:
             raise DaganError("image input needs --mask and --ratio to simulate undersampling (this export does "
                              "not record its training mask)")
-        mask = loaded.mask
-        echo(f"mask: the model's own ({mask.kind}" + (f", ratio {mask.ratio:g}" if mask.ratio else "")
-             + (f", {mask.acs} centre lines" if mask.acs else "") + ")")
+        mask = replace(loaded.mask, per_sample=False)  # one mask for the volume, as below
+        echo(f"mask: the model's own ({mask.describe()})")
     if is_kspace:
         if regime is not None:
             raise DaganError("--regime applies to image input; k-space input carries its own phase")
