@@ -207,7 +207,8 @@ def test_predict_defaults_to_the_models_training_mask(tmp_path, exported, traine
             result = CliRunner().invoke(main, ["predict", "--model", str(model), "--input", str(source), "--out",
                                                str(out), *mask])
             assert result.exit_code == 0, result.output
-            assert ("mask: the model's own (gaussian1d 0.3, seed 0, one mask for all slices)" in result.output) == (name == "own")
+            own_mask_line = "mask: the model's own (gaussian1d 0.3, seed 0, one mask for all slices)"
+            assert (own_mask_line in result.output) == (name == "own")
             outputs.append(nib.load(str(out)).get_fdata())
         np.testing.assert_array_equal(*outputs)
 
