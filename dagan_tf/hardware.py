@@ -249,11 +249,16 @@ def split_batch_of_one(cpu_flags: frozenset[str] | None = None, onednn_limit: st
 # limited to AVX2 batch 1 165–170 → 195–212 and batch 16 105–110 → 114–116 (oneDNN's AVX2 matmul is slow on
 # this shape).  So only the avx512 class uses it; "baseline" was not measured and keeps the training layout.
 # On a 2-core Xeon with AMX it is slower at batch 1 (float32 112.3 -> 135.2, bf16 42.6 -> 53.0; batch 16 75.4 ->
-# 74.9, 26.9 -> 27.6), so the amx class keeps the training layout.
-INFERENCE_MATMUL_LAYOUT = {"amx": False, "avx512": True, "avx2": False, "baseline": False}
+# 74.9, 26.9 -> 27.6), so the amx class keeps the training layout.  In bf16 the avx512 class keeps it too: on the
+# Zen 4 EPYC (the copy in bf16, both forms alternately in one process, two runs, medians of 5 rounds) the matmul
+# layout took batch 1 from 71.9 / 69.6 to 79.0 / 73.3 ms/image, batch 16 53.6 / 52.6 -> 53.7 / 53.9: oneDNN's
+# bf16 product x·K of 16–64 rows runs 20 % slower than (K·xᵀ)ᵀ, where in float32 it runs 30 % faster.
+# Compute precisions whose copies use the matmul layout, per instruction-set class:
+INFERENCE_MATMUL_LAYOUT = {"amx": (), "avx512": ("float32",), "avx2": (), "baseline": ()}
 
 
-def inference_matmul_layout(cpu_flags: frozenset[str] | None = None, onednn_limit: str | None = None) -> bool:
-    """Whether inference copies keep transposed-convolution kernels in matmul layout (see
-    :data:`INFERENCE_MATMUL_LAYOUT`); default flags and limit: this machine's."""
-    return INFERENCE_MATMUL_LAYOUT[_isa(cpu_flags, onednn_limit)]
+def inference_matmul_layout(cpu_flags: frozenset[str] | None = None, onednn_limit: str | None = None,
+                            precision: str = "float32") -> bool:
+    """Whether inference copies computing in ``precision`` (``float32`` or ``bfloat16``) keep transposed-convolution
+    kernels in matmul layout (see :data:`INFERENCE_MATMUL_LAYOUT`); default flags and limit: this machine's."""
+    return precision in INFERENCE_MATMUL_LAYOUT[_isa(cpu_flags, onednn_limit)]

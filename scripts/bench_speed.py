@@ -231,7 +231,8 @@ def machine_report() -> dict:
     return {"cpu": {"model": cpu_model, "cores": os.cpu_count(),
                     "simd_flags": sorted(f for f in cpu_flags if f.startswith(("avx", "amx", "fma"))),
                     "native_bf16": sorted(set(NATIVE_BF16_CPU_FLAGS) & cpu_flags)},
-            "precision_auto": resolve_precision("auto"), "inference_matmul_layout": inference_matmul_layout()}
+            "precision_auto": resolve_precision("auto"),
+            "inference_matmul_layout": {p: inference_matmul_layout(precision=p) for p in ("float32", "bfloat16")}}
 
 
 def interleaved_medians(runs: dict, calls_per_round: dict, rounds: int) -> dict:

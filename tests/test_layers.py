@@ -306,3 +306,21 @@ def test_bf16_inference_copy_holds_bf16_weights_and_computes_as_the_mixed_networ
     expected = model(inputs, training=False)
     assert expected.dtype == tf.float32
     np.testing.assert_array_equal(copy(inputs, training=False).numpy(), expected.numpy())
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_inference_copy_takes_the_matmul_layout_of_its_compute_precision(precision):
+    """For the avx512 class, DAGAN's copy holds its transposed convolutions on 8×8 and smaller maps in matmul
+    layout in float32 and in the training layout in bf16 (hardware.INFERENCE_MATMUL_LAYOUT), and returns the
+    network's outputs either way (bf16: within a bf16 rounding of [0, 1] outputs)."""
+    from dagan_tf.hardware import keras_policy, precision_policy, target_kernels
+    from dagan_tf.models.dagan import build_generator
+
+    with precision_policy(keras_policy(precision)), target_kernels("avx512"):
+        network = build_generator(64, width=0.125)
+        copy = fast.inference_network(network)
+    matmul_layers = [layer.name for layer in copy.layers if isinstance(layer, fast.MatmulConv2DTranspose)]
+    assert matmul_layers == (["deconv5", "deconv4", "deconv3", "deconv2"] if precision == "float32" else [])
+    x = tf.random.uniform((2, 64, 64, 1), seed=5)
+    np.testing.assert_allclose(copy(x, training=False).numpy(), network(x, training=False).numpy(),
+                               atol=1e-5 if precision == "float32" else 2 ** -7)

@@ -188,6 +188,8 @@ def test_kernel_choice_follows_the_instruction_set():
     # there only)
     assert [inference_matmul_layout(f) for f in (amx, avx512, avx2, old)] == [False, True, False, False]
     assert not inference_matmul_layout(avx512, "AVX2")
+    # ... and in float32 only: oneDNN's bf16 product of few rows is faster in the training layout
+    assert not any(inference_matmul_layout(f, precision="bfloat16") for f in (amx, avx512, avx2, old))
     # row blocks for a batch of one only where oneDNN runs AVX2 kernels (its slow gemm:jit convolution at batch 1)
     assert [split_batch_of_one(f) for f in (amx, avx512, avx2, old)] == [False, False, True, False]
     assert split_batch_of_one(avx512, "AVX2")

@@ -375,9 +375,9 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
     * Every batch norm whose only input is a ``Conv2D``/``Conv2DTranspose`` (also the GEMM variants) used
       by nothing else becomes an identity, and the convolution gets ``kernel·γ/√(σ²+ε)`` and bias
       ``(b − μ)·γ/√(σ²+ε) + β`` per output channel (the moving statistics, i.e. inference mode).
-    * With ``matmul_layout`` (default: :func:`dagan_tf.hardware.inference_matmul_layout` of this machine)
-      every :class:`GemmConv2DTranspose` on the GEMM path becomes a :class:`MatmulConv2DTranspose` holding
-      its kernel in the matmul layout.
+    * With ``matmul_layout`` (default: :func:`dagan_tf.hardware.inference_matmul_layout` of this machine and
+      the layer's compute precision) every :class:`GemmConv2DTranspose` on the GEMM path becomes a
+      :class:`MatmulConv2DTranspose` holding its kernel in the matmul layout.
     * Every Keras ``Conv2D`` that :func:`dagan_tf.hardware.use_tap_gemm` sends to the per-tap path (one output
       channel, stride 1, odd kernel, 'same' padding or 1×1) becomes a :class:`GemmConv2D` with the same weights.
     * With ``row_blocks`` (default: :func:`dagan_tf.hardware.split_batch_of_one` of this machine) every other
@@ -393,9 +393,10 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
     """
     folds = _foldable_batch_norms(model)
     folded_bns = {bn.name for bn in folds.values()}
-    matmul_layout = inference_matmul_layout() if matmul_layout is None else matmul_layout
-    relayout = {layer.name for layer in model.layers if matmul_layout
-                and isinstance(layer, GemmConv2DTranspose) and _small_map(*layer.input.shape[1:3])}
+    relayout = {layer.name for layer in model.layers
+                if isinstance(layer, GemmConv2DTranspose) and _small_map(*layer.input.shape[1:3])
+                and (inference_matmul_layout(precision=layer.dtype_policy.compute_dtype) if matmul_layout is None
+                     else matmul_layout)}
     by_taps = {layer.name for layer in model.layers if _runs_by_taps(layer)}
     row_blocks = split_batch_of_one() if row_blocks is None else row_blocks
     blocked = {layer.name for layer in model.layers if row_blocks and _row_blocks_apply(layer)}
