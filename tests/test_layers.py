@@ -324,3 +324,36 @@ def test_inference_copy_takes_the_matmul_layout_of_its_compute_precision(precisi
     x = tf.random.uniform((2, 64, 64, 1), seed=5)
     np.testing.assert_allclose(copy(x, training=False).numpy(), network(x, training=False).numpy(),
                                atol=1e-5 if precision == "float32" else 2 ** -7)
+
+
+@pytest.mark.parametrize("recipe", recipes.recipe_names())
+def test_bf16_inference_copy_of_every_recipe_network_is_as_close_to_float32_as_the_mixed_network(recipe):
+    """What ``export --precision bfloat16`` (``auto`` on a CPU with native bf16) builds: the inference copy of every
+    recipe's network computing in bf16 (weights in bf16, batch norms folded into them, GEMM and per-tap paths)
+    is about as close to the float32 network as the mixed-precision network training runs (its RMS difference at
+    most 1.5× that one's plus 2⁻¹⁰ of the output scale), with float32 outputs."""
+    from dagan_tf.hardware import precision_policy
+    from dagan_tf.models.layers import inference_copy
+    from dagan_tf.models.network_io import run_network
+    from dagan_tf.training.trained import build_network
+
+    keras.utils.set_random_seed(5)
+    size, config = 32, recipes.load_recipe(recipe)
+    overrides = [f"model.image_size={size}"] + (["model.width=0.125"] if "width" in config["model"] else []) \
+        + (["data.patch_size=null"] if config["data"].get("patch_size") else [])
+    config = recipes.apply_overrides(config, overrides)
+    network, contract = build_network(config), recipes.network_contract(config)
+    with precision_policy("mixed_bfloat16"):
+        mixed = build_network(config)
+    mixed.set_weights(network.get_weights())
+    copy = inference_copy(mixed)
+    image = tf.complex(tf.random.uniform((2, size, size), seed=2), tf.random.uniform((2, size, size), seed=3))
+    mask = tf.cast(tf.random.uniform((2, size, size), seed=4) < 0.4, tf.float32)
+    kspace = tf.signal.fft2d(image) * tf.complex(mask, 0.0)
+    outputs = {name: run_network(net, contract, image, kspace, mask)[0]
+               for name, net in (("float32", network), ("mixed", mixed), ("copy", copy))}
+    assert outputs["copy"].dtype == tf.float32 and any(w.dtype == "bfloat16" for w in copy.weights)
+    expected = outputs["float32"].numpy()
+    scale = max(1.0, np.abs(expected).max())
+    rms = {name: float(np.sqrt(np.mean((outputs[name].numpy() - expected) ** 2))) for name in ("mixed", "copy")}
+    assert rms["copy"] <= 1.5 * rms["mixed"] + 2 ** -10 * scale

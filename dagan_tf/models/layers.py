@@ -412,8 +412,10 @@ def inference_network(model: keras.Model, matmul_layout: bool | None = None,
                                          use_bias=layer.use_bias or layer.name in folds, activation=layer.activation,
                                          name=layer.name, dtype=_inference_dtype(layer))
         config = layer.get_config()
-        if layer.name in retyped:
-            config["dtype"] = _inference_dtype(layer)
+        if layer.name in retyped:  # initializers of the new dtype (not every one has bf16 kernels, e.g. Orthogonal's
+            # QR); the copy's weights are the network's, set below
+            config = {**config, **{key: "zeros" for key in config if key.endswith("_initializer")},
+                      "dtype": _inference_dtype(layer)}
         if layer.name in folds:
             config["use_bias"] = True
         if layer.name in by_taps:
