@@ -336,7 +336,7 @@ def dcinet_report(args, report: dict) -> None:
     keras.mixed_precision.set_global_policy("float32")
     own_width_ceilings(report, 5, 40, size)
     inference_reports("inference", lambda: build_dcinet(size),
-                      lambda batch, size: network_inputs(*(coil_batch(batch, size)[k] for k in ("kspace", "mask", "maps"))),
+                      lambda batch, size: network_inputs(*(getattr(coil_batch(batch, size), k) for k in ("kspace", "mask", "maps"))),
                       flops["DCI-Net"], size, report)
 
 
