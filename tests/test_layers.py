@@ -230,6 +230,22 @@ def test_fused_adam_under_mirrored_strategy_equals_single_device():
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
 
 
+def _small_recipe_config(recipe: str, size: int) -> dict:
+    """``recipe``'s config at ``size``² (width 0.125 where it has one, whole slices rather than patches)."""
+    config = recipes.load_recipe(recipe)
+    return recipes.apply_overrides(config, [f"model.image_size={size}"]
+                                   + (["model.width=0.125"] if "width" in config["model"] else [])
+                                   + (["data.patch_size=null"] if config["data"].get("patch_size") else []))
+
+
+def _random_measurements(n: int, size: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(image, kspace, mask)``: ``n`` random complex images ``[n, size, size]``, their k-space on a random mask of
+    about 40 % and the mask (float32 {0, 1})."""
+    image = tf.complex(tf.random.uniform((n, size, size), seed=2), tf.random.uniform((n, size, size), seed=3))
+    mask = tf.cast(tf.random.uniform((n, size, size), seed=4) < 0.4, tf.float32)
+    return image, tf.signal.fft2d(image) * tf.complex(mask, 0.0), mask
+
+
 @pytest.mark.parametrize("recipe", recipes.recipe_names())
 def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, monkeypatch):
     """Batch norms folded, GEMM kernels relaid out, one-channel outputs on the per-tap path, convolutions in row
@@ -239,14 +255,10 @@ def test_inference_copy_of_every_recipe_network_equals_the_trained_one(recipe, m
     from dagan_tf.models.refinement import RefinedNetwork
     from dagan_tf.training.trained import build_network
 
-    size, config = 32, recipes.load_recipe(recipe)
-    overrides = [f"model.image_size={size}"] + (["model.width=0.125"] if "width" in config["model"] else []) \
-        + (["data.patch_size=null"] if config["data"].get("patch_size") else [])
-    config = recipes.apply_overrides(config, overrides)
+    size = 32
+    config = _small_recipe_config(recipe, size)
     network, contract = build_network(config), recipes.network_contract(config)
-    image = tf.complex(tf.random.uniform((8, size, size), seed=2), tf.random.uniform((8, size, size), seed=3))
-    mask = tf.cast(tf.random.uniform((8, size, size), seed=4) < 0.4, tf.float32)
-    kspace = tf.signal.fft2d(image) * tf.complex(mask, 0.0)
+    image, kspace, mask = _random_measurements(8, size)
     inputs = network_inputs(contract, image, kspace, mask)
     refined = contract.stage1
     norms = [layer for layer in (network.unet if refined else network).layers
@@ -338,18 +350,14 @@ def test_bf16_inference_copy_of_every_recipe_network_is_as_close_to_float32_as_t
     from dagan_tf.training.trained import build_network
 
     keras.utils.set_random_seed(5)
-    size, config = 32, recipes.load_recipe(recipe)
-    overrides = [f"model.image_size={size}"] + (["model.width=0.125"] if "width" in config["model"] else []) \
-        + (["data.patch_size=null"] if config["data"].get("patch_size") else [])
-    config = recipes.apply_overrides(config, overrides)
+    size = 32
+    config = _small_recipe_config(recipe, size)
     network, contract = build_network(config), recipes.network_contract(config)
     with precision_policy("mixed_bfloat16"):
         mixed = build_network(config)
     mixed.set_weights(network.get_weights())
     copy = inference_copy(mixed)
-    image = tf.complex(tf.random.uniform((2, size, size), seed=2), tf.random.uniform((2, size, size), seed=3))
-    mask = tf.cast(tf.random.uniform((2, size, size), seed=4) < 0.4, tf.float32)
-    kspace = tf.signal.fft2d(image) * tf.complex(mask, 0.0)
+    image, kspace, mask = _random_measurements(2, size)
     outputs = {name: run_network(net, contract, image, kspace, mask)[0]
                for name, net in (("float32", network), ("mixed", mixed), ("copy", copy))}
     assert outputs["copy"].dtype == tf.float32 and any(w.dtype == "bfloat16" for w in copy.weights)
