@@ -252,7 +252,7 @@ def split_batch_of_one(cpu_flags: frozenset[str] | None = None, onednn_limit: st
 # 74.9, 26.9 -> 27.6), so the amx class keeps the training layout.  In bf16 the avx512 class keeps it too: on the
 # Zen 4 EPYC (the copy in bf16, both forms alternately in one process, two runs, medians of 5 rounds) the matmul
 # layout took batch 1 from 71.9 / 69.6 to 79.0 / 73.3 ms/image, batch 16 53.6 / 52.6 -> 53.7 / 53.9: oneDNN's
-# bf16 product x·K of 16–64 rows runs 20 % slower than (K·xᵀ)ᵀ, where in float32 it runs 30 % faster.
+# bf16 product x·K of 16–64 rows takes 25 % longer than (K·xᵀ)ᵀ, where in float32 it takes 28 % less time.
 # Compute precisions whose copies use the matmul layout, per instruction-set class:
 INFERENCE_MATMUL_LAYOUT = {"amx": (), "avx512": ("float32",), "avx2": (), "baseline": ()}
 
