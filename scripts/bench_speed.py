@@ -335,9 +335,12 @@ def dcinet_report(args, report: dict) -> None:
         report[f"peak_rss_gib_after_{precision}"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     keras.mixed_precision.set_global_policy("float32")
     own_width_ceilings(report, 5, 40, size)
-    inference_reports("inference", lambda: build_dcinet(size),
-                      lambda batch, size: network_inputs(*(getattr(coil_batch(batch, size), k) for k in ("kspace", "mask", "maps"))),
-                      flops["DCI-Net"], size, report)
+
+    def coil_inputs(batch, size):
+        measured = coil_batch(batch, size)
+        return network_inputs(measured.kspace, measured.mask, measured.maps)
+
+    inference_reports("inference", lambda: build_dcinet(size), coil_inputs, flops["DCI-Net"], size, report)
 
 
 def seitzer_report(args, report: dict) -> None:
